@@ -1,0 +1,69 @@
+#include "config.hpp"
+
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <iostream>
+
+#include "pagerd/proto/constants.hpp"
+
+namespace pagerd::daemon {
+
+std::string version_string() { return std::string("pagerd ") + PAGERD_VERSION; }
+
+ParsedConfig parse_config(int argc, char** argv)
+{
+    Config c;
+    CLI::App app{"pagerd: userfaultfd paging daemon. Serves page faults of client regions from "
+                 "files, in the foreground."};
+    app.set_version_flag("--version", version_string());
+    app.set_config("--config", "", "Read the same options from a TOML/INI file");
+    app.add_option("--socket", c.socket_path,
+                   "Listening socket path (default: $PAGERD_SOCKET, else " +
+                       std::string(proto::k_default_socket_path) + ")");
+    app.add_option("--workers", c.workers, "Worker threads (0: one per CPU)")
+        ->check(CLI::Range(0u, 256u));
+    app.add_option("--log-level", c.log_level, "trace, debug, info, warn, error, critical, off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+    app.add_option("--socket-mode", c.socket_mode, "Permission bits of the socket (octal)")
+        ->transform([](std::string s) { return std::to_string(std::stoul(s, nullptr, 8)); });
+    app.add_option("--max-clients", c.max_clients, "Connections served at once")
+        ->check(CLI::Range(1u, 1000000u));
+    app.add_option("--max-regions-per-client", c.max_regions_per_client, "Regions per connection")
+        ->check(CLI::Range(1u, 1000000u));
+    app.add_option("--max-mapped-bytes-per-client", c.max_mapped_bytes_per_client,
+                   "Bytes mapped per connection")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--hello-timeout-ms", c.hello_timeout_ms,
+                   "Disconnect a connection that sends no HELLO within this time")
+        ->check(CLI::Range(1u, 3600000u));
+    app.add_option("--fault-block", c.fault_block_bytes,
+                   "Bytes loaded per fault (a power of two, 4096 to 2097152)")
+        ->check([](const std::string& s) -> std::string {
+            const auto v = std::stoull(s);
+            const bool pow2 = v && (v & (v - 1)) == 0;
+            return pow2 && v >= 4096 && v <= 2u << 20 ? "" : "must be a power of two in [4096, 2097152]";
+        });
+    app.add_option("--staging-buffers", c.staging_buffers, "Fault buffers per worker")
+        ->check(CLI::Range(1u, 4096u));
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return {std::nullopt, app.exit(e)};
+    } catch (const std::exception& e) {
+        std::cerr << "pagerd: " << e.what() << "\n";
+        return {std::nullopt, 2};
+    }
+    if (c.socket_path.empty()) {
+        const char* env = std::getenv("PAGERD_SOCKET");
+        c.socket_path = env && *env ? env : proto::k_default_socket_path;
+    }
+    if (c.workers == 0) {
+        const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+        c.workers = n > 0 ? static_cast<unsigned>(n) : 1;
+    }
+    return {c, 0};
+}
+
+}  // namespace pagerd::daemon

@@ -1,0 +1,32 @@
+// Daemon settings: command line, then an optional config file with the same option names.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+namespace pagerd::daemon {
+
+struct Config {
+    std::string socket_path;  // --socket, else $PAGERD_SOCKET, else /run/pagerd/pagerd.sock
+    unsigned workers = 0;     // 0: one per CPU
+    std::string log_level = "info";
+    unsigned socket_mode = 0666;
+    unsigned max_clients = 1024;
+    unsigned max_regions_per_client = 1024;
+    std::uint64_t max_mapped_bytes_per_client = std::uint64_t{1} << 40;
+    unsigned hello_timeout_ms = 5000;
+    std::uint64_t fault_block_bytes = 64 * 1024;  // bytes loaded around a faulting page
+    unsigned staging_buffers = 64;                // per worker, each fault_block_bytes
+};
+
+// Parses argv. Returns the config, or an exit code when the program should stop now
+// (--help, --version: 0; bad input: 2, after printing a clear message).
+struct ParsedConfig {
+    std::optional<Config> config;
+    int exit_code = 0;
+};
+ParsedConfig parse_config(int argc, char** argv);
+
+std::string version_string();  // "pagerd 0.1.0"
+
+}  // namespace pagerd::daemon

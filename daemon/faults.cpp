@@ -1,0 +1,263 @@
+// The fault path: read uffd messages, load blocks from the store through io_uring, install
+// them with UFFDIO_COPY, and keep the region table true to the client's address space.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "pagerd/util/uffd.hpp"
+#include "worker.hpp"
+
+namespace pagerd::daemon {
+namespace {
+
+constexpr unsigned k_msgs_per_read = 64;
+constexpr unsigned k_reads_per_wakeup = 16;
+constexpr unsigned k_copy_retries = 64;
+
+}  // namespace
+
+void Worker::on_uffd_readable(Client& c)
+{
+    for (unsigned i = 0; i < k_reads_per_wakeup && !c.closing; ++i)
+        if (!read_uffd(c, false)) return;
+}
+
+bool Worker::read_uffd(Client& c, bool defer_faults)
+{
+    uffd_msg msgs[k_msgs_per_read];
+    const ssize_t n = ::read(c.uffd.get(), msgs, sizeof msgs);
+    if (n < 0) {
+        if (errno != EAGAIN && errno != EINTR)
+            close_client(c, std::string("reading the userfaultfd failed: ") + std::strerror(errno));
+        return false;
+    }
+    const auto count = static_cast<std::size_t>(n) / sizeof(uffd_msg);
+    for (std::size_t i = 0; i < count && !c.closing; ++i) on_uffd_message(c, msgs[i], defer_faults);
+    return count == k_msgs_per_read;
+}
+
+void Worker::on_uffd_message(Client& c, const uffd_msg& msg, bool defer_faults)
+{
+    const std::uint64_t page_mask = ~std::uint64_t{m_ctx.page_size - 1};
+    switch (msg.event) {
+    case UFFD_EVENT_PAGEFAULT: {
+        Fault f{msg.arg.pagefault.address & page_mask, Clock::now()};
+        if (defer_faults)
+            c.deferred.push_back(f);
+        else
+            handle_fault(c, f);
+        return;
+    }
+    case UFFD_EVENT_UNMAP: {
+        const auto start = msg.arg.remove.start, len = msg.arg.remove.end - msg.arg.remove.start;
+        const auto before = c.regions.count();
+        const auto bytes = c.regions.remove_range(start, len);
+        // A partial unmap can split a region: the count may grow. Unsigned wrap-around
+        // makes the net change come out right.
+        m_stats.regions.fetch_add(c.regions.count() - before, std::memory_order_relaxed);
+        m_stats.mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+        // Threads blocked on the vanished range retry and get what munmap'ed memory gives.
+        util::uffd_wake(c.uffd.get(), start, len);
+        spdlog::debug("client {}: munmap of {} bytes at {:#x}", c.serial, len, start);
+        return;
+    }
+    case UFFD_EVENT_REMOVE:
+        // MADV_DONTNEED / MADV_REMOVE: the pages fault again and are loaded again.
+        spdlog::debug("client {}: madvise removed [{:#x}, {:#x})", c.serial, msg.arg.remove.start,
+                      msg.arg.remove.end);
+        return;
+    case UFFD_EVENT_REMAP: {
+        const auto before = c.regions.count();
+        const auto bytes_before = c.regions.bytes();
+        c.regions.move_range(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
+        m_stats.regions.fetch_add(c.regions.count() - before, std::memory_order_relaxed);
+        m_stats.mapped_bytes.fetch_add(c.regions.bytes() - bytes_before, std::memory_order_relaxed);
+        spdlog::debug("client {}: mremap {:#x} -> {:#x} ({} bytes)", c.serial, msg.arg.remap.from,
+                      msg.arg.remap.to, msg.arg.remap.len);
+        return;
+    }
+    default:
+        spdlog::warn("client {}: unexpected userfaultfd event {}", c.serial, msg.event);
+        return;
+    }
+}
+
+void Worker::handle_fault(Client& c, Fault f)
+{
+    const Region* r = c.regions.find(f.page);
+    if (!r) {
+        signal_unservable(c, f.page);
+        return;
+    }
+    const std::uint64_t block = m_ctx.config.fault_block_bytes;
+    const std::uint64_t start = r->start + (f.page - r->start) / block * block;
+    if (auto it = c.inflight.find(start); it != c.inflight.end()) {
+        it->second->faults.push_back(f);  // the load in flight wakes this thread too
+        return;
+    }
+    if (m_free_buffers.empty()) {
+        m_waiting.emplace_back(&c, f);
+        ++c.refs;
+        return;
+    }
+    start_load(c, *r, start, f);
+}
+
+void Worker::start_load(Client& c, const Region& r, std::uint64_t block, Fault f)
+{
+    auto* l = new Load;
+    l->op.load = l;
+    l->client = &c;
+    l->region_id = r.id;
+    l->addr = block;
+    l->len = std::min<std::uint64_t>(m_ctx.config.fault_block_bytes, r.end() - block);
+    l->file_offset = r.file_offset + (block - r.start);
+    l->file = r.file;
+    l->buf = m_free_buffers.back();
+    m_free_buffers.pop_back();
+    l->faults.push_back(f);
+    c.inflight.emplace(block, l);
+    ++c.refs;
+    submit_read(*l);
+}
+
+void Worker::submit_read(Load& l)
+{
+    io_uring_sqe* s = sqe();
+    io_uring_prep_read(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
+                       l.file_offset + l.done);
+    io_uring_sqe_set_data(s, &l.op);
+}
+
+void Worker::on_read_done(Load& l, int res)
+{
+    Client& c = *l.client;
+    if (c.closing) return finish_load(&l);
+    if (res == -EINTR || res == -EAGAIN) return submit_read(l);
+    if (res < 0) {
+        spdlog::warn("client {}: reading {} bytes at file offset {} failed: {}; the faulting "
+                     "threads get SIGBUS", c.serial, l.len, l.file_offset + l.done, std::strerror(-res));
+        for (const Fault& f : l.faults) signal_unservable(c, f.page);
+        return finish_load(&l);
+    }
+    l.done += static_cast<std::uint64_t>(res);
+    m_stats.bytes_read.fetch_add(static_cast<std::uint64_t>(res), std::memory_order_relaxed);
+    if (res > 0 && l.done < l.len) return submit_read(l);  // short read before EOF: go on
+    install(c, l);
+    finish_load(&l);
+}
+
+void Worker::install(Client& c, Load& l)
+{
+    const std::uint64_t page = m_ctx.page_size;
+    // Like mmap: the tail of the last partial page reads as zeros; whole pages past the
+    // end of the file are not installed, and a thread faulting there gets SIGBUS.
+    const std::uint64_t valid = std::min((l.done + page - 1) / page * page, l.len);
+    std::memset(l.buf + l.done, 0, valid - l.done);
+    std::uint64_t installed = 0;
+    if (valid > 0 && still_backs(c, l, l.addr)) installed = copy_in(c, l, valid);
+    if (c.closing) return;
+    const auto now = Clock::now();
+    for (const Fault& f : l.faults) {
+        if (f.page >= l.addr + valid && still_backs(c, l, f.page)) signal_unservable(c, f.page);
+        m_stats.latency.record(static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(now - f.t0).count()));
+    }
+    util::uffd_wake(c.uffd.get(), l.addr, l.len);
+    m_stats.faults.fetch_add(l.faults.size(), std::memory_order_relaxed);
+    m_stats.pages_installed.fetch_add(installed / page, std::memory_order_relaxed);
+}
+
+// True while `addr` still belongs to the region piece the load was read for.
+bool Worker::still_backs(Client& c, const Load& l, std::uint64_t addr)
+{
+    const Region* r = c.regions.find(addr);
+    return r && r->id == l.region_id && r->file.get() == l.file.get() &&
+           r->file_offset + (addr - r->start) == l.file_offset + (addr - l.addr);
+}
+
+// UFFDIO_COPY of the first `len` bytes of the load; returns the bytes this call installed.
+std::uint64_t Worker::copy_in(Client& c, Load& l, std::uint64_t len)
+{
+    const std::uint64_t page = m_ctx.page_size;
+    std::uint64_t off = 0, installed = 0;
+    unsigned retries = 0;
+    while (off < len && !c.closing) {
+        uffdio_copy cp{};
+        cp.dst = l.addr + off;
+        cp.src = reinterpret_cast<std::uint64_t>(l.buf + off);
+        cp.len = len - off;
+        cp.mode = UFFDIO_COPY_MODE_DONTWAKE;
+        if (::ioctl(c.uffd.get(), UFFDIO_COPY, &cp) == 0) {
+            installed += cp.len;
+            break;
+        }
+        const int err = errno;
+        if (cp.copy > 0) {  // partial copy: go on after what was installed
+            off += static_cast<std::uint64_t>(cp.copy);
+            installed += static_cast<std::uint64_t>(cp.copy);
+            continue;
+        }
+        if (err == EEXIST) {  // already there (racing copy, or written by the client)
+            off += page;
+        } else if (err == EAGAIN && ++retries < k_copy_retries) {
+            // The address space is changing: take the pending events, then retry if the
+            // range still belongs to this load.
+            while (!c.closing && read_uffd(c, true)) {
+            }
+            if (!still_backs(c, l, l.addr + off)) break;
+        } else if (err == ESRCH) {
+            close_client(c, "client address space is gone");
+        } else if (err == ENOENT) {
+            break;  // no longer mapped: the unmap event follows
+        } else {
+            spdlog::warn("client {}: UFFDIO_COPY at {:#x} failed: {}", c.serial, l.addr + off,
+                         std::strerror(err));
+            break;
+        }
+    }
+    return installed;
+}
+
+void Worker::signal_unservable(Client& c, std::uint64_t page)
+{
+    if (!(c.uffd_features & UFFD_FEATURE_POISON)) {
+        close_client(c, "a fault could not be served and this userfaultfd cannot raise SIGBUS");
+        return;
+    }
+    const int err = util::uffd_poison(c.uffd.get(), page, m_ctx.page_size);
+    if (err == 0) {
+        m_stats.sigbus_faults.fetch_add(1, std::memory_order_relaxed);
+    } else {
+        util::uffd_wake(c.uffd.get(), page, m_ctx.page_size);  // not mapped (ENOENT) or present
+    }
+}
+
+void Worker::finish_load(Load* l)
+{
+    Client& c = *l->client;
+    c.inflight.erase(l->addr);
+    m_free_buffers.push_back(l->buf);
+    delete l;
+    std::vector<Fault> deferred;
+    deferred.swap(c.deferred);
+    for (const Fault& f : deferred)
+        if (!c.closing) handle_fault(c, f);
+    release(c);
+    run_waiting();
+}
+
+void Worker::run_waiting()
+{
+    while (!m_free_buffers.empty() && !m_waiting.empty()) {
+        auto [c, f] = m_waiting.front();
+        m_waiting.pop_front();
+        if (!c->closing) handle_fault(*c, f);
+        release(*c);
+    }
+}
+
+}  // namespace pagerd::daemon

@@ -1,0 +1,227 @@
+#include "worker.hpp"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace pagerd::daemon {
+
+Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
+{
+    if (int r = io_uring_queue_init(256, &m_ring, 0); r < 0)
+        throw std::runtime_error(std::string("io_uring_queue_init: ") + std::strerror(-r));
+    m_inbox_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!m_inbox_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+    const auto block = ctx.config.fault_block_bytes;
+    m_buffers_bytes = block * ctx.config.staging_buffers;
+    void* mem = ::mmap(nullptr, m_buffers_bytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::runtime_error("cannot allocate staging buffers");
+    m_buffers = static_cast<std::uint8_t*>(mem);
+    for (unsigned i = 0; i < ctx.config.staging_buffers; ++i)
+        m_free_buffers.push_back(m_buffers + i * block);
+}
+
+Worker::~Worker()
+{
+    join();
+    io_uring_queue_exit(&m_ring);
+    if (m_buffers) ::munmap(m_buffers, m_buffers_bytes);
+}
+
+void Worker::start() { m_thread = std::thread([this] { run(); }); }
+
+void Worker::stop()
+{
+    m_stop.store(true);
+    const std::uint64_t one = 1;
+    (void)!::write(m_inbox_fd.get(), &one, sizeof one);
+}
+
+void Worker::join()
+{
+    if (m_thread.joinable()) m_thread.join();
+}
+
+void Worker::adopt(util::UniqueFd sock, const ucred& peer)
+{
+    {
+        std::lock_guard lock(m_inbox_mutex);
+        m_inbox.emplace_back(std::move(sock), peer);
+    }
+    const std::uint64_t one = 1;
+    (void)!::write(m_inbox_fd.get(), &one, sizeof one);
+}
+
+io_uring_sqe* Worker::sqe()
+{
+    io_uring_sqe* s = io_uring_get_sqe(&m_ring);
+    while (!s) {
+        io_uring_submit(&m_ring);
+        s = io_uring_get_sqe(&m_ring);
+    }
+    return s;
+}
+
+void Worker::arm_poll(Client& c, Op& op, int fd)
+{
+    io_uring_sqe* s = sqe();
+    io_uring_prep_poll_add(s, fd, POLLIN | POLLRDHUP);
+    io_uring_sqe_set_data(s, &op);
+    op.armed = true;
+    ++c.refs;
+}
+
+void Worker::run()
+{
+    {
+        io_uring_sqe* s = sqe();
+        io_uring_prep_poll_add(s, m_inbox_fd.get(), POLLIN);
+        io_uring_sqe_set_data(s, &m_inbox_op);
+    }
+    struct Done {
+        Op* op;
+        int res;
+    };
+    std::vector<Done> done;
+    while (!(m_stopping && m_clients.empty())) {
+        __kernel_timespec tick{0, 200 * 1000 * 1000};
+        io_uring_cqe* cqe = nullptr;
+        const int r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &tick, nullptr);
+        if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
+            spdlog::error("worker {}: io_uring wait failed: {}", m_index, std::strerror(-r));
+        done.clear();
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&m_ring, head, cqe)
+        {
+            done.push_back({static_cast<Op*>(io_uring_cqe_get_data(cqe)), cqe->res});
+            ++n;
+        }
+        io_uring_cq_advance(&m_ring, n);
+        for (const auto& d : done)
+            if (d.op) handle_completion(d.op, d.res);
+        check_deadlines();
+    }
+    spdlog::debug("worker {} stopped", m_index);
+}
+
+void Worker::handle_completion(Op* op, int res)
+{
+    switch (op->kind) {
+    case Op::Kind::Inbox: {
+        std::uint64_t v;
+        (void)!::read(m_inbox_fd.get(), &v, sizeof v);
+        take_inbox();
+        if (m_stop.load() && !m_stopping) {
+            m_stopping = true;
+            for (auto it = m_clients.begin(); it != m_clients.end();) {
+                Client& c = *(it++)->second;  // close_client may erase c
+                close_client(c, "daemon stopping");
+            }
+        }
+        if (!m_stopping) {
+            io_uring_sqe* s = sqe();
+            io_uring_prep_poll_add(s, m_inbox_fd.get(), POLLIN);
+            io_uring_sqe_set_data(s, &m_inbox_op);
+        }
+        return;
+    }
+    case Op::Kind::SockPoll:
+    case Op::Kind::UffdPoll: {
+        Client& c = *op->client;
+        op->armed = false;
+        const bool sock = op->kind == Op::Kind::SockPoll;
+        if (!c.closing) {
+            if (res < 0) {
+                close_client(c, std::string("poll failed: ") + std::strerror(-res));
+            } else if (sock) {
+                on_socket_readable(c);
+            } else if (res & (POLLERR | POLLHUP)) {
+                close_client(c, "userfaultfd reported an error");
+            } else {
+                on_uffd_readable(c);
+            }
+            if (!c.closing) arm_poll(c, *op, sock ? c.sock.get() : c.uffd.get());
+        }
+        release(c);
+        return;
+    }
+    case Op::Kind::Read:
+        on_read_done(*op->load, res);
+        return;
+    }
+}
+
+void Worker::take_inbox()
+{
+    std::vector<std::pair<util::UniqueFd, ucred>> fresh;
+    {
+        std::lock_guard lock(m_inbox_mutex);
+        fresh.swap(m_inbox);
+    }
+    for (auto& [sock, peer] : fresh) {
+        auto c = std::make_unique<Client>();
+        c->serial = m_ctx.next_client_serial.fetch_add(1);
+        c->peer = peer;
+        c->sock = std::move(sock);
+        c->hello_deadline = Clock::now() + std::chrono::milliseconds(m_ctx.config.hello_timeout_ms);
+        c->sock_op.client = c.get();
+        c->uffd_op.client = c.get();
+        spdlog::info("client {} connected (pid {}, uid {}) on worker {}", c->serial, peer.pid,
+                     peer.uid, m_index);
+        m_stats.clients.fetch_add(1, std::memory_order_relaxed);
+        Client& ref = *c;
+        m_clients.emplace(c->serial, std::move(c));
+        if (m_stopping)
+            close_client(ref, "daemon stopping");
+        else
+            arm_poll(ref, ref.sock_op, ref.sock.get());
+    }
+}
+
+void Worker::check_deadlines()
+{
+    const auto now = Clock::now();
+    for (auto it = m_clients.begin(); it != m_clients.end();) {
+        Client& c = *(it++)->second;
+        if (c.closing || c.hello_done || now < c.hello_deadline) continue;
+        send_reply(c, 0, proto::ErrorReply{proto::ErrorCode::TIMEOUT, "no HELLO within " +
+                          std::to_string(m_ctx.config.hello_timeout_ms) + " ms"});
+        close_client(c, "no HELLO in time");
+    }
+}
+
+void Worker::close_client(Client& c, const std::string& reason)
+{
+    if (c.closing) return;
+    c.closing = true;
+    spdlog::info("client {} ({}pid {}) disconnected: {}; freeing {} region(s)", c.serial,
+                 c.name.empty() ? "" : c.name + ", ", c.peer.pid, reason, c.regions.count());
+    m_stats.regions.fetch_sub(c.regions.count(), std::memory_order_relaxed);
+    m_stats.mapped_bytes.fetch_sub(c.regions.bytes(), std::memory_order_relaxed);
+    if (c.uffd_flags & proto::k_uffd_user_mode_only)
+        m_stats.user_mode_only_clients.fetch_sub(1, std::memory_order_relaxed);
+    for (Op* op : {&c.sock_op, &c.uffd_op}) {
+        if (!op->armed) continue;
+        io_uring_sqe* s = sqe();
+        io_uring_prep_cancel(s, op, 0);
+        io_uring_sqe_set_data(s, nullptr);
+    }
+    ++c.refs;  // balanced right away: destroys the client now if nothing refers to it
+    release(c);
+}
+
+void Worker::release(Client& c)
+{
+    if (--c.refs > 0 || !c.closing) return;
+    m_stats.clients.fetch_sub(1, std::memory_order_relaxed);
+    m_ctx.connections.fetch_sub(1);
+    m_clients.erase(c.serial);  // closes the socket, the userfaultfd and the store files
+}
+
+}  // namespace pagerd::daemon

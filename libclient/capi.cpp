@@ -1,0 +1,140 @@
+// The C API: a thin shell over the C++ one. No exception crosses it.
+#include <cerrno>
+#include <string>
+
+#include "pagerd/client.h"
+#include "pagerd/client.hpp"
+
+using namespace pagerd;
+using namespace pagerd::libclient;
+
+struct pagerd_conn {
+    std::unique_ptr<Connection> conn;
+};
+
+namespace {
+
+thread_local std::string t_error;
+thread_local int t_code = 0;
+
+int fail(const Error& e)
+{
+    t_error = e.message;
+    t_code = e.code;
+    return -1;
+}
+
+int fail(int code, const char* text) { return fail(Error{code, text}); }
+
+template <class F>
+int guarded(F&& f)
+{
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        return fail(ENOMEM, "out of memory");
+    } catch (const std::exception& e) {
+        return fail(EIO, e.what());
+    }
+}
+
+int map_common(pagerd_conn* c, Result<Region> r, pagerd_region* out)
+{
+    (void)c;
+    if (!r) return fail(r.error());
+    *out = pagerd_region{r->id, r->addr, r->size};
+    return 0;
+}
+
+MapOptions options(uint64_t offset, uint64_t length, int access)
+{
+    return MapOptions{offset, length, access == PAGERD_PRIVATE_WRITABLE ? Access::PrivateWritable : Access::ReadOnly};
+}
+
+}  // namespace
+
+extern "C" {
+
+int pagerd_connect(const char* socket_path, pagerd_conn** out)
+{
+    return guarded([&] {
+        if (!out) return fail(EINVAL, "out is NULL");
+        ConnectOptions o;
+        if (socket_path) o.socket_path = socket_path;
+        auto r = Connection::connect(o);
+        if (!r) return fail(r.error());
+        *out = new pagerd_conn{std::move(r.value())};
+        return 0;
+    });
+}
+
+int pagerd_disconnect(pagerd_conn* conn)
+{
+    return guarded([&] {
+        delete conn;
+        return 0;
+    });
+}
+
+int pagerd_map_path(pagerd_conn* conn, const char* path, uint64_t offset, uint64_t length, int access,
+                    pagerd_region* out)
+{
+    return guarded([&] {
+        if (!conn || !path || !out) return fail(EINVAL, "conn, path and out must not be NULL");
+        if (access != PAGERD_READ_ONLY && access != PAGERD_PRIVATE_WRITABLE)
+            return fail(EINVAL, "unknown access mode");
+        return map_common(conn, conn->conn->map_file(path, options(offset, length, access)), out);
+    });
+}
+
+int pagerd_map_fd(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access, pagerd_region* out)
+{
+    return guarded([&] {
+        if (!conn || !out) return fail(EINVAL, "conn and out must not be NULL");
+        if (access != PAGERD_READ_ONLY && access != PAGERD_PRIVATE_WRITABLE)
+            return fail(EINVAL, "unknown access mode");
+        return map_common(conn, conn->conn->map_fd(fd, options(offset, length, access)), out);
+    });
+}
+
+int pagerd_unmap(pagerd_conn* conn, const pagerd_region* region)
+{
+    return guarded([&] {
+        if (!conn || !region) return fail(EINVAL, "conn and region must not be NULL");
+        auto r = conn->conn->unmap(Region{region->id, region->addr, region->size, Access::ReadOnly});
+        return r ? 0 : fail(r.error());
+    });
+}
+
+int pagerd_status_get(pagerd_conn* conn, pagerd_status* out)
+{
+    return guarded([&] {
+        if (!conn || !out) return fail(EINVAL, "conn and out must not be NULL");
+        auto s = conn->conn->status();
+        if (!s) return fail(s.error());
+        *out = pagerd_status{s->uptime_ms, s->workers, s->clients, s->regions, s->mapped_bytes,
+                             s->faults, s->pages_installed, s->bytes_read, s->sigbus_faults,
+                             s->latency_p50_ns, s->latency_p99_ns, s->latency_max_ns,
+                             s->user_mode_only_clients, s->this_client_user_mode_only ? 1 : 0};
+        return 0;
+    });
+}
+
+int pagerd_ping(pagerd_conn* conn)
+{
+    return guarded([&] {
+        if (!conn) return fail(EINVAL, "conn is NULL");
+        auto r = conn->conn->ping();
+        return r ? 0 : fail(r.error());
+    });
+}
+
+int pagerd_user_mode_only(const pagerd_conn* conn)
+{
+    return conn ? (conn->conn->user_mode_only() ? 1 : 0) : -1;
+}
+
+const char* pagerd_last_error(void) { return t_error.c_str(); }
+int pagerd_last_error_code(void) { return t_code; }
+
+}  // extern "C"

@@ -1,0 +1,262 @@
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <string_view>
+
+#include "connection_impl.hpp"
+#include "pagerd/proto/codec.hpp"
+#include "pagerd/proto/wire.hpp"
+#include "pagerd/util/uffd.hpp"
+#include "uffd_setup.hpp"
+
+namespace pagerd::libclient {
+
+static_assert(std::string_view(k_default_socket) == proto::k_default_socket_path);
+
+namespace {
+
+Error sys_error(const std::string& what, int err = errno)
+{
+    return Error{err, what + ": " + std::strerror(err)};
+}
+
+constexpr std::uint64_t k_required_caps = proto::cap::FILE_STORE | proto::cap::UFFD_EVENTS;
+
+std::string missing_caps(std::uint64_t missing)
+{
+    std::string names;
+    for (unsigned bit = 0; bit < 64; ++bit) {
+        if (!(missing >> bit & 1)) continue;
+        const char* n = proto::capability_name(bit);
+        names += (names.empty() ? "" : ", ") + (n ? std::string(n) : "bit " + std::to_string(bit));
+    }
+    return names;
+}
+
+Result<util::UniqueFd> dial(const std::string& path)
+{
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof addr.sun_path)
+        return Error{ENAMETOOLONG, "socket path '" + path + "' is empty or too long"};
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    util::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+    if (!s) return sys_error("socket");
+    if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        const int err = errno;
+        if (err == ENOENT || err == ECONNREFUSED)
+            return Error{err, "cannot connect to pagerd at " + path + ": " + std::strerror(err) +
+                                  " (is pagerd running? set PAGERD_SOCKET or pass the socket path)"};
+        return sys_error("cannot connect to pagerd at " + path, err);
+    }
+    return s;
+}
+
+}  // namespace
+
+std::string resolve_socket_path(const std::string& argument)
+{
+    if (!argument.empty()) return argument;
+    const char* env = std::getenv("PAGERD_SOCKET");
+    return env && *env ? env : k_default_socket;
+}
+
+Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds)
+{
+    std::lock_guard lock(request_mutex);
+    if (!alive.load()) return Error{ENOTCONN, "the connection to pagerd was lost"};
+    const std::uint32_t id = next_request_id++;
+    const auto type = proto::type_of(body);
+    if (int err = proto::send_message(sock.get(), proto::Message{id, std::move(body)}, fds))
+        return sys_error(std::string("sending ") + proto::type_name(type) + " to pagerd", err);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now()).count();
+        pollfd p{sock.get(), POLLIN, 0};
+        const int r = ::poll(&p, 1, left > 0 ? static_cast<int>(left) : 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) return sys_error("poll");
+        if (r == 0)
+            return Error{ETIMEDOUT, std::string("pagerd did not answer ") + proto::type_name(type) +
+                                        " within " + std::to_string(timeout_ms) + " ms"};
+        auto got = proto::receive(sock.get());
+        if (!got) return sys_error("receiving from pagerd", got.error().code);
+        if (got->closed) return Error{ECONNRESET, "pagerd closed the connection"};
+        auto msg = proto::decode(got->bytes, got->fds.size());
+        if (!msg) return Error{EPROTO, "bad reply from pagerd: " + msg.error().message};
+        if (auto* e = std::get_if<proto::ErrorReply>(&msg->body); e && (msg->request_id == id || msg->request_id == 0))
+            return Error{static_cast<int>(e->code), "pagerd: " + e->text};
+        if (msg->request_id == id) return std::move(msg).value();
+        // A stale reply to an earlier request that timed out: skip it.
+    }
+}
+
+Connection::Connection(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
+
+Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& options)
+{
+    auto impl = std::make_unique<Impl>();
+    impl->timeout_ms = options.timeout_ms > 0 ? options.timeout_ms : 10000;
+    impl->page_size = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const std::string path = resolve_socket_path(options.socket_path);
+    auto sock = dial(path);
+    if (!sock) return sock.error();
+    impl->sock = std::move(sock.value());
+
+    // Greeting: the daemon refuses us if it lacks a capability we require, and we check too.
+    const std::uint64_t required = k_required_caps | options.required_caps;
+    proto::Hello hello{required, ~std::uint64_t{0},
+                       options.name.empty() ? std::string(program_invocation_short_name) : options.name};
+    if (hello.name.size() > proto::k_max_name) hello.name.resize(proto::k_max_name);
+    auto welcome = impl->request(hello);
+    if (!welcome) return welcome.error();
+    const auto* w = std::get_if<proto::Welcome>(&welcome->body);
+    if (!w) return Error{EPROTO, "pagerd answered HELLO with something other than WELCOME"};
+    if (const auto missing = required & ~w->caps)
+        return Error{static_cast<int>(proto::ErrorCode::CAPABILITY),
+                     "pagerd (" + w->version + ") lacks required capabilities: " + missing_caps(missing)};
+    impl->daemon_caps = w->caps;
+
+    auto uffd = create_uffd();
+    if (!uffd) return uffd.error();
+    impl->uffd = std::move(uffd->fd);
+    impl->uffd_features = uffd->features;
+    impl->user_mode_only = uffd->user_mode_only;
+    const int fd = impl->uffd.get();
+    auto reg = impl->request(proto::RegisterUffd{impl->uffd_features,
+                                                 impl->user_mode_only ? proto::k_uffd_user_mode_only : 0u},
+                             std::span<const int>(&fd, 1));
+    if (!reg) return reg.error();
+    impl->start_monitor();
+    return std::unique_ptr<Connection>(new Connection(std::move(impl)));
+}
+
+Connection::~Connection()
+{
+    // munmap while the monitor still runs: each munmap waits until someone reads its
+    // UFFD_EVENT_UNMAP, the daemon or, once the daemon is gone, the monitor.
+    {
+        std::lock_guard lock(m_impl->regions_mutex);
+        for (const auto& [id, r] : m_impl->regions) ::munmap(r.addr, r.size);
+        m_impl->regions.clear();
+    }
+    m_impl->stop_monitor();
+}
+
+Result<Region> Connection::map_fd(int fd, const MapOptions& o)
+{
+    const std::uint64_t page = m_impl->page_size;
+    if (o.length == 0) return Error{EINVAL, "region length is zero"};
+    if (o.length % page || o.offset % page)
+        return Error{EINVAL, "offset and length must be multiples of the page size (" + std::to_string(page) + ")"};
+    if (o.access != Access::ReadOnly && o.access != Access::PrivateWritable)
+        return Error{EINVAL, "unknown access mode"};
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return sys_error("the descriptor to map");
+    if (!S_ISREG(st.st_mode)) return Error{EINVAL, "only regular files can be mapped"};
+    const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
+    void* addr = ::mmap(nullptr, o.length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");
+    // A forked child must not see this memory: it would read zeros where data belongs.
+    ::madvise(addr, o.length, MADV_DONTFORK);
+    uffdio_register reg{};
+    reg.range.start = reinterpret_cast<std::uint64_t>(addr);
+    reg.range.len = o.length;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (::ioctl(m_impl->uffd.get(), UFFDIO_REGISTER, &reg) != 0) {
+        const int err = errno;
+        ::munmap(addr, o.length);
+        return sys_error("UFFDIO_REGISTER", err);
+    }
+    proto::Map m{reg.range.start, o.length, o.offset,
+                 o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u};
+    auto reply = m_impl->request(m, std::span<const int>(&fd, 1));
+    const auto* mapped = reply ? std::get_if<proto::Mapped>(&reply->body) : nullptr;
+    if (!mapped) {
+        ::munmap(addr, o.length);
+        return reply ? Error{EPROTO, "pagerd answered MAP with something other than MAPPED"} : reply.error();
+    }
+    Region r{mapped->region_id, addr, o.length, o.access};
+    std::lock_guard lock(m_impl->regions_mutex);
+    m_impl->regions.emplace(r.id, r);
+    return r;
+}
+
+Result<Region> Connection::map_file(const std::string& path, const MapOptions& o)
+{
+    util::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return sys_error("cannot open " + path);
+    return map_fd(fd.get(), o);  // the daemon keeps its own copy of the descriptor
+}
+
+Result<void> Connection::unmap(const Region& region)
+{
+    Region r;
+    {
+        std::lock_guard lock(m_impl->regions_mutex);
+        auto it = m_impl->regions.find(region.id);
+        if (it == m_impl->regions.end() || it->second.addr != region.addr)
+            return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
+        r = it->second;
+        m_impl->regions.erase(it);
+    }
+    // munmap first: threads still faulting in the region are woken by the daemon when it
+    // reads the unmap event, and then fault like on any unmapped memory.
+    if (::munmap(r.addr, r.size) != 0) return sys_error("munmap");
+    if (!m_impl->alive.load()) return {};
+    auto reply = m_impl->request(proto::Unmap{r.id});
+    if (!reply) return reply.error();
+    return {};
+}
+
+Result<Status> Connection::status()
+{
+    auto reply = m_impl->request(proto::StatusRequest{});
+    if (!reply) return reply.error();
+    const auto* s = std::get_if<proto::StatusReply>(&reply->body);
+    if (!s) return Error{EPROTO, "pagerd answered STATUS with something else"};
+    Status out;
+    out.version = s->version;
+    out.uptime_ms = s->uptime_ms;
+    out.workers = s->workers;
+    out.clients = s->clients;
+    out.regions = s->regions;
+    out.mapped_bytes = s->mapped_bytes;
+    out.faults = s->faults;
+    out.pages_installed = s->pages_installed;
+    out.bytes_read = s->bytes_read;
+    out.sigbus_faults = s->sigbus_faults;
+    out.latency_p50_ns = s->latency_p50_ns;
+    out.latency_p99_ns = s->latency_p99_ns;
+    out.latency_max_ns = s->latency_max_ns;
+    out.user_mode_only_clients = s->user_mode_only_clients;
+    out.this_client_user_mode_only = s->requester_flags & proto::k_uffd_user_mode_only;
+    out.this_client_regions = s->requester_regions;
+    return out;
+}
+
+Result<void> Connection::ping()
+{
+    const std::uint64_t nonce = 0x70616765726421ull ^ reinterpret_cast<std::uintptr_t>(this);
+    auto reply = m_impl->request(proto::Ping{nonce});
+    if (!reply) return reply.error();
+    const auto* p = std::get_if<proto::Pong>(&reply->body);
+    if (!p || p->nonce != nonce) return Error{EPROTO, "pagerd answered PING wrongly"};
+    return {};
+}
+
+bool Connection::user_mode_only() const { return m_impl->user_mode_only; }
+std::uint64_t Connection::daemon_caps() const { return m_impl->daemon_caps; }
+bool Connection::daemon_alive() const { return m_impl->alive.load(); }
+
+}  // namespace pagerd::libclient

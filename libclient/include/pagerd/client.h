@@ -1,0 +1,59 @@
+/* libclient C API. Every function returns 0 on success and -1 on failure; then
+ * pagerd_last_error() gives a message and pagerd_last_error_code() an errno value or a
+ * pagerd protocol error code, both for the calling thread. Nothing here exits or aborts. */
+#ifndef PAGERD_CLIENT_H
+#define PAGERD_CLIENT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct pagerd_conn pagerd_conn;
+
+enum pagerd_access { PAGERD_READ_ONLY = 0, PAGERD_PRIVATE_WRITABLE = 1 };
+
+typedef struct pagerd_region {
+    uint64_t id;
+    void* addr;
+    size_t size;
+} pagerd_region;
+
+typedef struct pagerd_status {
+    uint64_t uptime_ms;
+    uint32_t workers;
+    uint32_t clients;
+    uint64_t regions;
+    uint64_t mapped_bytes;
+    uint64_t faults;
+    uint64_t pages_installed;
+    uint64_t bytes_read;
+    uint64_t sigbus_faults;
+    uint64_t latency_p50_ns;
+    uint64_t latency_p99_ns;
+    uint64_t latency_max_ns;
+    uint32_t user_mode_only_clients;
+    int this_client_user_mode_only;
+} pagerd_status;
+
+/* socket_path may be NULL: then $PAGERD_SOCKET, else /run/pagerd/pagerd.sock. */
+int pagerd_connect(const char* socket_path, pagerd_conn** out);
+/* Unmaps every region still mapped and frees conn. conn may be NULL. */
+int pagerd_disconnect(pagerd_conn* conn);
+int pagerd_map_path(pagerd_conn* conn, const char* path, uint64_t offset, uint64_t length,
+                    int access, pagerd_region* out);
+int pagerd_map_fd(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access,
+                  pagerd_region* out);
+int pagerd_unmap(pagerd_conn* conn, const pagerd_region* region);
+int pagerd_status_get(pagerd_conn* conn, pagerd_status* out);
+int pagerd_ping(pagerd_conn* conn);
+int pagerd_user_mode_only(const pagerd_conn* conn); /* 1, 0, or -1 for a NULL conn */
+
+const char* pagerd_last_error(void);
+int pagerd_last_error_code(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PAGERD_CLIENT_H */

@@ -1,0 +1,93 @@
+// libclient C++ API: connect to pagerd, map file regions that are paged in on first touch.
+// Every call returns errors as values (pagerd::Result); nothing here throws on bad input,
+// exits or aborts. Thread-safe: one Connection may be used from many threads.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "pagerd/util/result.hpp"
+
+namespace pagerd::libclient {
+
+// Socket used when neither the argument nor $PAGERD_SOCKET names one.
+inline constexpr const char* k_default_socket = "/run/pagerd/pagerd.sock";
+
+// argument if non-empty, else $PAGERD_SOCKET if set and non-empty, else k_default_socket.
+std::string resolve_socket_path(const std::string& argument);
+
+enum class Access {
+    ReadOnly,         // PROT_READ; writes raise SIGSEGV
+    PrivateWritable,  // copy-on-write: writes stay in this process, never reach the file
+};
+
+struct ConnectOptions {
+    std::string socket_path;          // see resolve_socket_path()
+    std::string name;                 // shown in the daemon's log (at most 64 bytes)
+    std::uint64_t required_caps = 0;  // proto::cap bits the caller needs beyond the basics
+    int timeout_ms = 10000;           // deadline of each request to the daemon
+};
+
+struct MapOptions {
+    std::uint64_t offset = 0;  // file offset, multiple of the page size
+    std::uint64_t length = 0;  // bytes, non-zero multiple of the page size, within the file
+                               // rounded up to a whole page
+    Access access = Access::ReadOnly;
+};
+
+struct Region {
+    std::uint64_t id = 0;
+    void* addr = nullptr;
+    std::size_t size = 0;
+    Access access = Access::ReadOnly;
+};
+
+struct Status {
+    std::string version;
+    std::uint64_t uptime_ms = 0;
+    std::uint32_t workers = 0;
+    std::uint32_t clients = 0;
+    std::uint64_t regions = 0;
+    std::uint64_t mapped_bytes = 0;
+    std::uint64_t faults = 0;
+    std::uint64_t pages_installed = 0;
+    std::uint64_t bytes_read = 0;
+    std::uint64_t sigbus_faults = 0;
+    std::uint64_t latency_p50_ns = 0;
+    std::uint64_t latency_p99_ns = 0;
+    std::uint64_t latency_max_ns = 0;
+    std::uint32_t user_mode_only_clients = 0;
+    bool this_client_user_mode_only = false;  // this connection's userfaultfd mode
+    std::uint64_t this_client_regions = 0;
+};
+
+class Connection {
+public:
+    static Result<std::unique_ptr<Connection>> connect(const ConnectOptions& options = {});
+    ~Connection();  // unmaps the regions still mapped, then disconnects
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    Result<Region> map_file(const std::string& path, const MapOptions& options);
+    Result<Region> map_fd(int fd, const MapOptions& options);  // fd stays the caller's
+    Result<void> unmap(const Region& region);
+    Result<Status> status();
+    Result<void> ping();
+
+    // True when the kernel only gave a userfaultfd that handles faults from user mode:
+    // then read(2)/write(2) with unloaded region memory fail with EFAULT.
+    bool user_mode_only() const;
+    std::uint64_t daemon_caps() const;
+    // False once the daemon connection is lost; from then on faults on unloaded pages of
+    // this connection's regions raise SIGBUS instead of blocking.
+    bool daemon_alive() const;
+
+    struct Impl;
+
+private:
+    explicit Connection(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> m_impl;
+};
+
+}  // namespace pagerd::libclient

@@ -1,0 +1,79 @@
+#include "uffd_setup.hpp"
+
+#include <fcntl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "pagerd/util/uffd.hpp"
+
+namespace pagerd::libclient {
+namespace {
+
+// Features we ask for when the kernel has them: the daemon keeps its region table true
+// through the events, and POISON lets it raise SIGBUS for faults it cannot serve.
+constexpr std::uint64_t k_wanted = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE |
+                                   UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_POISON;
+
+int open_uffd(bool user_mode_only)
+{
+    const int flags = O_CLOEXEC | O_NONBLOCK | (user_mode_only ? UFFD_USER_MODE_ONLY : 0);
+    if (!user_mode_only) {
+        util::UniqueFd dev(::open("/dev/userfaultfd", O_RDWR | O_CLOEXEC));
+        if (dev) {
+            const int fd = ::ioctl(dev.get(), USERFAULTFD_IOC_NEW, flags);
+            if (fd >= 0) return fd;
+        }
+    }
+    return static_cast<int>(::syscall(SYS_userfaultfd, flags));
+}
+
+Result<std::uint64_t> api(int fd, std::uint64_t features)
+{
+    uffdio_api a{};
+    a.api = UFFD_API;
+    a.features = features;
+    if (::ioctl(fd, UFFDIO_API, &a) != 0)
+        return Error{errno, std::string("UFFDIO_API failed: ") + std::strerror(errno)};
+    return static_cast<std::uint64_t>(a.features);
+}
+
+}  // namespace
+
+Result<Uffd> create_uffd()
+{
+    const char* mode = std::getenv("PAGERD_UFFD_MODE");
+    const bool force_user = mode && std::strcmp(mode, "user-only") == 0;
+    Uffd u;
+    int saved = 0;
+    if (!force_user) {
+        u.fd.reset(open_uffd(false));
+        saved = errno;
+    }
+    if (!u.fd) {
+        u.fd.reset(open_uffd(true));
+        u.user_mode_only = true;
+    }
+    if (!u.fd)
+        return Error{errno, std::string("cannot create a userfaultfd: ") + std::strerror(saved ? saved : errno) +
+                                " (needs /dev/userfaultfd access, CAP_SYS_PTRACE, or "
+                                "vm.unprivileged_userfaultfd=1)"};
+    // Probe what this kernel offers on a throw-away descriptor: UFFDIO_API runs once per fd.
+    util::UniqueFd probe(open_uffd(u.user_mode_only));
+    std::uint64_t available = 0;
+    if (probe) {
+        auto got = api(probe.get(), 0);
+        if (got) available = got.value();
+    }
+    const std::uint64_t requested = k_wanted & available;
+    auto granted = api(u.fd.get(), requested);
+    if (!granted) return granted.error();
+    u.features = requested;  // UFFDIO_API answers with every available feature, not the enabled ones
+    return u;
+}
+
+}  // namespace pagerd::libclient

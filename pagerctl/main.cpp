@@ -1,0 +1,42 @@
+// pagerctl: a command-line client of pagerd, for people and scripts.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "commands.hpp"
+
+namespace pagerd::pagerctl {
+
+int report(const Error& e)
+{
+    std::fprintf(stderr, "pagerctl: %s\n", e.message.c_str());
+    return 1;
+}
+
+}  // namespace pagerd::pagerctl
+
+int main(int argc, char** argv)
+{
+    using namespace pagerd::pagerctl;
+    CLI::App app{"pagerctl: talk to pagerd"};
+    app.require_subcommand(1);
+    std::string socket;
+    app.add_option("--socket", socket, "pagerd socket (default: $PAGERD_SOCKET, else /run/pagerd/pagerd.sock)");
+
+    bool json = false;
+    auto* status = app.add_subcommand("status", "Daemon version, uptime, clients, regions, faults, latency");
+    status->add_flag("--json", json, "One JSON object");
+
+    CatOptions cat;
+    std::string pattern = "seq";
+    auto* catcmd = app.add_subcommand("cat", "Map FILE through pagerd, touch every page, write the bytes to stdout");
+    catcmd->add_option("FILE", cat.file, "File to map")->required();
+    catcmd->add_option("--offset", cat.offset, "First byte");
+    catcmd->add_option("--length", cat.length, "Bytes (default: to the end of the file)");
+    catcmd->add_option("--pattern", pattern, "Order of first touches")->check(CLI::IsMember({"seq", "random"}));
+    catcmd->add_option("--threads", cat.threads, "Touching threads")->check(CLI::Range(1u, 1024u));
+
+    CLI11_PARSE(app, argc, argv);
+    if (status->parsed()) return run_status(socket, json);
+    cat.random = pattern == "random";
+    return run_cat(socket, cat);
+}

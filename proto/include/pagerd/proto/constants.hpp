@@ -1,0 +1,85 @@
+// Wire constants shared by daemon and client. proto/PROTOCOL.md is the specification;
+// tests/proto/test_protocol_doc.cpp checks that this file and the document agree.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace pagerd::proto {
+
+inline constexpr std::uint32_t k_magic = 0x44524750;  // "PGRD" in little-endian byte order
+inline constexpr std::uint16_t k_version = 1;
+inline constexpr std::size_t k_header_size = 16;
+inline constexpr std::size_t k_max_message_size = 4096;  // header included
+inline constexpr std::size_t k_max_fds = 2;              // per message
+inline constexpr std::size_t k_max_name = 64;            // HELLO client name
+inline constexpr std::size_t k_max_text = 1024;          // ERROR text, version strings
+inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
+
+// Message types: X(NAME, value, fds carried)
+#define PAGERD_MESSAGE_TYPES(X) \
+    X(HELLO, 1, 0)              \
+    X(WELCOME, 2, 0)            \
+    X(REGISTER_UFFD, 3, 1)      \
+    X(MAP, 4, 1)                \
+    X(MAPPED, 5, 0)             \
+    X(UNMAP, 6, 0)              \
+    X(OK, 7, 0)                 \
+    X(STATUS, 8, 0)             \
+    X(STATUS_REPLY, 9, 0)       \
+    X(PING, 10, 0)              \
+    X(PONG, 11, 0)              \
+    X(ERROR, 12, 0)
+
+enum class Type : std::uint16_t {
+#define PAGERD_X(name, value, fds) name = value,
+    PAGERD_MESSAGE_TYPES(PAGERD_X)
+#undef PAGERD_X
+};
+
+// Error codes carried by ERROR: X(NAME, value)
+#define PAGERD_ERROR_CODES(X) \
+    X(MALFORMED, 1)           \
+    X(UNKNOWN_TYPE, 2)        \
+    X(BAD_DESCRIPTOR, 3)      \
+    X(NOT_READY, 4)           \
+    X(BAD_RANGE, 5)           \
+    X(OVERLAP, 6)             \
+    X(PAST_EOF, 7)            \
+    X(LIMIT, 8)               \
+    X(NO_SUCH_REGION, 9)      \
+    X(CAPABILITY, 10)         \
+    X(INTERNAL, 11)           \
+    X(TIMEOUT, 12)
+
+enum class ErrorCode : std::uint32_t {
+#define PAGERD_X(name, value) name = value,
+    PAGERD_ERROR_CODES(PAGERD_X)
+#undef PAGERD_X
+};
+
+// Capability bits (WELCOME.caps, HELLO.required/optional). Only ever added.
+#define PAGERD_CAPABILITIES(X)   \
+    X(FILE_STORE, 0)             \
+    X(PRIVATE_WRITABLE, 1)       \
+    X(UFFD_EVENTS, 2)            \
+    X(STATUS, 3)                 \
+    X(SIGBUS_PAST_EOF, 4)
+
+namespace cap {
+#define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;
+PAGERD_CAPABILITIES(PAGERD_X)
+#undef PAGERD_X
+}  // namespace cap
+
+// REGISTER_UFFD.flags
+inline constexpr std::uint32_t k_uffd_user_mode_only = 1u << 0;
+// MAP.flags
+inline constexpr std::uint32_t k_map_private_writable = 1u << 0;
+inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable;
+
+const char* type_name(Type t);              // "HELLO", ... or "?"
+const char* error_code_name(ErrorCode c);   // "MALFORMED", ... or "?"
+const char* capability_name(unsigned bit);  // "FILE_STORE", ... or nullptr
+std::size_t fds_expected(Type t);           // descriptors a message of this type must carry
+
+}  // namespace pagerd::proto

@@ -1,0 +1,80 @@
+// Message bodies. Encoding and decoding live in codec.hpp; layouts in proto/PROTOCOL.md.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <variant>
+
+#include "pagerd/proto/constants.hpp"
+
+namespace pagerd::proto {
+
+struct Hello {
+    std::uint64_t required_caps = 0;
+    std::uint64_t optional_caps = 0;
+    std::string name;  // at most k_max_name bytes
+};
+struct Welcome {
+    std::uint64_t caps = 0;
+    std::uint32_t page_size = 0;
+    std::uint32_t max_regions = 0;
+    std::uint64_t max_mapped_bytes = 0;
+    std::string version;
+};
+struct RegisterUffd {
+    std::uint64_t features = 0;  // what UFFDIO_API granted the client
+    std::uint32_t flags = 0;     // k_uffd_user_mode_only
+};
+struct Map {
+    std::uint64_t addr = 0;
+    std::uint64_t length = 0;
+    std::uint64_t file_offset = 0;
+    std::uint32_t flags = 0;  // k_map_*
+};
+struct Mapped {
+    std::uint64_t region_id = 0;
+};
+struct Unmap {
+    std::uint64_t region_id = 0;
+};
+struct Ok {};
+struct StatusRequest {};
+struct StatusReply {
+    std::uint64_t uptime_ms = 0;
+    std::uint32_t workers = 0;
+    std::uint32_t clients = 0;
+    std::uint64_t regions = 0;
+    std::uint64_t mapped_bytes = 0;
+    std::uint64_t faults = 0;           // fault messages served
+    std::uint64_t pages_installed = 0;  // pages placed with UFFDIO_COPY
+    std::uint64_t bytes_read = 0;       // bytes read from stores
+    std::uint64_t sigbus_faults = 0;    // faults answered with SIGBUS (past EOF, I/O error)
+    std::uint64_t latency_p50_ns = 0;
+    std::uint64_t latency_p99_ns = 0;
+    std::uint64_t latency_max_ns = 0;
+    std::uint32_t user_mode_only_clients = 0;
+    std::uint32_t requester_flags = 0;     // the asking client's REGISTER_UFFD.flags
+    std::uint64_t requester_regions = 0;   // regions of the asking client
+    std::string version;
+};
+struct Ping {
+    std::uint64_t nonce = 0;
+};
+struct Pong {
+    std::uint64_t nonce = 0;
+};
+struct ErrorReply {
+    ErrorCode code = ErrorCode::INTERNAL;
+    std::string text;  // at most k_max_text bytes
+};
+
+using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, Unmap, Ok, StatusRequest,
+                          StatusReply, Ping, Pong, ErrorReply>;
+
+struct Message {
+    std::uint32_t request_id = 0;
+    Body body;
+};
+
+Type type_of(const Body& body);
+
+}  // namespace pagerd::proto

@@ -1,0 +1,58 @@
+// userfaultfd constants newer than the build host's kernel headers (Debian 12 ships 6.1's),
+// defined here so that features are compiled in and then probed at run time.
+#pragma once
+#include <linux/userfaultfd.h>
+#include <sys/ioctl.h>
+#include <cerrno>
+#include <cstdint>
+
+#ifndef UFFD_FEATURE_WP_UNPOPULATED
+#define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFD_FEATURE_POISON
+#define UFFD_FEATURE_POISON (1 << 14)
+#endif
+#ifndef UFFD_FEATURE_WP_ASYNC
+#define UFFD_FEATURE_WP_ASYNC (1 << 15)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC 0xAA
+#define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)
+#endif
+#ifndef UFFD_USER_MODE_ONLY
+#define UFFD_USER_MODE_ONLY 1
+#endif
+#ifndef _UFFDIO_POISON
+#define _UFFDIO_POISON (0x08)
+struct uffdio_poison {
+    struct uffdio_range range;
+#define UFFDIO_POISON_MODE_DONTWAKE ((__u64)1 << 0)
+    __u64 mode;
+    __s64 updated;
+};
+#define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+#endif
+
+namespace pagerd::util {
+
+// Install a poison marker on [start, start+len): the next access raises SIGBUS.
+// Returns 0 or an errno value.
+inline int uffd_poison(int uffd, std::uint64_t start, std::uint64_t len)
+{
+    uffdio_poison p{};
+    p.range.start = start;
+    p.range.len = len;
+    return ::ioctl(uffd, UFFDIO_POISON, &p) == 0 ? 0 : errno;
+}
+
+// Wake threads blocked on faults in [start, start+len). Returns 0 or an errno value.
+inline int uffd_wake(int uffd, std::uint64_t start, std::uint64_t len)
+{
+    uffdio_range r{start, len};
+    return ::ioctl(uffd, UFFDIO_WAKE, &r) == 0 ? 0 : errno;
+}
+
+}  // namespace pagerd::util
