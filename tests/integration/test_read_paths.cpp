@@ -1,0 +1,313 @@
+// Bytes through pagerd equal the file: sequential, random, many threads, many clients,
+// partial last pages, system calls on unloaded memory, copy-on-write regions.
+#include <catch2/catch.hpp>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "harness.hpp"
+
+using namespace pagerd;
+using namespace pagerd::test;
+using libclient::Access;
+
+namespace {
+
+constexpr std::uint64_t k_page = 4096;
+
+std::uint64_t round_up(std::uint64_t n) { return (n + k_page - 1) / k_page * k_page; }
+
+// Touches every page of [base, base+len) from `threads` threads in the given order.
+void touch_pages(const volatile std::uint8_t* base, std::uint64_t len, unsigned threads, bool random)
+{
+    std::vector<std::uint64_t> order(len / k_page);
+    std::iota(order.begin(), order.end(), 0);
+    if (random) std::shuffle(order.begin(), order.end(), std::mt19937_64(42));
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            for (std::size_t i = t; i < order.size(); i += threads) (void)base[order[i] * k_page + (i % k_page)];
+        });
+    for (auto& th : pool) th.join();
+}
+
+}  // namespace
+
+TEST_CASE("sequential and random access from many threads see the file's bytes", "[read]")
+{
+    TempDir dir;
+    const std::uint64_t size = 24 * 1024 * 1024;
+    make_file(dir.file("data"), size, 7);
+    const auto expect = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    for (bool random : {false, true}) {
+        for (unsigned threads : {1u, 8u}) {
+            INFO("random " << random << ", threads " << threads);
+            auto r = conn->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+            REQUIRE(r.ok());
+            touch_pages(static_cast<const std::uint8_t*>(r->addr), size, threads, random);
+            REQUIRE(std::memcmp(r->addr, expect.data(), size) == 0);
+            REQUIRE(conn->unmap(r.value()).ok());
+        }
+    }
+    const auto s = daemon.status();
+    CHECK(s.faults > 0);
+    CHECK(s.bytes_read >= 4 * size);
+    CHECK(s.latency_max_ns >= s.latency_p99_ns);
+    CHECK(s.latency_p99_ns >= s.latency_p50_ns);
+    CHECK(s.latency_p50_ns > 0);
+}
+
+TEST_CASE("nothing is read before the first touch, and each touch loads its own page", "[read]")
+{
+    TempDir dir;
+    const std::uint64_t size = 64 * 1024 * 1024;
+    make_file(dir.file("data"), size, 3);
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto r = conn->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+    REQUIRE(r.ok());
+    const auto before = daemon.status();
+    CHECK(before.bytes_read == 0);
+    const auto* p = static_cast<const std::uint8_t*>(r->addr);
+    const std::uint64_t at = 40 * 1024 * 1024 + 12345;
+    CHECK(p[at] == pattern_byte(at, 3));
+    const auto after = daemon.status();
+    CHECK(after.faults == 1);
+    CHECK(after.bytes_read > 0);
+    CHECK(after.bytes_read <= 2 * 1024 * 1024);  // one block, not the file
+}
+
+TEST_CASE("a file that is not a multiple of the page size: exact bytes, zeros in the tail", "[read]")
+{
+    TempDir dir;
+    for (std::uint64_t size : {std::uint64_t{1}, std::uint64_t{4095}, std::uint64_t{4097},
+                               std::uint64_t{3 * 65536 + 17}, std::uint64_t{1000003}}) {
+        INFO("file size " << size);
+        make_file(dir.file("odd"), size, static_cast<std::uint32_t>(size));
+        const auto expect = read_file(dir.file("odd"));
+        Daemon daemon;
+        auto conn = daemon.connect();
+        auto r = conn->map_file(dir.file("odd"), {0, round_up(size), Access::ReadOnly});
+        REQUIRE(r.ok());
+        const auto* p = static_cast<const std::uint8_t*>(r->addr);
+        touch_pages(p, round_up(size), 3, true);
+        REQUIRE(std::memcmp(p, expect.data(), size) == 0);
+        for (std::uint64_t i = size; i < round_up(size); ++i) REQUIRE(p[i] == 0);
+        // One page more than the file holds is refused.
+        auto past = conn->map_file(dir.file("odd"), {0, round_up(size) + k_page, Access::ReadOnly});
+        REQUIRE_FALSE(past.ok());
+        CHECK_THAT(past.error().message, Catch::Contains("past the end of the file"));
+    }
+}
+
+TEST_CASE("regions at file offsets, several at once on one connection", "[read]")
+{
+    TempDir dir;
+    const std::uint64_t size = 8 * 1024 * 1024;
+    make_file(dir.file("data"), size, 11);
+    const auto expect = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    std::vector<libclient::Region> regions;
+    for (std::uint64_t i = 0; i < 16; ++i) {
+        auto r = conn->map_file(dir.file("data"), {i * 65536 * 7, 65536 * 3, Access::ReadOnly});
+        REQUIRE(r.ok());
+        regions.push_back(r.value());
+    }
+    CHECK(daemon.status().regions == 16);
+    std::vector<std::thread> pool;
+    for (std::size_t i = 0; i < regions.size(); ++i)
+        pool.emplace_back([&, i] { touch_pages(static_cast<const std::uint8_t*>(regions[i].addr), regions[i].size, 1, true); });
+    for (auto& t : pool) t.join();
+    for (std::size_t i = 0; i < regions.size(); ++i)
+        REQUIRE(std::memcmp(regions[i].addr, expect.data() + i * 65536 * 7, 65536 * 3) == 0);
+    for (auto& r : regions) REQUIRE(conn->unmap(r).ok());
+    CHECK(daemon.wait_until([](const auto& s) { return s.regions == 0; }));
+}
+
+TEST_CASE("many clients at once: concurrent pagerctl cat processes", "[read][clients]")
+{
+    TempDir dir;
+    const std::uint64_t size = 6 * 1024 * 1024 + 333;
+    make_file(dir.file("data"), size, 5);
+    const auto expect = read_file(dir.file("data"));
+    Daemon daemon;
+    const std::string bin = PAGERCTL_BINARY;
+    std::vector<std::thread> pool;
+    std::vector<CommandResult> results(8);
+    for (std::size_t i = 0; i < results.size(); ++i)
+        pool.emplace_back([&, i] {
+            results[i] = run_command({bin, "--socket", daemon.socket(), "cat", dir.file("data"), "--pattern",
+                                      i % 2 ? "random" : "seq", "--threads", std::to_string(1 + i % 4)});
+        });
+    for (auto& t : pool) t.join();
+    for (const auto& r : results) {
+        INFO(r.err);
+        REQUIRE(exited_with(r.status, 0));
+        REQUIRE(r.out.size() == size);
+        REQUIRE(std::memcmp(r.out.data(), expect.data(), size) == 0);
+    }
+    CHECK(daemon.wait_until([](const auto& s) { return s.clients == 1 && s.regions == 0; }));
+}
+
+TEST_CASE("pagerctl cat writes a byte range that cmp can check", "[read][pagerctl]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), 300000, 9);
+    const auto expect = read_file(dir.file("data"));
+    Daemon daemon;
+    auto r = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "cat", dir.file("data"), "--offset",
+                          "5000", "--length", "77777", "--pattern", "random", "--threads", "4"});
+    INFO(r.err);
+    REQUIRE(exited_with(r.status, 0));
+    REQUIRE(r.out == std::string(expect.begin() + 5000, expect.begin() + 5000 + 77777));
+    auto missing = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "cat", dir.file("nope")});
+    CHECK(exited_with(missing.status, 1));
+    CHECK_THAT(missing.err, Catch::Contains("cannot open"));
+}
+
+TEST_CASE("read(2) and write(2) with unloaded region memory", "[read][syscalls]")
+{
+    TempDir dir;
+    const std::uint64_t size = 1024 * 1024;
+    make_file(dir.file("data"), size, 21);
+    make_file(dir.file("other"), size, 22);
+    const auto data = read_file(dir.file("data"));
+    const auto other = read_file(dir.file("other"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    REQUIRE_FALSE(conn->user_mode_only());
+
+    // write(2) from unloaded read-only region memory into a file: the kernel's copy faults.
+    auto ro = conn->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+    REQUIRE(ro.ok());
+    const int out = ::open(dir.file("copy").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    REQUIRE(::write(out, ro->addr, size) == static_cast<ssize_t>(size));
+    ::close(out);
+    CHECK(read_file(dir.file("copy")) == data);
+
+    // read(2) into unloaded private-writable memory: the page is loaded, then overwritten.
+    auto rw = conn->map_file(dir.file("data"), {0, size, Access::PrivateWritable});
+    REQUIRE(rw.ok());
+    const int in = ::open(dir.file("other").c_str(), O_RDONLY);
+    auto* p = static_cast<std::uint8_t*>(rw->addr);
+    REQUIRE(::pread(in, p + 100, 5000, 0) == 5000);
+    ::close(in);
+    CHECK(std::memcmp(p, data.data(), 100) == 0);                  // before: file bytes
+    CHECK(std::memcmp(p + 100, other.data(), 5000) == 0);          // read(2) landed
+    CHECK(std::memcmp(p + 5100, data.data() + 5100, 8192) == 0);  // after: file bytes
+    CHECK(daemon.status().this_client_user_mode_only == false);
+}
+
+TEST_CASE("private writable regions are copy-on-write: the file never changes", "[read][cow]")
+{
+    TempDir dir;
+    const std::uint64_t size = 512 * 1024;
+    make_file(dir.file("data"), size, 31);
+    const auto data = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto rw = conn->map_file(dir.file("data"), {0, size, Access::PrivateWritable});
+    REQUIRE(rw.ok());
+    auto* p = static_cast<std::uint8_t*>(rw->addr);
+    p[70000] = static_cast<std::uint8_t>(~data[70000]);  // first touch is a write
+    CHECK(p[70001] == data[70001]);                       // the rest of the page came from the file
+    std::memset(p + 200000, 0xAB, 10000);
+    CHECK(p[200000 + 9999] == 0xAB);
+    CHECK(p[210000] == data[210000]);
+    REQUIRE(conn->unmap(rw.value()).ok());
+    CHECK(read_file(dir.file("data")) == data);
+    // A read-only region refuses writes like PROT_READ memory does.
+    auto ro = conn->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+    REQUIRE(ro.ok());
+    const int st = run_child([&] {
+        static_cast<volatile std::uint8_t*>(ro->addr)[10] = 1;
+        return 0;
+    });
+    CHECK(killed_by(st, SIGSEGV));
+}
+
+TEST_CASE("madvise(MADV_DONTNEED) drops pages and the next touch loads them again", "[read][events]")
+{
+    TempDir dir;
+    const std::uint64_t size = 1024 * 1024;
+    make_file(dir.file("data"), size, 41);
+    const auto data = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto rw = conn->map_file(dir.file("data"), {0, size, Access::PrivateWritable});
+    REQUIRE(rw.ok());
+    auto* p = static_cast<std::uint8_t*>(rw->addr);
+    std::memset(p, 0, size);  // private writes everywhere
+    REQUIRE(::madvise(p, size, MADV_DONTNEED) == 0);
+    CHECK(std::memcmp(p, data.data(), size) == 0);  // back to the file's bytes, like mmap
+}
+
+TEST_CASE("mremap moves a region and the daemon follows it", "[read][events]")
+{
+    TempDir dir;
+    const std::uint64_t size = 1024 * 1024;
+    make_file(dir.file("data"), size, 43);
+    const auto data = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto r = conn->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+    REQUIRE(r.ok());
+    void* moved = ::mremap(r->addr, size, size, MREMAP_MAYMOVE | MREMAP_FIXED,
+                           static_cast<char*>(::mmap(nullptr, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) + size);
+    REQUIRE(moved != MAP_FAILED);
+    CHECK(std::memcmp(moved, data.data(), size) == 0);
+    ::munmap(moved, size);
+    CHECK(daemon.wait_until([](const auto& s) { return s.regions == 0; }));
+}
+
+TEST_CASE("a forked child does not see regions (MADV_DONTFORK)", "[read][fork]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), 65536, 51);
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto r = conn->map_file(dir.file("data"), {0, 65536, Access::ReadOnly});
+    REQUIRE(r.ok());
+    const int st = run_child([&] { return static_cast<const volatile std::uint8_t*>(r->addr)[0]; });
+    CHECK(killed_by(st, SIGSEGV));
+}
+
+TEST_CASE("pages past the end of a file that shrank raise SIGBUS, like mmap", "[read][sigbus]")
+{
+    TempDir dir;
+    const std::uint64_t size = 1024 * 1024;
+    make_file(dir.file("data"), size, 61);
+    const auto data = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto r = conn->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+    REQUIRE(r.ok());
+    REQUIRE(::truncate(dir.file("data").c_str(), 100000) == 0);
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    CHECK(p[99999] == data[99999]);  // inside the file
+    CHECK(p[100000] == 0);            // tail of the last partial page
+    CHECK(p[102399] == 0);
+    const int st = run_child([&] { return p[500000]; });  // forked child: the region is not there
+    CHECK(killed_by(st, SIGSEGV));
+    // In this process (threads of this process are the faulting ones), past EOF is SIGBUS.
+    const int st2 = run_child([&] {
+        auto c = libclient::Connection::connect({daemon.socket(), "child"});
+        if (!c) return 3;
+        auto m = c.value()->map_file(dir.file("data"), {0, 102400, libclient::Access::ReadOnly});
+        if (!m) return 4;
+        if (::ftruncate(::open(dir.file("data").c_str(), O_WRONLY), 4096) != 0) return 5;
+        return static_cast<const volatile std::uint8_t*>(m->addr)[50000] + 10;
+    });
+    CHECK(killed_by(st2, SIGBUS));
+    CHECK(daemon.status().sigbus_faults >= 1);
+}
