@@ -70,6 +70,21 @@ std::string resolve_socket_path(const std::string& argument)
     return env && *env ? env : k_default_socket;
 }
 
+// After the daemon closed the connection, the reason it gave may still be queued: a
+// socket reports ECONNRESET once, then hands out what was left in its queue.
+static Error closed_reason(int sock, Error fallback)
+{
+    for (int i = 0; i < 2; ++i) {
+        auto got = proto::receive(sock, MSG_DONTWAIT);
+        if (!got || got->closed) continue;
+        auto msg = proto::decode(got->bytes, got->fds.size());
+        if (!msg) break;
+        if (auto* e = std::get_if<proto::ErrorReply>(&msg->body))
+            return Error{static_cast<int>(e->code), "pagerd: " + e->text};
+    }
+    return fallback;
+}
+
 Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds)
 {
     std::lock_guard lock(request_mutex);
@@ -77,7 +92,7 @@ Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<con
     const std::uint32_t id = next_request_id++;
     const auto type = proto::type_of(body);
     if (int err = proto::send_message(sock.get(), proto::Message{id, std::move(body)}, fds))
-        return sys_error(std::string("sending ") + proto::type_name(type) + " to pagerd", err);
+        return closed_reason(sock.get(), sys_error(std::string("sending ") + proto::type_name(type) + " to pagerd", err));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     for (;;) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -90,7 +105,7 @@ Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<con
             return Error{ETIMEDOUT, std::string("pagerd did not answer ") + proto::type_name(type) +
                                         " within " + std::to_string(timeout_ms) + " ms"};
         auto got = proto::receive(sock.get());
-        if (!got) return sys_error("receiving from pagerd", got.error().code);
+        if (!got) return closed_reason(sock.get(), sys_error("receiving from pagerd", got.error().code));
         if (got->closed) return Error{ECONNRESET, "pagerd closed the connection"};
         auto msg = proto::decode(got->bytes, got->fds.size());
         if (!msg) return Error{EPROTO, "bad reply from pagerd: " + msg.error().message};

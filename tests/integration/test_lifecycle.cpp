@@ -16,7 +16,7 @@ using namespace pagerd::test;
 using namespace std::chrono_literals;
 using libclient::Access;
 
-TEST_CASE("a client killed with SIGKILL while faulting is freed; the daemon serves on", "[lifecycle]")
+TEST_CASE("a client killed with SIGKILL while faulting is freed and the daemon serves on", "[lifecycle]")
 {
     TempDir dir;
     const std::uint64_t size = 256 * 1024 * 1024;
@@ -198,7 +198,7 @@ TEST_CASE("a client that requires a capability the daemon lacks fails with a cle
     CHECK(daemon.alive());
 }
 
-TEST_CASE("connecting without a daemon fails clearly; $PAGERD_SOCKET is honoured", "[lifecycle][socket]")
+TEST_CASE("connecting without a daemon fails clearly and $PAGERD_SOCKET is honoured", "[lifecycle][socket]")
 {
     TempDir dir;
     auto c = libclient::Connection::connect({dir.file("nothing.sock")});

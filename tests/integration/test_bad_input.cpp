@@ -1,0 +1,419 @@
+// Hostile and broken peers: every one gets a clear error (or a clean disconnect for a
+// protocol violation), the daemon serves everybody else on, and nothing leaks.
+#include <catch2/catch.hpp>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <optional>
+#include <thread>
+
+#include "harness.hpp"
+#include "pagerd/proto/codec.hpp"
+#include "pagerd/proto/wire.hpp"
+#include "pagerd/util/uffd.hpp"
+
+using namespace pagerd;
+using namespace pagerd::test;
+using namespace std::chrono_literals;
+using proto::ErrorCode;
+
+namespace {
+
+// A client speaking the wire protocol by hand.
+class RawClient {
+public:
+    explicit RawClient(const std::string& path)
+    {
+        m_fd.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strcpy(a.sun_path, path.c_str());
+        REQUIRE(::connect(m_fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    }
+    int fd() const { return m_fd.get(); }
+    void send_raw(const std::vector<std::uint8_t>& bytes, std::vector<int> fds = {})
+    {
+        iovec iov{const_cast<std::uint8_t*>(bytes.data()), bytes.size()};
+        msghdr mh{};
+        mh.msg_iov = &iov;
+        mh.msg_iovlen = 1;
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 8)]{};
+        if (!fds.empty()) {
+            mh.msg_control = control;
+            mh.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+            cmsghdr* c = CMSG_FIRSTHDR(&mh);
+            c->cmsg_level = SOL_SOCKET;
+            c->cmsg_type = SCM_RIGHTS;
+            c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+            std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+        }
+        REQUIRE(::sendmsg(m_fd.get(), &mh, MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size()));
+    }
+    void send(proto::Body body, std::vector<int> fds = {})
+    {
+        send_raw(proto::encode(proto::Message{++m_id, std::move(body)}), std::move(fds));
+    }
+    // Next message from the daemon, or nothing when it closed the connection.
+    std::optional<proto::Message> receive(std::chrono::milliseconds timeout = 5s)
+    {
+        pollfd p{m_fd.get(), POLLIN, 0};
+        REQUIRE(::poll(&p, 1, static_cast<int>(timeout.count())) == 1);
+        auto got = proto::receive(m_fd.get());
+        REQUIRE(got.ok());
+        if (got->closed) return std::nullopt;
+        auto msg = proto::decode(got->bytes, got->fds.size());
+        REQUIRE(msg.ok());
+        return std::move(msg).value();
+    }
+    proto::ErrorReply expect_error(ErrorCode code)
+    {
+        auto m = receive();
+        REQUIRE(m.has_value());
+        const auto* e = std::get_if<proto::ErrorReply>(&m->body);
+        REQUIRE(e != nullptr);
+        INFO("error text: " << e->text);
+        CHECK(e->code == code);
+        CHECK_FALSE(e->text.empty());
+        return *e;
+    }
+    template <class T>
+    T expect()
+    {
+        auto m = receive();
+        REQUIRE(m.has_value());
+        if (auto* e = std::get_if<proto::ErrorReply>(&m->body)) FAIL("unexpected error: " << e->text);
+        const auto* t = std::get_if<T>(&m->body);
+        REQUIRE(t != nullptr);
+        return *t;
+    }
+    bool closed_by_daemon()
+    {
+        auto m = receive();
+        return !m.has_value();
+    }
+    void hello()
+    {
+        send(proto::Hello{proto::cap::FILE_STORE, 0, "raw"});
+        expect<proto::Welcome>();
+    }
+    std::uint32_t last_id() const { return m_id; }
+
+private:
+    util::UniqueFd m_fd;
+    std::uint32_t m_id = 0;
+};
+
+util::UniqueFd make_uffd()
+{
+    util::UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+    REQUIRE(fd);
+    uffdio_api api{UFFD_API, UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_POISON, 0};
+    REQUIRE(::ioctl(fd.get(), UFFDIO_API, &api) == 0);
+    return fd;
+}
+
+// Anonymous memory registered with uffd, as libclient prepares it before MAP.
+std::uint64_t registered_memory(int uffd, std::uint64_t len)
+{
+    void* p = ::mmap(nullptr, len, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    uffdio_register reg{};
+    reg.range.start = reinterpret_cast<std::uint64_t>(p);
+    reg.range.len = len;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    REQUIRE(::ioctl(uffd, UFFDIO_REGISTER, &reg) == 0);
+    return reg.range.start;
+}
+
+struct Fixture {
+    TempDir dir;
+    Daemon daemon{{"--max-regions-per-client", "4", "--max-mapped-bytes-per-client", "1048576",
+                   "--hello-timeout-ms", "300", "--max-clients", "16"}};
+    std::size_t fds_at_start = daemon.fd_count();
+    Fixture() { make_file(dir.file("data"), 1024 * 1024 + 100, 5); }
+
+    // The daemon still serves a well-behaved client correctly, and holds no more
+    // descriptors than when the test began.
+    void check_unharmed()
+    {
+        REQUIRE(daemon.alive());
+        auto conn = daemon.connect("bystander");
+        auto r = conn->map_file(dir.file("data"), {4096, 65536, libclient::Access::ReadOnly});
+        REQUIRE(r.ok());
+        const auto* p = static_cast<const std::uint8_t*>(r->addr);
+        for (std::uint64_t i = 0; i < 65536; i += 997) REQUIRE(p[i] == pattern_byte(4096 + i, 5));
+        REQUIRE(conn->unmap(r.value()).ok());
+        conn.reset();
+        CHECK(daemon.wait_fds_at_most(fds_at_start));
+        CHECK(daemon.wait_until([](const auto& s) { return s.clients == 1 && s.regions == 0; }));
+    }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(Fixture, "framing violations get MALFORMED and a disconnect", "[bad-input]")
+{
+    const auto good = proto::encode(proto::Message{1, proto::Ping{5}});
+    SECTION("garbage")
+    {
+        RawClient c(daemon.socket());
+        c.send_raw(std::vector<std::uint8_t>(40, 0xEE));
+        c.expect_error(ErrorCode::MALFORMED);
+        CHECK(c.closed_by_daemon());
+    }
+    SECTION("shorter than the header")
+    {
+        RawClient c(daemon.socket());
+        c.send_raw(std::vector<std::uint8_t>(good.begin(), good.begin() + 7));
+        c.expect_error(ErrorCode::MALFORMED);
+        CHECK(c.closed_by_daemon());
+    }
+    SECTION("truncated body")
+    {
+        RawClient c(daemon.socket());
+        auto cut = proto::encode(proto::Message{1, proto::Hello{1, 0, "x"}});
+        cut.resize(cut.size() - 2);
+        cut[8] = static_cast<std::uint8_t>(cut.size());  // length field agrees, body is short
+        c.send_raw(cut);
+        c.expect_error(ErrorCode::MALFORMED);
+        CHECK(c.closed_by_daemon());
+    }
+    SECTION("length field lies")
+    {
+        RawClient c(daemon.socket());
+        auto lie = good;
+        lie[8] += 4;
+        c.send_raw(lie);
+        c.expect_error(ErrorCode::MALFORMED);
+        CHECK(c.closed_by_daemon());
+    }
+    SECTION("oversized datagram")
+    {
+        RawClient c(daemon.socket());
+        std::vector<std::uint8_t> big(64 * 1024, 0);
+        std::memcpy(big.data(), good.data(), good.size());
+        c.send_raw(big);
+        c.expect_error(ErrorCode::MALFORMED);
+        CHECK(c.closed_by_daemon());
+    }
+    SECTION("first message is not HELLO")
+    {
+        RawClient c(daemon.socket());
+        c.send(proto::Ping{1});
+        c.expect_error(ErrorCode::NOT_READY);
+        CHECK(c.closed_by_daemon());
+    }
+    check_unharmed();
+}
+
+TEST_CASE_METHOD(Fixture, "recoverable mistakes get an error reply and the session goes on", "[bad-input]")
+{
+    auto c_owner = std::make_unique<RawClient>(daemon.socket());
+    RawClient& c = *c_owner;
+    c.hello();
+    SECTION("unknown type, answered with the request id")
+    {
+        auto bytes = proto::encode(proto::Message{1, proto::Ping{5}});
+        bytes[6] = 200;  // type
+        bytes[12] = 77;  // request id
+        c.send_raw(bytes);
+        auto m = c.receive();
+        REQUIRE(m.has_value());
+        CHECK(m->request_id == 77);
+        REQUIRE(std::holds_alternative<proto::ErrorReply>(m->body));
+        CHECK(std::get<proto::ErrorReply>(m->body).code == ErrorCode::UNKNOWN_TYPE);
+    }
+    SECTION("a daemon-to-client type sent to the daemon")
+    {
+        c.send(proto::Pong{1});
+        c.expect_error(ErrorCode::UNKNOWN_TYPE);
+    }
+    SECTION("second HELLO")
+    {
+        c.send(proto::Hello{1, 0, "again"});
+        c.expect_error(ErrorCode::NOT_READY);
+    }
+    SECTION("MAP before REGISTER_UFFD")
+    {
+        util::UniqueFd f(::open(dir.file("data").c_str(), O_RDONLY | O_CLOEXEC));
+        c.send(proto::Map{0x10000000, 4096, 0, 0}, {f.get()});
+        c.expect_error(ErrorCode::NOT_READY);
+    }
+    SECTION("a pipe passed as userfaultfd")
+    {
+        int p[2];
+        REQUIRE(::pipe(p) == 0);
+        c.send(proto::RegisterUffd{0, 0}, {p[0]});
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+        ::close(p[0]);
+        ::close(p[1]);
+    }
+    SECTION("REGISTER_UFFD without a descriptor, and with too many")
+    {
+        c.send(proto::RegisterUffd{0, 0});
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+        auto u1 = make_uffd(), u2 = make_uffd();
+        c.send(proto::RegisterUffd{0, 0}, {u1.get(), u2.get()});
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+    }
+    SECTION("PING carrying a descriptor")
+    {
+        util::UniqueFd f(::open(dir.file("data").c_str(), O_RDONLY | O_CLOEXEC));
+        c.send(proto::Ping{3}, {f.get()});
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+    }
+    SECTION("UNMAP of a region never mapped")
+    {
+        c.send(proto::Unmap{12345});
+        c.expect_error(ErrorCode::NO_SUCH_REGION);
+    }
+    c.send(proto::Ping{99});
+    CHECK(c.expect<proto::Pong>().nonce == 99);
+    c_owner.reset();
+    check_unharmed();
+}
+
+TEST_CASE_METHOD(Fixture, "MAP checks descriptors, ranges, overlaps and limits", "[bad-input][map]")
+{
+    auto c_owner = std::make_unique<RawClient>(daemon.socket());
+    RawClient& c = *c_owner;
+    c.hello();
+    auto uffd = make_uffd();
+    c.send(proto::RegisterUffd{UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_POISON, 0}, {uffd.get()});
+    c.expect<proto::Ok>();
+    c.send(proto::RegisterUffd{0, 0}, {uffd.get()});
+    c.expect_error(ErrorCode::NOT_READY);  // once per connection
+    util::UniqueFd file(::open(dir.file("data").c_str(), O_RDONLY | O_CLOEXEC));
+    const std::uint64_t mem = registered_memory(uffd.get(), 1024 * 1024 + 8192);
+    auto map = [&](std::uint64_t addr, std::uint64_t len, std::uint64_t off, std::uint32_t flags = 0, int fd = -1) {
+        c.send(proto::Map{addr, len, off, flags}, {fd < 0 ? file.get() : fd});
+    };
+    SECTION("wrong kinds of descriptor")
+    {
+        util::UniqueFd dirfd(::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        map(mem, 4096, 0, 0, dirfd.get());
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+        util::UniqueFd wronly(::open(dir.file("data").c_str(), O_WRONLY | O_CLOEXEC));
+        map(mem, 4096, 0, 0, wronly.get());
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+        util::UniqueFd path(::open(dir.file("data").c_str(), O_PATH | O_CLOEXEC));
+        map(mem, 4096, 0, 0, path.get());
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+        c.send(proto::Map{mem, 4096, 0, 0});
+        c.expect_error(ErrorCode::BAD_DESCRIPTOR);
+    }
+    SECTION("zero, unaligned, wrapping, unknown flags, past EOF")
+    {
+        map(mem, 0, 0);
+        CHECK_THAT(c.expect_error(ErrorCode::BAD_RANGE).text, Catch::Contains("zero"));
+        map(mem, 4095, 0);
+        CHECK_THAT(c.expect_error(ErrorCode::BAD_RANGE).text, Catch::Contains("multiples of the page size"));
+        map(mem + 1, 4096, 0);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        map(mem, 4096, 100);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        map(~std::uint64_t{0} - 4095, 8192, 0);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        map(mem, 4096, ~std::uint64_t{0} - 4095);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        map(mem, 4096, 0, 0x80);
+        CHECK_THAT(c.expect_error(ErrorCode::BAD_RANGE).text, Catch::Contains("unknown MAP flags"));
+        // The file has 1 MiB + 100 bytes: 257 pages.
+        map(mem, 65536, 1024 * 1024 + 8192 - 65536);
+        CHECK_THAT(c.expect_error(ErrorCode::PAST_EOF).text, Catch::Contains("past the end of the file"));
+        map(mem, 65536, 1024 * 1024 + 4096 - 65536);  // ends exactly at the file rounded up: fine
+        c.expect<proto::Mapped>();
+    }
+    SECTION("overlap and limits")
+    {
+        map(mem, 65536, 0);
+        const auto first = c.expect<proto::Mapped>().region_id;
+        CHECK(first == 1);
+        map(mem + 61440, 8192, 0);
+        c.expect_error(ErrorCode::OVERLAP);
+        map(mem - 4096, 8192, 0);
+        c.expect_error(ErrorCode::OVERLAP);
+        for (int i = 1; i < 4; ++i) {
+            map(mem + i * 65536, 65536, 0);
+            c.expect<proto::Mapped>();
+        }
+        map(mem + 4 * 65536, 4096, 0);
+        CHECK_THAT(c.expect_error(ErrorCode::LIMIT).text, Catch::Contains("regions per client"));
+        c.send(proto::Unmap{first});
+        c.expect<proto::Ok>();
+        c.send(proto::Unmap{first});  // already gone: idempotent
+        c.expect<proto::Ok>();
+        map(mem + 4 * 65536, 1024 * 1024 - 3 * 65536 + 4096, 0);
+        CHECK_THAT(c.expect_error(ErrorCode::LIMIT).text, Catch::Contains("bytes mapped per client"));
+    }
+    c.send(proto::Ping{1});
+    c.expect<proto::Pong>();
+    c_owner.reset();
+    uffd.reset();
+    check_unharmed();
+}
+
+TEST_CASE_METHOD(Fixture, "a silent client is timed out and a flooding client is cut off", "[bad-input][flood]")
+{
+    SECTION("sends nothing")
+    {
+        RawClient c(daemon.socket());
+        c.expect_error(ErrorCode::TIMEOUT);
+        CHECK(c.closed_by_daemon());
+    }
+    SECTION("floods requests and never reads the replies")
+    {
+        RawClient c(daemon.socket());
+        c.hello();
+        const auto bytes = proto::encode(proto::Message{1, proto::Ping{1}});
+        // Blocking sends: they go on while the daemon reads, until it gives up on us.
+        std::atomic<int> sent{0};
+        std::thread flood([&] {
+            while (sent < 1000000 && ::send(c.fd(), bytes.data(), bytes.size(), MSG_NOSIGNAL) >= 0) ++sent;
+        });
+        // Meanwhile a well-behaved client gets its answers.
+        auto other = daemon.connect("polite");
+        for (int i = 0; i < 50; ++i) REQUIRE(other->ping().ok());
+        flood.join();
+        INFO("requests sent before the daemon hung up: " << sent);
+        CHECK(sent < 1000000);  // the send failed: the daemon closed the connection
+        CHECK_THAT(daemon.log(), Catch::Contains("does not read its replies"));
+    }
+    SECTION("too many clients")
+    {
+        std::vector<std::unique_ptr<libclient::Connection>> conns;
+        for (int i = 0; i < 16; ++i) conns.push_back(daemon.connect());
+        auto extra = libclient::Connection::connect({daemon.socket()});
+        REQUIRE_FALSE(extra.ok());
+        CHECK_THAT(extra.error().message, Catch::Contains("too many clients"));
+        conns.clear();
+    }
+    check_unharmed();
+}
+
+TEST_CASE_METHOD(Fixture, "clients that vanish at awkward moments leak nothing", "[bad-input][leak]")
+{
+    for (int i = 0; i < 20; ++i) {
+        RawClient c(daemon.socket());
+        if (i % 4 == 0) continue;  // connect and close
+        c.hello();
+        auto uffd = make_uffd();
+        c.send(proto::RegisterUffd{UFFD_FEATURE_EVENT_UNMAP, 0}, {uffd.get()});
+        if (i % 4 == 1) continue;  // close before reading OK
+        c.expect<proto::Ok>();
+        util::UniqueFd file(::open(dir.file("data").c_str(), O_RDONLY | O_CLOEXEC));
+        const std::uint64_t mem = registered_memory(uffd.get(), 65536);
+        c.send(proto::Map{mem, 65536, 0, 0}, {file.get()});
+        if (i % 4 == 2) continue;  // close with a MAP in flight
+        c.expect<proto::Mapped>();
+        ::munmap(reinterpret_cast<void*>(mem), 65536);
+    }
+    check_unharmed();
+}
