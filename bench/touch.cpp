@@ -1,0 +1,141 @@
+// Page sets and timed first touches of a fresh mapping, by kernel mmap and by pagerd.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <unordered_map>
+
+#include "bench.hpp"
+
+namespace pagerd::bench {
+namespace {
+
+// The byte touched in page p: it moves with p so that the checksum covers more than byte 0.
+std::uint64_t touch_offset(std::uint32_t p) { return std::uint64_t{p} * k_page + (p * 97u) % k_page; }
+
+// Touches one byte of each page in `pages`, split into `threads` contiguous shares; the
+// clock runs from releasing the (already started) threads to the last one finishing.
+Measure touch(const void* addr, const std::vector<std::uint32_t>& pages, unsigned threads)
+{
+    const auto* base = static_cast<const volatile unsigned char*>(addr);
+    threads = static_cast<unsigned>(std::clamp<std::size_t>(threads, 1, std::max<std::size_t>(pages.size(), 1)));
+    constexpr std::size_t stride = 8;  // one cache line per thread's sum
+    std::vector<std::uint64_t> sums(threads * stride);
+    std::atomic<unsigned> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            const std::size_t begin = pages.size() * t / threads;
+            const std::size_t end = pages.size() * (t + 1) / threads;
+            ready.fetch_add(1);
+            go.wait(false);
+            std::uint64_t sum = 0;
+            for (std::size_t i = begin; i < end; ++i) sum += base[touch_offset(pages[i])];
+            sums[t * stride] = sum;
+        });
+    while (ready.load() < threads) std::this_thread::yield();
+    const auto t0 = std::chrono::steady_clock::now();
+    go.store(true);
+    go.notify_all();
+    for (auto& th : pool) th.join();
+    const auto t1 = std::chrono::steady_clock::now();
+    Measure m;
+    m.seconds = std::chrono::duration<double>(t1 - t0).count();
+    for (unsigned t = 0; t < threads; ++t) m.checksum += sums[t * stride];
+    return m;
+}
+
+// Compares up to 64 of the touched pages, spread over the set, with pread of the file.
+std::string verify_sample(const void* addr, int fd, const std::vector<std::uint32_t>& pages)
+{
+    const auto* base = static_cast<const unsigned char*>(addr);
+    const std::size_t samples = std::min<std::size_t>(64, pages.size());
+    std::vector<unsigned char> buf(k_page);
+    for (std::size_t s = 0; s < samples; ++s) {
+        const std::uint32_t p = pages[s * pages.size() / samples];
+        const off_t off = static_cast<off_t>(std::uint64_t{p} * k_page);
+        std::size_t got = 0;
+        while (got < k_page) {
+            const ssize_t r = ::pread(fd, buf.data() + got, k_page - got, off + static_cast<off_t>(got));
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) return "pread of page " + std::to_string(p) + " failed: " + std::strerror(errno);
+            got += static_cast<std::size_t>(r);
+        }
+        const unsigned char* mem = base + std::uint64_t{p} * k_page;
+        if (std::memcmp(mem, buf.data(), k_page) != 0) {
+            std::size_t i = 0;
+            while (mem[i] == buf[i]) ++i;
+            return "page " + std::to_string(p) + " byte " + std::to_string(i) + ": pagerd has " +
+                   std::to_string(mem[i]) + ", the file has " + std::to_string(buf[i]);
+        }
+    }
+    return {};
+}
+
+}  // namespace
+
+std::vector<std::uint32_t> sequential_pages(std::uint64_t pages)
+{
+    std::vector<std::uint32_t> v(pages);
+    for (std::uint64_t i = 0; i < pages; ++i) v[i] = static_cast<std::uint32_t>(i);
+    return v;
+}
+
+std::vector<std::uint32_t> random_pages(std::uint64_t pages, std::uint64_t count)
+{
+    // Sparse Fisher-Yates: the first `count` draws of a shuffle of 0..pages-1, in O(count).
+    count = std::min(count, pages);
+    std::uint64_t x = 0x2545f4914f6cdd1dull;  // xorshift64*, fixed seed
+    auto next = [&x] {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        return x * 0x2545f4914f6cdd1dull;
+    };
+    std::unordered_map<std::uint64_t, std::uint64_t> swapped;
+    auto at = [&swapped](std::uint64_t i) {
+        const auto it = swapped.find(i);
+        return it == swapped.end() ? i : it->second;
+    };
+    std::vector<std::uint32_t> v;
+    v.reserve(count);
+    for (std::uint64_t i = 0; i < count; ++i) {
+        const std::uint64_t j = i + next() % (pages - i);
+        const std::uint64_t vj = at(j);
+        swapped[j] = at(i);
+        v.push_back(static_cast<std::uint32_t>(vj));
+    }
+    return v;
+}
+
+Result<Measure> measure_mmap(int fd, std::uint64_t bytes, const std::vector<std::uint32_t>& pages,
+                             unsigned threads)
+{
+    void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) return Error{errno, std::string("mmap of the file: ") + std::strerror(errno)};
+    const Measure m = touch(p, pages, threads);
+    ::munmap(p, bytes);
+    return m;
+}
+
+Result<Measure> measure_pagerd(libclient::Connection& conn, int fd, std::uint64_t bytes,
+                               const std::vector<std::uint32_t>& pages, unsigned threads)
+{
+    auto region = conn.map_fd(fd, {0, bytes, libclient::Access::ReadOnly});
+    if (!region) return Error{region.error().code, "pagerd map_fd: " + region.error().message};
+    const Measure m = touch(region->addr, pages, threads);
+    const std::string mismatch = verify_sample(region->addr, fd, pages);
+    auto unmapped = conn.unmap(region.value());
+    if (!mismatch.empty()) return Error{EBADMSG, "pagerd data differs from the file: " + mismatch};
+    if (!unmapped) return Error{unmapped.error().code, "pagerd unmap: " + unmapped.error().message};
+    return m;
+}
+
+}  // namespace pagerd::bench
