@@ -186,7 +186,10 @@ void Worker::take_inbox()
 
 void Worker::check_deadlines()
 {
+    // Off the fault path: at most every 50 ms, however busy the worker is.
     const auto now = Clock::now();
+    if (now - m_last_deadline_check < std::chrono::milliseconds(50)) return;
+    m_last_deadline_check = now;
     for (auto it = m_clients.begin(); it != m_clients.end();) {
         Client& c = *(it++)->second;
         if (c.closing || c.hello_done || now < c.hello_deadline) continue;

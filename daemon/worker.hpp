@@ -158,6 +158,7 @@ private:
     std::size_t m_buffers_bytes = 0;
     std::vector<std::uint8_t*> m_free_buffers;
     std::deque<std::pair<Client*, Fault>> m_waiting;  // faults waiting for a buffer
+    Clock::time_point m_last_deadline_check{};
 };
 
 }  // namespace pagerd::daemon

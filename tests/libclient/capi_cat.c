@@ -1,0 +1,40 @@
+/* A plain C program on the C API, linked against the shared libpagerd-client: maps
+ * argv[2] through the daemon at argv[1], writes its bytes to stdout, checks error paths. */
+#include <pagerd/client.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+int main(int argc, char** argv)
+{
+    if (argc != 3) return 2;
+    pagerd_conn* conn = NULL;
+    if (pagerd_connect(argv[1], &conn) != 0) {
+        fprintf(stderr, "connect: %s\n", pagerd_last_error());
+        return 3;
+    }
+    if (pagerd_ping(conn) != 0) return 4;
+    struct stat st;
+    if (stat(argv[2], &st) != 0) return 5;
+    const uint64_t len = ((uint64_t)st.st_size + 4095) / 4096 * 4096;
+    pagerd_region r;
+    /* Error paths: zero length, unaligned offset, NULL arguments. */
+    if (pagerd_map_path(conn, argv[2], 0, 0, PAGERD_READ_ONLY, &r) == 0) return 6;
+    if (strstr(pagerd_last_error(), "zero") == NULL) return 7;
+    if (pagerd_map_path(conn, argv[2], 100, 4096, PAGERD_READ_ONLY, &r) == 0) return 8;
+    if (pagerd_map_path(NULL, argv[2], 0, 4096, PAGERD_READ_ONLY, &r) == 0) return 9;
+    if (pagerd_map_path(conn, argv[2], 0, len, 42, &r) == 0) return 10;
+    if (pagerd_map_path(conn, argv[2], 0, len, PAGERD_READ_ONLY, &r) != 0) {
+        fprintf(stderr, "map: %s\n", pagerd_last_error());
+        return 11;
+    }
+    if (r.size != len || r.addr == NULL) return 12;
+    if (fwrite(r.addr, 1, (size_t)st.st_size, stdout) != (size_t)st.st_size) return 13;
+    pagerd_status s;
+    if (pagerd_status_get(conn, &s) != 0 || s.regions < 1 || s.faults < 1) return 14;
+    if (pagerd_user_mode_only(conn) != 0 || s.this_client_user_mode_only != 0) return 15;
+    if (pagerd_unmap(conn, &r) != 0) return 16;
+    if (pagerd_unmap(conn, &r) == 0) return 17; /* twice: refused */
+    return pagerd_disconnect(conn) == 0 ? 0 : 18;
+}
