@@ -19,33 +19,37 @@ constexpr unsigned k_copy_retries = 64;
 
 }  // namespace
 
-void Worker::on_uffd_readable(Client& c)
+void Worker::on_uffd_readable(Client& c, unsigned slot)
 {
     for (unsigned i = 0; i < k_reads_per_wakeup && !c.closing; ++i)
-        if (!read_uffd(c, false)) return;
+        if (!read_uffd(c, slot, false)) return;
 }
 
-bool Worker::read_uffd(Client& c, bool defer_faults)
+bool Worker::read_uffd(Client& c, unsigned slot, bool defer_faults)
 {
+    if (!c.uffds[slot].fd) return false;
     uffd_msg msgs[k_msgs_per_read];
-    const ssize_t n = ::read(c.uffd.get(), msgs, sizeof msgs);
+    const ssize_t n = ::read(c.uffds[slot].fd.get(), msgs, sizeof msgs);
     if (n < 0) {
         if (errno != EAGAIN && errno != EINTR)
             close_client(c, std::string("reading the userfaultfd failed: ") + std::strerror(errno));
         return false;
     }
     const auto count = static_cast<std::size_t>(n) / sizeof(uffd_msg);
-    for (std::size_t i = 0; i < count && !c.closing; ++i) on_uffd_message(c, msgs[i], defer_faults);
+    for (std::size_t i = 0; i < count && !c.closing; ++i) on_uffd_message(c, slot, msgs[i], defer_faults);
     return count == k_msgs_per_read;
 }
 
-void Worker::on_uffd_message(Client& c, const uffd_msg& msg, bool defer_faults)
+void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool defer_faults)
 {
     const std::uint64_t page_mask = ~std::uint64_t{m_ctx.page_size - 1};
     switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT: {
-        Fault f{msg.arg.pagefault.address & page_mask, Clock::now()};
-        if (defer_faults)
+        const auto flags = msg.arg.pagefault.flags;
+        Fault f{msg.arg.pagefault.address & page_mask, Clock::now(), (flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0, slot};
+        if (flags & UFFD_PAGEFAULT_FLAG_WP)
+            handle_write_protect_fault(c, f);  // never waits for I/O: no need to defer
+        else if (defer_faults)
             c.deferred.push_back(f);
         else
             handle_fault(c, f);
@@ -53,14 +57,11 @@ void Worker::on_uffd_message(Client& c, const uffd_msg& msg, bool defer_faults)
     }
     case UFFD_EVENT_UNMAP: {
         const auto start = msg.arg.remove.start, len = msg.arg.remove.end - msg.arg.remove.start;
-        const auto before = c.regions.count();
-        const auto bytes = c.regions.remove_range(start, len);
-        // A partial unmap can split a region: the count may grow. Unsigned wrap-around
-        // makes the net change come out right.
-        m_stats.regions.fetch_add(c.regions.count() - before, std::memory_order_relaxed);
-        m_stats.mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+        // munmap behind the library's back: what Async regions wrote cannot be known now.
+        auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_range(start, len); });
+        forget(c, std::move(pieces), true, "munmap");
         // Threads blocked on the vanished range retry and get what munmap'ed memory gives.
-        util::uffd_wake(c.uffd.get(), start, len);
+        util::uffd_wake(c.uffds[slot].fd.get(), start, len);
         spdlog::debug("client {}: munmap of {} bytes at {:#x}", c.serial, len, start);
         return;
     }
@@ -70,11 +71,10 @@ void Worker::on_uffd_message(Client& c, const uffd_msg& msg, bool defer_faults)
                       msg.arg.remove.end);
         return;
     case UFFD_EVENT_REMAP: {
-        const auto before = c.regions.count();
-        const auto bytes_before = c.regions.bytes();
-        c.regions.move_range(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
-        m_stats.regions.fetch_add(c.regions.count() - before, std::memory_order_relaxed);
-        m_stats.mapped_bytes.fetch_add(c.regions.bytes() - bytes_before, std::memory_order_relaxed);
+        change_table(c, [&](RegionTable& t) {
+            t.move_range(msg.arg.remap.from, msg.arg.remap.to, msg.arg.remap.len);
+            return 0;
+        });
         spdlog::debug("client {}: mremap {:#x} -> {:#x} ({} bytes)", c.serial, msg.arg.remap.from,
                       msg.arg.remap.to, msg.arg.remap.len);
         return;
@@ -88,8 +88,8 @@ void Worker::on_uffd_message(Client& c, const uffd_msg& msg, bool defer_faults)
 void Worker::handle_fault(Client& c, Fault f)
 {
     const Region* r = c.regions.find(f.page);
-    if (!r) {
-        signal_unservable(c, f.page);
+    if (!r || r->uffd_slot != f.slot) {
+        signal_unservable(c, f.slot, f.page);
         return;
     }
     const std::uint64_t block = m_ctx.config.fault_block_bytes;
@@ -116,6 +116,8 @@ void Worker::start_load(Client& c, const Region& r, std::uint64_t block, Fault f
     l->len = std::min<std::uint64_t>(m_ctx.config.fault_block_bytes, r.end() - block);
     l->file_offset = r.file_offset + (block - r.start);
     l->file = r.file;
+    l->slot = r.uffd_slot;
+    l->write_protect = r.tracking == proto::Tracking::UFFD_WP || r.tracking == proto::Tracking::ASYNC;
     l->buf = m_free_buffers.back();
     m_free_buffers.pop_back();
     l->faults.push_back(f);
@@ -140,7 +142,7 @@ void Worker::on_read_done(Load& l, int res)
     if (res < 0) {
         spdlog::warn("client {}: reading {} bytes at file offset {} failed: {}; the faulting "
                      "threads get SIGBUS", c.serial, l.len, l.file_offset + l.done, std::strerror(-res));
-        for (const Fault& f : l.faults) signal_unservable(c, f.page);
+        for (const Fault& f : l.faults) signal_unservable(c, l.slot, f.page);
         return finish_load(&l);
     }
     l.done += static_cast<std::uint64_t>(res);
@@ -162,11 +164,18 @@ void Worker::install(Client& c, Load& l)
     if (c.closing) return;
     const auto now = Clock::now();
     for (const Fault& f : l.faults) {
-        if (f.page >= l.addr + valid && still_backs(c, l, f.page)) signal_unservable(c, f.page);
+        if (f.page >= l.addr + valid && still_backs(c, l, f.page)) {
+            signal_unservable(c, l.slot, f.page);
+        } else if (f.write && l.write_protect && !c.closing) {
+            // A first touch that is a write: the page goes in write-protected with the
+            // block, then is dirty and writable at once.
+            if (const Region* r = c.regions.find(f.page); r && r->tracking == proto::Tracking::UFFD_WP)
+                mark_written(c, *r, f.page);
+        }
         m_stats.latency.record(static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(now - f.t0).count()));
     }
-    util::uffd_wake(c.uffd.get(), l.addr, l.len);
+    util::uffd_wake(c.uffds[l.slot].fd.get(), l.addr, l.len);
     m_stats.faults.fetch_add(l.faults.size(), std::memory_order_relaxed);
     m_stats.pages_installed.fetch_add(installed / page, std::memory_order_relaxed);
 }
@@ -180,20 +189,24 @@ bool Worker::still_backs(Client& c, const Load& l, std::uint64_t addr)
 }
 
 // UFFDIO_COPY of the first `len` bytes of the load; returns the bytes this call installed.
+// One ioctl for the whole block; page by page once the block turns out to span several
+// mappings (the client, or its SIGSEGV tracker, mprotect'ed part of the region).
 std::uint64_t Worker::copy_in(Client& c, Load& l, std::uint64_t len)
 {
     const std::uint64_t page = m_ctx.page_size;
     std::uint64_t off = 0, installed = 0;
     unsigned retries = 0;
+    bool page_by_page = false;
     while (off < len && !c.closing) {
         uffdio_copy cp{};
         cp.dst = l.addr + off;
         cp.src = reinterpret_cast<std::uint64_t>(l.buf + off);
-        cp.len = len - off;
-        cp.mode = UFFDIO_COPY_MODE_DONTWAKE;
-        if (::ioctl(c.uffd.get(), UFFDIO_COPY, &cp) == 0) {
+        cp.len = page_by_page ? page : len - off;
+        cp.mode = UFFDIO_COPY_MODE_DONTWAKE | (l.write_protect ? UFFDIO_COPY_MODE_WP : 0);
+        if (::ioctl(c.uffds[l.slot].fd.get(), UFFDIO_COPY, &cp) == 0) {
             installed += cp.len;
-            break;
+            off += cp.len;
+            continue;
         }
         const int err = errno;
         if (cp.copy > 0) {  // partial copy: go on after what was installed
@@ -206,34 +219,61 @@ std::uint64_t Worker::copy_in(Client& c, Load& l, std::uint64_t len)
         } else if (err == EAGAIN && ++retries < k_copy_retries) {
             // The address space is changing: take the pending events, then retry if the
             // range still belongs to this load.
-            while (!c.closing && read_uffd(c, true)) {
+            while (!c.closing && read_uffd(c, l.slot, true)) {
             }
             if (!still_backs(c, l, l.addr + off)) break;
         } else if (err == ESRCH) {
             close_client(c, "client address space is gone");
+        } else if (err == ENOENT && !page_by_page && len - off > page) {
+            page_by_page = true;  // the range crosses mappings: one page at a time
         } else if (err == ENOENT) {
-            break;  // no longer mapped: the unmap event follows
+            off += page;  // this page is no longer mapped: its unmap event follows
         } else {
-            spdlog::warn("client {}: UFFDIO_COPY at {:#x} failed: {}", c.serial, l.addr + off,
-                         std::strerror(err));
+            spdlog::warn("client {}: UFFDIO_COPY at {:#x} failed: {}", c.serial, l.addr + off, std::strerror(err));
             break;
         }
     }
     return installed;
 }
 
-void Worker::signal_unservable(Client& c, std::uint64_t page)
+void Worker::signal_unservable(Client& c, unsigned slot, std::uint64_t page)
 {
-    if (!(c.uffd_features & UFFD_FEATURE_POISON)) {
+    const auto& u = c.uffds[slot];
+    if (!(u.features & UFFD_FEATURE_POISON)) {
         close_client(c, "a fault could not be served and this userfaultfd cannot raise SIGBUS");
         return;
     }
-    const int err = util::uffd_poison(c.uffd.get(), page, m_ctx.page_size);
+    const int err = util::uffd_poison(u.fd.get(), page, m_ctx.page_size);
     if (err == 0) {
         m_stats.sigbus_faults.fetch_add(1, std::memory_order_relaxed);
     } else {
-        util::uffd_wake(c.uffd.get(), page, m_ctx.page_size);  // not mapped (ENOENT) or present
+        util::uffd_wake(u.fd.get(), page, m_ctx.page_size);  // not mapped (ENOENT) or present
     }
+}
+
+// The first write to a write-protected page of a uffd-wp region.
+void Worker::handle_write_protect_fault(Client& c, const Fault& f)
+{
+    const Region* r = c.regions.find(f.page);
+    if (r && r->tracking == proto::Tracking::UFFD_WP && r->uffd_slot == f.slot) {
+        mark_written(c, *r, f.page);
+        m_stats.faults.fetch_add(1, std::memory_order_relaxed);
+        m_stats.latency.record(static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0).count()));
+        return;
+    }
+    // Not ours to track (the region is gone): let the write through rather than loop.
+    uffdio_writeprotect wp{{f.page, m_ctx.page_size}, 0};
+    ::ioctl(c.uffds[f.slot].fd.get(), UFFDIO_WRITEPROTECT, &wp);
+}
+
+// Dirty first, then writable: a flush that protects the page again sees the bit.
+void Worker::mark_written(Client& c, const Region& r, std::uint64_t page)
+{
+    r.mem->bitmap.mark((r.mem_offset + (page - r.start)) / m_ctx.page_size);
+    uffdio_writeprotect wp{{page, m_ctx.page_size}, 0};  // also wakes the writer
+    if (::ioctl(c.uffds[r.uffd_slot].fd.get(), UFFDIO_WRITEPROTECT, &wp) != 0 && errno != ENOENT)
+        spdlog::warn("client {}: lifting write protection at {:#x}: {}", c.serial, page, std::strerror(errno));
 }
 
 void Worker::finish_load(Load* l)

@@ -1,8 +1,25 @@
 #include "region_table.hpp"
 
+#include <sys/mman.h>
+
 #include <vector>
 
 namespace pagerd::daemon {
+
+SharedMemory::~SharedMemory()
+{
+    if (base) ::munmap(base, mapped);
+}
+
+Region Region::slice(std::uint64_t from, std::uint64_t to) const
+{
+    Region r = *this;
+    r.start = from;
+    r.length = to - from;
+    r.file_offset = file_offset + (from - start);
+    r.mem_offset = mem_offset + (from - start);
+    return r;
+}
 
 const Region* RegionTable::find(std::uint64_t addr) const
 {
@@ -27,18 +44,18 @@ void RegionTable::insert(Region r)
     m_by_start.emplace(r.start, std::move(r));
 }
 
-std::uint64_t RegionTable::remove_id(std::uint64_t id)
+std::vector<Region> RegionTable::remove_id(std::uint64_t id)
 {
-    std::uint64_t removed = 0;
+    std::vector<Region> removed;
     for (auto it = m_by_start.begin(); it != m_by_start.end();) {
         if (it->second.id == id) {
-            removed += it->second.length;
+            m_bytes -= it->second.length;
+            removed.push_back(std::move(it->second));
             it = m_by_start.erase(it);
         } else {
             ++it;
         }
     }
-    m_bytes -= removed;
     return removed;
 }
 
@@ -57,33 +74,19 @@ std::map<std::uint64_t, Region> RegionTable::cut(std::uint64_t start, std::uint6
         }
         it = m_by_start.erase(it);
         m_bytes -= r.length;
-        if (r.start < start) {  // left remainder stays
-            Region left = r;
-            left.length = start - r.start;
-            keep.push_back(left);
-        }
-        if (r.end() > end) {  // right remainder stays
-            Region right = r;
-            right.start = end;
-            right.length = r.end() - end;
-            right.file_offset = r.file_offset + (end - r.start);
-            keep.push_back(right);
-        }
-        Region mid = r;
-        mid.start = r.start > start ? r.start : start;
-        const std::uint64_t mid_end = r.end() < end ? r.end() : end;
-        mid.length = mid_end - mid.start;
-        mid.file_offset = r.file_offset + (mid.start - r.start);
+        if (r.start < start) keep.push_back(r.slice(r.start, start));  // left remainder stays
+        if (r.end() > end) keep.push_back(r.slice(end, r.end()));        // right remainder stays
+        Region mid = r.slice(r.start > start ? r.start : start, r.end() < end ? r.end() : end);
         out.emplace(mid.start, std::move(mid));
     }
     for (auto& r : keep) insert(std::move(r));
     return out;
 }
 
-std::uint64_t RegionTable::remove_range(std::uint64_t start, std::uint64_t length)
+std::vector<Region> RegionTable::remove_range(std::uint64_t start, std::uint64_t length)
 {
-    std::uint64_t removed = 0;
-    for (const auto& [s, r] : cut(start, length)) removed += r.length;
+    std::vector<Region> removed;
+    for (auto& [s, r] : cut(start, length)) removed.push_back(std::move(r));
     return removed;
 }
 

@@ -5,19 +5,44 @@
 #include <map>
 #include <memory>
 
+#include <vector>
+
+#include "pagerd/proto/constants.hpp"
+#include "pagerd/util/dirty_bitmap.hpp"
 #include "pagerd/util/unique_fd.hpp"
 
 namespace pagerd::daemon {
+
+// The daemon's view of a Shared region's memfd: [0, length) holds the pages, the tail
+// the dirty bitmap. Mapped read-write here; the daemon only ever reads pages that the
+// memfd holds (SEEK_DATA), so that it never creates one the client would see as zeros.
+struct SharedMemory {
+    util::UniqueFd memfd;
+    std::shared_ptr<util::UniqueFd> file;  // opened read-write by the client
+    std::uint64_t file_base = 0;  // file offset of memfd offset 0
+    std::uint64_t length = 0;     // bytes of pages
+    std::uint8_t* base = nullptr;
+    std::uint64_t mapped = 0;
+    util::DirtyBitmap bitmap;
+    ~SharedMemory();
+};
 
 struct Region {
     std::uint64_t id = 0;
     std::uint64_t start = 0;
     std::uint64_t length = 0;
     std::uint64_t file_offset = 0;  // of `start`
-    bool writable = false;
+    proto::Access access = proto::Access::READ_ONLY;
+    proto::Tracking tracking = proto::Tracking::NONE;
+    unsigned uffd_slot = 0;  // which of the client's userfaultfds the memory is registered with
     std::shared_ptr<util::UniqueFd> file;  // shared by the pieces of a split region
+    std::shared_ptr<SharedMemory> mem;     // Shared regions
+    std::uint64_t mem_offset = 0;          // memfd offset of `start`
 
     std::uint64_t end() const { return start + length; }
+    bool shared() const { return access == proto::Access::SHARED; }
+    // The piece [from, to) of this region, offsets adjusted.
+    Region slice(std::uint64_t from, std::uint64_t to) const;
 };
 
 class RegionTable {
@@ -25,9 +50,9 @@ public:
     const Region* find(std::uint64_t addr) const;
     bool overlaps(std::uint64_t start, std::uint64_t length) const;
     void insert(Region r);
-    // Each returns the number of bytes removed from the table.
-    std::uint64_t remove_id(std::uint64_t id);
-    std::uint64_t remove_range(std::uint64_t start, std::uint64_t length);
+    // Each returns the pieces removed from the table.
+    std::vector<Region> remove_id(std::uint64_t id);
+    std::vector<Region> remove_range(std::uint64_t start, std::uint64_t length);
     // mremap: the pieces in [from, from+length) now live at [to, to+length).
     void move_range(std::uint64_t from, std::uint64_t to, std::uint64_t length);
 

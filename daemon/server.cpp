@@ -41,6 +41,7 @@ Server::Server(const Config& config, Listener listener)
     for (unsigned i = 0; i < config.workers; ++i) {
         m_workers.push_back(std::make_unique<Worker>(m_ctx, i));
         m_ctx.stats.push_back(&m_workers.back()->stats());
+        m_ctx.workers.push_back(m_workers.back().get());
     }
 }
 

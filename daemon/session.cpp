@@ -1,6 +1,7 @@
 // Control messages of one client: decode, dispatch, one catch point, reply.
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,7 +30,7 @@ struct RequestError {
 
 constexpr std::uint64_t k_daemon_caps = proto::cap::FILE_STORE | proto::cap::PRIVATE_WRITABLE |
                                         proto::cap::UFFD_EVENTS | proto::cap::STATUS |
-                                        proto::cap::SIGBUS_PAST_EOF;
+                                        proto::cap::SIGBUS_PAST_EOF | proto::cap::SHARED_WRITABLE;
 constexpr unsigned k_messages_per_wakeup = 32;  // then other clients get their turn
 
 bool is_userfaultfd(int fd)
@@ -123,8 +124,12 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg,
     if (auto* m = std::get_if<Hello>(&msg.body)) return on_hello(c, *m, disconnect);
     if (auto* m = std::get_if<RegisterUffd>(&msg.body)) return on_register(c, *m, std::move(fds.at(0)));
     if (auto* m = std::get_if<Map>(&msg.body)) return on_map(c, *m, std::move(fds.at(0)));
+    if (auto* m = std::get_if<MapShared>(&msg.body))
+        return on_map_shared(c, *m, std::move(fds.at(0)), std::move(fds.at(1)));
     if (auto* m = std::get_if<Unmap>(&msg.body)) return on_unmap(c, *m);
+    if (auto* m = std::get_if<Flush>(&msg.body)) return on_flush(c, *m);
     if (std::holds_alternative<StatusRequest>(msg.body)) return on_status(c);
+    if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(*m);
     if (auto* m = std::get_if<Ping>(&msg.body)) return Pong{m->nonce};
     reject(ErrorCode::UNKNOWN_TYPE,
            std::string(type_name(type_of(msg.body))) + " is sent by the daemon, not to it");
@@ -154,69 +159,149 @@ proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
 proto::Body Worker::on_register(Client& c, const proto::RegisterUffd& m, util::UniqueFd fd)
 {
     using proto::ErrorCode;
-    if (c.uffd) reject(ErrorCode::NOT_READY, "a userfaultfd is already registered on this connection");
+    if (m.flags & ~proto::k_uffd_known_flags)
+        reject(ErrorCode::BAD_RANGE, "unknown REGISTER_UFFD flags " + hex(m.flags & ~proto::k_uffd_known_flags));
+    const unsigned slot = (m.flags & proto::k_uffd_async_wp) ? 1 : 0;
+    if (slot == 1 && !c.uffds[0].fd)
+        reject(ErrorCode::NOT_READY, "the main userfaultfd must be registered before the async one");
+    if (c.uffds[slot].fd)
+        reject(ErrorCode::NOT_READY, slot ? "an async userfaultfd is already registered on this connection"
+                                          : "a userfaultfd is already registered on this connection");
+    if (slot == 1 && !(m.features & UFFD_FEATURE_WP_ASYNC))
+        reject(ErrorCode::BAD_RANGE, "the async userfaultfd must have UFFD_FEATURE_WP_ASYNC");
     if (!is_userfaultfd(fd.get()))
         reject(ErrorCode::BAD_DESCRIPTOR, "the descriptor sent with REGISTER_UFFD is not a userfaultfd");
     const int fl = ::fcntl(fd.get(), F_GETFL);
     if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK) < 0)
         reject(ErrorCode::BAD_DESCRIPTOR, std::string("cannot use the userfaultfd: ") + std::strerror(errno));
-    c.uffd = std::move(fd);
-    c.uffd_features = m.features;
-    c.uffd_flags = m.flags & proto::k_uffd_user_mode_only;
-    if (c.uffd_flags & proto::k_uffd_user_mode_only)
-        m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
-    arm_poll(c, c.uffd_op, c.uffd.get());
-    spdlog::info("client {}: userfaultfd registered (features {}, {})", c.serial, hex(m.features),
-                 c.uffd_flags ? "user-mode only" : "full mode");
+    auto& u = c.uffds[slot];
+    u.fd = std::move(fd);
+    u.features = m.features;
+    u.op.client = &c;
+    u.op.slot = slot;
+    if (slot == 0) {
+        c.uffd_flags = m.flags & proto::k_uffd_user_mode_only;
+        if (c.uffd_flags & proto::k_uffd_user_mode_only)
+            m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
+    }
+    arm_poll(c, u.op, u.fd.get());
+    spdlog::info("client {}: {}userfaultfd registered (features {}, {})", c.serial, slot ? "async " : "",
+                 hex(m.features), (m.flags & proto::k_uffd_user_mode_only) ? "user-mode only" : "full mode");
     return proto::Ok{};
+}
+
+// Checks of MAP and MAP_SHARED, in the order PROTOCOL.md gives.
+void Worker::check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
+                             int file_fd)
+{
+    using proto::ErrorCode;
+    const std::uint64_t page = m_ctx.page_size;
+    struct stat st{};
+    if (::fstat(file_fd, &st) != 0 || !S_ISREG(st.st_mode))
+        reject(ErrorCode::BAD_DESCRIPTOR, "the file descriptor is not a regular file");
+    if (length == 0) reject(ErrorCode::BAD_RANGE, "region length is zero");
+    if (addr % page || length % page || file_offset % page)
+        reject(ErrorCode::BAD_RANGE, "address, length and file offset must be multiples of the page size (" +
+                                         std::to_string(page) + ")");
+    if (addr + length < addr || file_offset + length < file_offset || addr + length > (std::uint64_t{1} << 57))
+        reject(ErrorCode::BAD_RANGE, "region wraps around the address or offset space");
+    const std::uint64_t file_pages_end = (static_cast<std::uint64_t>(st.st_size) + page - 1) / page * page;
+    if (file_offset + length > file_pages_end)
+        reject(ErrorCode::PAST_EOF, "region [" + std::to_string(file_offset) + ", " +
+                                        std::to_string(file_offset + length) +
+                                        ") extends past the end of the file (" + std::to_string(st.st_size) +
+                                        " bytes)");
+    if (c.regions.overlaps(addr, length))
+        reject(ErrorCode::OVERLAP, "region at " + hex(addr) + " overlaps a region already mapped");
+    if (c.regions.count() >= m_ctx.config.max_regions_per_client)
+        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.config.max_regions_per_client) +
+                                     " regions per client");
+    if (c.regions.bytes() + length > m_ctx.config.max_mapped_bytes_per_client)
+        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.config.max_mapped_bytes_per_client) +
+                                     " bytes mapped per client");
+}
+
+void Worker::add_region(Client& c, Region r)
+{
+    spdlog::debug("client {}: region {} at {} length {} file offset {} ({}{})", c.serial, r.id, hex(r.start),
+                  r.length, r.file_offset, r.shared() ? "shared" : r.access == proto::Access::PRIVATE_WRITABLE ? "private-writable" : "read-only",
+                  r.shared() ? std::string(", tracking ") + std::to_string(static_cast<int>(r.tracking)) : "");
+    change_table(c, [&](RegionTable& t) {
+        t.insert(std::move(r));
+        return 0;
+    });
 }
 
 proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
 {
     using proto::ErrorCode;
-    const std::uint64_t page = m_ctx.page_size;
-    if (!c.uffd) reject(ErrorCode::NOT_READY, "MAP before REGISTER_UFFD");
-    struct stat st{};
-    if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
-        reject(ErrorCode::BAD_DESCRIPTOR, "the descriptor sent with MAP is not a regular file");
+    if (!c.uffds[0].fd) reject(ErrorCode::NOT_READY, "MAP before REGISTER_UFFD");
     const int fl = ::fcntl(fd.get(), F_GETFL);
     if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY)
         reject(ErrorCode::BAD_DESCRIPTOR, "the file descriptor sent with MAP is not open for reading");
+    struct stat st{};
+    if (::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode))
+        reject(ErrorCode::BAD_DESCRIPTOR, "the file descriptor is not a regular file");
     if (m.flags & ~proto::k_map_known_flags)
         reject(ErrorCode::BAD_RANGE, "unknown MAP flags " + hex(m.flags & ~proto::k_map_known_flags));
-    if (m.length == 0) reject(ErrorCode::BAD_RANGE, "region length is zero");
-    if (m.addr % page || m.length % page || m.file_offset % page)
-        reject(ErrorCode::BAD_RANGE, "address, length and file offset must be multiples of the page size (" +
-                                         std::to_string(page) + ")");
-    if (m.addr + m.length < m.addr || m.file_offset + m.length < m.file_offset ||
-        m.addr + m.length > (std::uint64_t{1} << 57))
-        reject(ErrorCode::BAD_RANGE, "region wraps around the address or offset space");
-    const std::uint64_t file_pages_end = (static_cast<std::uint64_t>(st.st_size) + page - 1) / page * page;
-    if (m.file_offset + m.length > file_pages_end)
-        reject(ErrorCode::PAST_EOF, "region [" + std::to_string(m.file_offset) + ", " +
-                                        std::to_string(m.file_offset + m.length) +
-                                        ") extends past the end of the file (" +
-                                        std::to_string(st.st_size) + " bytes)");
-    if (c.regions.overlaps(m.addr, m.length))
-        reject(ErrorCode::OVERLAP, "region at " + hex(m.addr) + " overlaps a region already mapped");
-    if (c.regions.count() >= m_ctx.config.max_regions_per_client)
-        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.config.max_regions_per_client) +
-                                     " regions per client");
-    if (c.regions.bytes() + m.length > m_ctx.config.max_mapped_bytes_per_client)
-        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.config.max_mapped_bytes_per_client) +
-                                     " bytes mapped per client");
+    check_map_range(c, m.addr, m.length, m.file_offset, fd.get());
     Region r;
     r.id = c.next_region_id++;
     r.start = m.addr;
     r.length = m.length;
     r.file_offset = m.file_offset;
-    r.writable = m.flags & proto::k_map_private_writable;
+    r.access = (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE : proto::Access::READ_ONLY;
     r.file = std::make_shared<util::UniqueFd>(std::move(fd));
-    spdlog::debug("client {}: region {} at {} length {} file offset {}{}", c.serial, r.id,
-                  hex(r.start), r.length, r.file_offset, r.writable ? " private-writable" : "");
-    c.regions.insert(std::move(r));
-    m_stats.regions.fetch_add(1, std::memory_order_relaxed);
-    m_stats.mapped_bytes.fetch_add(m.length, std::memory_order_relaxed);
+    add_region(c, std::move(r));
+    return proto::Mapped{c.next_region_id - 1};
+}
+
+proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd)
+{
+    using proto::ErrorCode;
+    using proto::Tracking;
+    const std::uint64_t page = m_ctx.page_size;
+    if (m.tracking != Tracking::UFFD_WP && m.tracking != Tracking::SEGV && m.tracking != Tracking::ASYNC)
+        reject(ErrorCode::BAD_RANGE, "unknown tracking " + std::to_string(static_cast<int>(m.tracking)));
+    const unsigned slot = m.tracking == Tracking::ASYNC ? 1 : 0;
+    if (!c.uffds[slot].fd)
+        reject(ErrorCode::NOT_READY, slot ? "SHARED_MAP with async tracking before the async REGISTER_UFFD"
+                                          : "SHARED_MAP before REGISTER_UFFD");
+    if (m.tracking == Tracking::UFFD_WP && !(c.uffds[0].features & UFFD_FEATURE_WP_HUGETLBFS_SHMEM))
+        reject(ErrorCode::BAD_RANGE, "uffd-wp tracking needs a userfaultfd with write-protect for shared memory");
+    const int fl = ::fcntl(file.get(), F_GETFL);
+    if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) != O_RDWR)
+        reject(ErrorCode::BAD_DESCRIPTOR, "the file of a shared region must be open for reading and writing");
+    if (::fcntl(memfd.get(), F_GET_SEALS) < 0)
+        reject(ErrorCode::BAD_DESCRIPTOR, "the second descriptor of SHARED_MAP is not a memfd");
+    check_map_range(c, m.addr, m.length, m.file_offset, file.get());
+    const std::uint64_t pages = m.length / page;
+    const std::uint64_t need = m.length + (util::DirtyBitmap::bytes(pages) + page - 1) / page * page;
+    struct stat st{};
+    if (::fstat(memfd.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) < need)
+        reject(ErrorCode::BAD_RANGE, "the memfd must hold the region and its dirty bitmap: " +
+                                         std::to_string(need) + " bytes");
+    void* base = ::mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+    if (base == MAP_FAILED) reject(ErrorCode::LIMIT, std::string("cannot map the memfd: ") + std::strerror(errno));
+    auto mem = std::make_shared<SharedMemory>();
+    mem->memfd = std::move(memfd);
+    mem->file = std::make_shared<util::UniqueFd>(std::move(file));
+    mem->file_base = m.file_offset;
+    mem->length = m.length;
+    mem->base = static_cast<std::uint8_t*>(base);
+    mem->mapped = need;
+    mem->bitmap = util::DirtyBitmap(mem->base + m.length, pages);
+    Region r;
+    r.id = c.next_region_id++;
+    r.start = m.addr;
+    r.length = m.length;
+    r.file_offset = m.file_offset;
+    r.access = proto::Access::SHARED;
+    r.tracking = m.tracking;
+    r.uffd_slot = slot;
+    r.file = mem->file;
+    r.mem = std::move(mem);
+    add_region(c, std::move(r));
     return proto::Mapped{c.next_region_id - 1};
 }
 
@@ -225,11 +310,44 @@ proto::Body Worker::on_unmap(Client& c, const proto::Unmap& m)
     if (m.region_id == 0 || m.region_id >= c.next_region_id)
         reject(proto::ErrorCode::NO_SUCH_REGION, "region " + std::to_string(m.region_id) +
                                                      " was never mapped on this connection");
-    const auto before = c.regions.count();
-    const auto bytes = c.regions.remove_id(m.region_id);
-    m_stats.regions.fetch_sub(before - c.regions.count(), std::memory_order_relaxed);
-    m_stats.mapped_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+    auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_id(m.region_id); });
+    forget(c, std::move(pieces), false, "unmapped");
     return proto::Ok{};
+}
+
+proto::Body Worker::on_flush(Client& c, const proto::Flush& m)
+{
+    if (m.region_id >= c.next_region_id)
+        reject(proto::ErrorCode::NO_SUCH_REGION, "region " + std::to_string(m.region_id) +
+                                                     " was never mapped on this connection");
+    std::vector<Region> pieces;
+    c.regions.for_each([&](const Region& r) {
+        if (r.shared() && (m.region_id == 0 || r.id == m.region_id)) pieces.push_back(r);
+    });
+    proto::Flushed total;
+    for (const Region& r : pieces) {
+        proto::Flushed done;
+        try {
+            done = flush_region(c, r);
+        } catch (const std::runtime_error& e) {
+            reject(proto::ErrorCode::IO_ERROR, e.what());
+        }
+        total.pages += done.pages;
+        total.bytes += done.bytes;
+    }
+    return total;
+}
+
+proto::Body Worker::on_regions(const proto::RegionsRequest& m)
+{
+    std::vector<proto::RegionEntry> all;
+    for (Worker* w : m_ctx.workers) w->list_regions(all);
+    proto::RegionsReply reply;
+    reply.total = static_cast<std::uint32_t>(all.size());
+    reply.first = m.first;
+    for (std::size_t i = m.first; i < all.size() && reply.entries.size() < proto::k_max_region_entries; ++i)
+        reply.entries.push_back(all[i]);
+    return reply;
 }
 
 proto::Body Worker::on_status(Client& c)

@@ -9,6 +9,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "writeback.hpp"
+
 namespace pagerd::daemon {
 
 Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
@@ -25,6 +27,7 @@ Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
     m_buffers = static_cast<std::uint8_t*>(mem);
     for (unsigned i = 0; i < ctx.config.staging_buffers; ++i)
         m_free_buffers.push_back(m_buffers + i * block);
+    m_writeback = std::make_unique<Writeback>(ctx.page_size);
 }
 
 Worker::~Worker()
@@ -144,9 +147,9 @@ void Worker::handle_completion(Op* op, int res)
             } else if (res & (POLLERR | POLLHUP)) {
                 close_client(c, "userfaultfd reported an error");
             } else {
-                on_uffd_readable(c);
+                on_uffd_readable(c, op->slot);
             }
-            if (!c.closing) arm_poll(c, *op, sock ? c.sock.get() : c.uffd.get());
+            if (!c.closing) arm_poll(c, *op, sock ? c.sock.get() : c.uffds[op->slot].fd.get());
         }
         release(c);
         return;
@@ -171,12 +174,14 @@ void Worker::take_inbox()
         c->sock = std::move(sock);
         c->hello_deadline = Clock::now() + std::chrono::milliseconds(m_ctx.config.hello_timeout_ms);
         c->sock_op.client = c.get();
-        c->uffd_op.client = c.get();
         spdlog::info("client {} connected (pid {}, uid {}) on worker {}", c->serial, peer.pid,
                      peer.uid, m_index);
         m_stats.clients.fetch_add(1, std::memory_order_relaxed);
         Client& ref = *c;
-        m_clients.emplace(c->serial, std::move(c));
+        {
+            std::lock_guard lock(m_table_mutex);
+            m_clients.emplace(c->serial, std::move(c));
+        }
         if (m_stopping)
             close_client(ref, "daemon stopping");
         else
@@ -205,11 +210,17 @@ void Worker::close_client(Client& c, const std::string& reason)
     c.closing = true;
     spdlog::info("client {} ({}pid {}) disconnected: {}; freeing {} region(s)", c.serial,
                  c.name.empty() ? "" : c.name + ", ", c.peer.pid, reason, c.regions.count());
-    m_stats.regions.fetch_sub(c.regions.count(), std::memory_order_relaxed);
-    m_stats.mapped_bytes.fetch_sub(c.regions.bytes(), std::memory_order_relaxed);
+    // Dirty pages of Shared regions go to their files before anything is freed.
+    std::vector<Region> all;
+    c.regions.for_each([&](const Region& r) { all.push_back(r); });
+    change_table(c, [](RegionTable& t) {
+        t = RegionTable{};
+        return 0;
+    });
+    forget(c, std::move(all), true, "client gone");
     if (c.uffd_flags & proto::k_uffd_user_mode_only)
         m_stats.user_mode_only_clients.fetch_sub(1, std::memory_order_relaxed);
-    for (Op* op : {&c.sock_op, &c.uffd_op}) {
+    for (Op* op : {&c.sock_op, &c.uffds[0].op, &c.uffds[1].op}) {
         if (!op->armed) continue;
         io_uring_sqe* s = sqe();
         io_uring_prep_cancel(s, op, 0);
@@ -224,7 +235,33 @@ void Worker::release(Client& c)
     if (--c.refs > 0 || !c.closing) return;
     m_stats.clients.fetch_sub(1, std::memory_order_relaxed);
     m_ctx.connections.fetch_sub(1);
-    m_clients.erase(c.serial);  // closes the socket, the userfaultfd and the store files
+    std::unique_ptr<Client> doomed;
+    {
+        std::lock_guard lock(m_table_mutex);
+        auto it = m_clients.find(c.serial);
+        doomed = std::move(it->second);
+        m_clients.erase(it);
+    }
+    // doomed closes the socket, the userfaultfds, the store files and the memfds here
+}
+
+void Worker::list_regions(std::vector<proto::RegionEntry>& out)
+{
+    std::lock_guard lock(m_table_mutex);
+    for (const auto& [serial, c] : m_clients) {
+        c->regions.for_each([&](const Region& r) {
+            proto::RegionEntry e;
+            e.client = serial;
+            e.pid = static_cast<std::uint32_t>(c->peer.pid);
+            e.access = r.access;
+            e.tracking = r.tracking;
+            e.region_id = r.id;
+            e.length = r.length;
+            if (r.mem)
+                e.dirty_pages = r.mem->bitmap.count_dirty(r.mem_offset / m_ctx.page_size, r.length / m_ctx.page_size);
+            out.push_back(e);
+        });
+    }
 }
 
 }  // namespace pagerd::daemon

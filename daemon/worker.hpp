@@ -37,9 +37,11 @@ struct Context {
     std::atomic<std::uint32_t> connections{0};
     std::atomic<std::uint64_t> next_client_serial{1};
     std::vector<const WorkerStats*> stats;  // one per worker, fixed before workers start
+    std::vector<class Worker*> workers;      // likewise
 };
 
 struct Client;
+class Writeback;
 struct Load;
 
 // io_uring user_data points at one of these.
@@ -49,11 +51,14 @@ struct Op {
     Client* client = nullptr;
     Load* load = nullptr;
     bool armed = false;
+    unsigned slot = 0;  // UffdPoll: which userfaultfd
 };
 
 struct Fault {
     std::uint64_t page;
     Clock::time_point t0;
+    bool write = false;  // a first touch that is a write
+    unsigned slot = 0;   // the userfaultfd it came from
 };
 
 // One block being read from the store for a client, and the faults waiting on it.
@@ -65,6 +70,8 @@ struct Load {
     std::uint64_t len = 0;
     std::uint64_t file_offset = 0;
     std::shared_ptr<util::UniqueFd> file;
+    unsigned slot = 0;          // userfaultfd the region is registered with
+    bool write_protect = false; // install with UFFDIO_COPY_MODE_WP (uffd-wp and async regions)
     std::uint8_t* buf = nullptr;
     std::uint64_t done = 0;  // bytes read so far
     std::vector<Fault> faults;
@@ -75,9 +82,13 @@ struct Client {
     ucred peer{};
     std::string name;
     util::UniqueFd sock;
-    util::UniqueFd uffd;
-    std::uint64_t uffd_features = 0;
-    std::uint32_t uffd_flags = 0;
+    // [0]: the main userfaultfd; [1]: the optional one with UFFD_FEATURE_WP_ASYNC.
+    struct Uffd {
+        util::UniqueFd fd;
+        std::uint64_t features = 0;
+        Op op{Op::Kind::UffdPoll};
+    } uffds[2];
+    std::uint32_t uffd_flags = 0;  // of the main userfaultfd
     bool hello_done = false;
     bool closing = false;
     Clock::time_point hello_deadline;
@@ -86,7 +97,6 @@ struct Client {
     std::unordered_map<std::uint64_t, Load*> inflight;  // by block address
     std::vector<Fault> deferred;  // faults read while draining events inside a copy
     Op sock_op{Op::Kind::SockPoll};
-    Op uffd_op{Op::Kind::UffdPoll};
     unsigned refs = 0;  // io_uring ops and queued faults that point at this client
 };
 
@@ -103,6 +113,8 @@ public:
     // Thread-safe: hands a freshly accepted connection to this worker.
     void adopt(util::UniqueFd sock, const ucred& peer);
     const WorkerStats& stats() const { return m_stats; }
+    // Thread-safe: appends an entry for every region of this worker's clients.
+    void list_regions(std::vector<proto::RegionEntry>& out);
     std::uint32_t client_count() const { return m_stats.clients.load(std::memory_order_relaxed); }
 
 private:
@@ -115,6 +127,19 @@ private:
     void arm_poll(Client& c, Op& op, int fd);
     void close_client(Client& c, const std::string& reason);
     void release(Client& c);  // drops one reference; destroys a closing client at zero
+    // Runs f(table) under the table mutex and keeps the region counters in step.
+    template <class F>
+    auto change_table(Client& c, F&& f)
+    {
+        std::lock_guard lock(m_table_mutex);
+        const auto n0 = c.regions.count();
+        const auto b0 = c.regions.bytes();
+        auto result = f(c.regions);
+        // unsigned wrap-around makes a net decrease come out right
+        m_stats.regions.fetch_add(c.regions.count() - n0, std::memory_order_relaxed);
+        m_stats.mapped_bytes.fetch_add(c.regions.bytes() - b0, std::memory_order_relaxed);
+        return result;
+    }
 
     // session.cpp: control messages
     void on_socket_readable(Client& c);
@@ -126,19 +151,33 @@ private:
     proto::Body on_map(Client& c, const proto::Map& m, util::UniqueFd fd);
     proto::Body on_unmap(Client& c, const proto::Unmap& m);
     proto::Body on_status(Client& c);
+    proto::Body on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd);
+    proto::Body on_flush(Client& c, const proto::Flush& m);
+    proto::Body on_regions(const proto::RegionsRequest& m);
+    void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
+                         int file_fd);
+    void add_region(Client& c, Region r);
+    // flush.cpp: dirty pages to files
+    proto::Flushed flush_region(Client& c, const Region& r);
+    // Pieces leaving the table: their pending pages are written back first. With
+    // `all_present`, Async pieces write every page the memfd holds (after the client's
+    // death or a munmap behind the library's back the written pages cannot be known).
+    void forget(Client& c, std::vector<Region> pieces, bool all_present, const char* why);
 
     // faults.cpp: the fault path
-    void on_uffd_readable(Client& c);
-    bool read_uffd(Client& c, bool defer_faults);  // false: nothing more to read
-    void on_uffd_message(Client& c, const uffd_msg& msg, bool defer_faults);
+    void on_uffd_readable(Client& c, unsigned slot);
+    bool read_uffd(Client& c, unsigned slot, bool defer_faults);  // false: nothing more to read
+    void on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool defer_faults);
     void handle_fault(Client& c, Fault f);
+    void handle_write_protect_fault(Client& c, const Fault& f);
+    void mark_written(Client& c, const Region& r, std::uint64_t page);
     void start_load(Client& c, const Region& r, std::uint64_t block, Fault f);
     void submit_read(Load& l);
     void on_read_done(Load& l, int res);
     void install(Client& c, Load& l);
     std::uint64_t copy_in(Client& c, Load& l, std::uint64_t len);
     bool still_backs(Client& c, const Load& l, std::uint64_t addr);
-    void signal_unservable(Client& c, std::uint64_t page);
+    void signal_unservable(Client& c, unsigned slot, std::uint64_t page);
     void finish_load(Load* l);
     void run_waiting();
 
@@ -159,6 +198,9 @@ private:
     std::vector<std::uint8_t*> m_free_buffers;
     std::deque<std::pair<Client*, Fault>> m_waiting;  // faults waiting for a buffer
     Clock::time_point m_last_deadline_check{};
+    std::mutex m_table_mutex;  // held by this worker while it changes m_clients or a region
+                               // table, and by other threads while they read them
+    std::unique_ptr<Writeback> m_writeback;
 };
 
 }  // namespace pagerd::daemon

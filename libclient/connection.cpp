@@ -85,7 +85,7 @@ static Error closed_reason(int sock, Error fallback)
     return fallback;
 }
 
-Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds)
+Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds, int wait_ms)
 {
     std::lock_guard lock(request_mutex);
     if (!alive.load()) return Error{ENOTCONN, "the connection to pagerd was lost"};
@@ -93,12 +93,13 @@ Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<con
     const auto type = proto::type_of(body);
     if (int err = proto::send_message(sock.get(), proto::Message{id, std::move(body)}, fds))
         return closed_reason(sock.get(), sys_error(std::string("sending ") + proto::type_name(type) + " to pagerd", err));
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    const int budget = wait_ms ? wait_ms : timeout_ms;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(budget);
     for (;;) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
             deadline - std::chrono::steady_clock::now()).count();
         pollfd p{sock.get(), POLLIN, 0};
-        const int r = ::poll(&p, 1, left > 0 ? static_cast<int>(left) : 0);
+        const int r = ::poll(&p, 1, budget < 0 ? -1 : left > 0 ? static_cast<int>(left) : 0);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return sys_error("poll");
         if (r == 0)
@@ -146,6 +147,8 @@ Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& op
     if (!uffd) return uffd.error();
     impl->uffd = std::move(uffd->fd);
     impl->uffd_features = uffd->features;
+    impl->uffd_available = uffd->available;
+    impl->writeback_interval_ms = options.writeback_interval_ms;
     impl->user_mode_only = uffd->user_mode_only;
     const int fd = impl->uffd.get();
     auto reg = impl->request(proto::RegisterUffd{impl->uffd_features,
@@ -158,13 +161,14 @@ Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& op
 
 Connection::~Connection()
 {
-    // munmap while the monitor still runs: each munmap waits until someone reads its
-    // UFFD_EVENT_UNMAP, the daemon or, once the daemon is gone, the monitor.
+    // Unmap (and so flush) while the monitor still runs: each munmap waits until someone
+    // reads its UFFD_EVENT_UNMAP, the daemon or, once the daemon is gone, the monitor.
+    std::vector<Region> left;
     {
         std::lock_guard lock(m_impl->regions_mutex);
-        for (const auto& [id, r] : m_impl->regions) ::munmap(r.addr, r.size);
-        m_impl->regions.clear();
+        for (const auto& [id, m] : m_impl->regions) left.push_back(m.region);
     }
+    for (const Region& r : left) (void)unmap(r);
     m_impl->stop_monitor();
 }
 
@@ -172,15 +176,19 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
 {
     const std::uint64_t page = m_impl->page_size;
     if (o.length == 0) return Error{EINVAL, "region length is zero"};
-    if (o.length % page || o.offset % page)
-        return Error{EINVAL, "offset and length must be multiples of the page size (" + std::to_string(page) + ")"};
-    if (o.access != Access::ReadOnly && o.access != Access::PrivateWritable)
+    if (o.length % page || o.offset % page || reinterpret_cast<std::uintptr_t>(o.addr) % page)
+        return Error{EINVAL, "address, offset and length must be multiples of the page size (" + std::to_string(page) + ")"};
+    if (o.access != Access::ReadOnly && o.access != Access::PrivateWritable && o.access != Access::Shared)
         return Error{EINVAL, "unknown access mode"};
+    if (o.tracking != Tracking::Auto && o.access != Access::Shared)
+        return Error{EINVAL, "tracking applies to Shared regions only"};
     struct stat st{};
     if (::fstat(fd, &st) != 0) return sys_error("the descriptor to map");
     if (!S_ISREG(st.st_mode)) return Error{EINVAL, "only regular files can be mapped"};
+    if (o.access == Access::Shared) return m_impl->map_shared(fd, o);
     const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
-    void* addr = ::mmap(nullptr, o.length, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    void* addr = ::mmap(o.addr, o.length, prot,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (o.addr ? MAP_FIXED : 0), -1, 0);
     if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");
     // A forked child must not see this memory: it would read zeros where data belongs.
     ::madvise(addr, o.length, MADV_DONTFORK);
@@ -201,37 +209,121 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
         ::munmap(addr, o.length);
         return reply ? Error{EPROTO, "pagerd answered MAP with something other than MAPPED"} : reply.error();
     }
-    Region r{mapped->region_id, addr, o.length, o.access};
+    Region r{mapped->region_id, addr, o.length, o.access, Tracking::Auto};
     std::lock_guard lock(m_impl->regions_mutex);
-    m_impl->regions.emplace(r.id, r);
+    m_impl->regions.emplace(r.id, Mapping{r});
     return r;
 }
 
 Result<Region> Connection::map_file(const std::string& path, const MapOptions& o)
 {
-    util::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    const int mode = o.access == Access::Shared ? O_RDWR : O_RDONLY;
+    util::UniqueFd fd(::open(path.c_str(), mode | O_CLOEXEC));
     if (!fd) return sys_error("cannot open " + path);
     return map_fd(fd.get(), o);  // the daemon keeps its own copy of the descriptor
 }
 
 Result<void> Connection::unmap(const Region& region)
 {
-    Region r;
+    std::lock_guard flush_lock(m_impl->flush_mutex);
+    Mapping m;
     {
         std::lock_guard lock(m_impl->regions_mutex);
         auto it = m_impl->regions.find(region.id);
-        if (it == m_impl->regions.end() || it->second.addr != region.addr)
+        if (it == m_impl->regions.end() || it->second.region.addr != region.addr)
             return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
-        r = it->second;
-        m_impl->regions.erase(it);
+        m = it->second;
     }
-    // munmap first: threads still faulting in the region are woken by the daemon when it
-    // reads the unmap event, and then fault like on any unmapped memory.
-    if (::munmap(r.addr, r.size) != 0) return sys_error("munmap");
-    if (!m_impl->alive.load()) return {};
-    auto reply = m_impl->request(proto::Unmap{r.id});
+    const bool alive = m_impl->alive.load();
+    if (m.region.access == Access::Shared && alive) {
+        // Flush, then let the daemon forget the region, then unmap: nothing written is lost.
+        if (auto f = m_impl->flush_mapping(m); !f) return f.error();
+        if (auto reply = m_impl->request(proto::Unmap{m.region.id}); !reply) return reply.error();
+    }
+    {
+        std::lock_guard lock(m_impl->regions_mutex);
+        m_impl->regions.erase(m.region.id);
+    }
+    m_impl->release_mapping(m);
+    // Other regions: munmap first; threads still faulting in the region are woken by the
+    // daemon when it reads the unmap event, and then fault like on any unmapped memory.
+    if (::munmap(m.region.addr, m.region.size) != 0) return sys_error("munmap");
+    if (m.region.access == Access::Shared || !alive) return {};
+    auto reply = m_impl->request(proto::Unmap{m.region.id});
     if (!reply) return reply.error();
     return {};
+}
+
+Result<FlushResult> Connection::flush(const Region& region)
+{
+    std::lock_guard flush_lock(m_impl->flush_mutex);
+    Mapping m;
+    {
+        std::lock_guard lock(m_impl->regions_mutex);
+        auto it = m_impl->regions.find(region.id);
+        if (it == m_impl->regions.end() || it->second.region.addr != region.addr)
+            return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
+        m = it->second;
+    }
+    return m_impl->flush_mapping(m);
+}
+
+Result<FlushResult> Connection::flush_all()
+{
+    std::lock_guard flush_lock(m_impl->flush_mutex);
+    std::vector<Mapping> shared;
+    {
+        std::lock_guard lock(m_impl->regions_mutex);
+        for (const auto& [id, m] : m_impl->regions)
+            if (m.region.access == Access::Shared) shared.push_back(m);
+    }
+    FlushResult total;
+    for (const Mapping& m : shared) {
+        auto f = m_impl->flush_mapping(m);
+        if (!f) return f.error();
+        total.pages += f->pages;
+        total.bytes += f->bytes;
+    }
+    return total;
+}
+
+Result<Region> Connection::find(const void* addr) const
+{
+    const auto a = reinterpret_cast<std::uintptr_t>(addr);
+    std::lock_guard lock(m_impl->regions_mutex);
+    for (const auto& [id, m] : m_impl->regions) {
+        const auto start = reinterpret_cast<std::uintptr_t>(m.region.addr);
+        if (a >= start && a < start + m.region.size) return m.region;
+    }
+    return Error{EINVAL, "no region of this connection contains that address"};
+}
+
+Result<std::vector<RegionInfo>> Connection::regions()
+{
+    std::vector<RegionInfo> out;
+    for (;;) {
+        auto reply = m_impl->request(proto::RegionsRequest{static_cast<std::uint32_t>(out.size())});
+        if (!reply) return reply.error();
+        const auto* list = std::get_if<proto::RegionsReply>(&reply->body);
+        if (!list) return Error{EPROTO, "pagerd answered REGIONS with something else"};
+        for (const auto& e : list->entries) {
+            RegionInfo info;
+            info.client = e.client;
+            info.pid = e.pid;
+            info.id = e.region_id;
+            info.length = e.length;
+            info.access = e.access == proto::Access::SHARED ? Access::Shared
+                          : e.access == proto::Access::PRIVATE_WRITABLE ? Access::PrivateWritable
+                                                                       : Access::ReadOnly;
+            info.tracking = e.tracking == proto::Tracking::UFFD_WP ? Tracking::UffdWp
+                            : e.tracking == proto::Tracking::SEGV  ? Tracking::Sigsegv
+                            : e.tracking == proto::Tracking::ASYNC ? Tracking::Async
+                                                                   : Tracking::Auto;
+            info.dirty_pages = e.dirty_pages;
+            out.push_back(info);
+        }
+        if (list->entries.empty() || out.size() >= list->total) return out;
+    }
 }
 
 Result<Status> Connection::status()

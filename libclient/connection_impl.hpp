@@ -12,11 +12,22 @@
 
 namespace pagerd::libclient {
 
+// A region and what the library keeps for it.
+struct Mapping {
+    Region region;
+    void* bitmap = nullptr;        // Shared: the dirty bitmap (tail of the memfd)
+    std::size_t bitmap_bytes = 0;
+    int segv_slot = -1;            // Tracking::Sigsegv: the handler's slot
+};
+
 struct Connection::Impl {
     util::UniqueFd sock;
     util::UniqueFd uffd;
     std::uint64_t uffd_features = 0;
+    std::uint64_t uffd_available = 0;  // features the kernel offers
     bool user_mode_only = false;
+    util::UniqueFd async_uffd;         // created with the first Async region
+    util::UniqueFd pagemap;            // /proc/self/pagemap, for PAGEMAP_SCAN
     std::uint64_t daemon_caps = 0;
     std::uint64_t page_size = 4096;
     int timeout_ms = 10000;
@@ -25,14 +36,24 @@ struct Connection::Impl {
     std::uint32_t next_request_id = 1;
 
     std::mutex regions_mutex;
-    std::map<std::uint64_t, Region> regions;  // by id
+    std::map<std::uint64_t, Mapping> regions;  // by id
+    std::mutex flush_mutex;  // one flush at a time: collecting is not re-entrant
+    int writeback_interval_ms = 0;
 
     std::atomic<bool> alive{true};
     util::UniqueFd stop_fd;  // eventfd that ends the monitor thread
     std::thread monitor;
 
     // Sends one request and waits for its reply; an ERROR reply becomes an Error.
-    Result<proto::Message> request(proto::Body body, std::span<const int> fds = {});
+    // wait_ms: the deadline; -1 waits as long as the daemon lives (FLUSH of a big region).
+    Result<proto::Message> request(proto::Body body, std::span<const int> fds = {}, int wait_ms = 0);
+
+    // shared.cpp: Shared regions
+    Result<Tracking> choose_tracking(Tracking wanted);
+    Result<void> ensure_async_uffd();
+    Result<Region> map_shared(int fd, const MapOptions& o);
+    Result<FlushResult> flush_mapping(const Mapping& m);  // caller holds flush_mutex
+    void release_mapping(Mapping& m);                       // handler slot, bitmap mapping
 
     // monitor.cpp: watches the daemon connection; when it is lost, answers faults on
     // unloaded pages with SIGBUS so that no thread waits forever.
@@ -40,6 +61,7 @@ struct Connection::Impl {
     void stop_monitor();
     void monitor_loop();
     void serve_orphaned_faults();
+    void background_writeback();
 };
 
 }  // namespace pagerd::libclient

@@ -3,6 +3,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 
 #include "connection_impl.hpp"
@@ -26,13 +28,23 @@ void Connection::Impl::stop_monitor()
 
 void Connection::Impl::monitor_loop()
 {
+    auto next_writeback = std::chrono::steady_clock::now() + std::chrono::milliseconds(writeback_interval_ms);
     for (;;) {
         // events 0 on the socket: only hang-up and errors wake us; replies are left to
         // the requesting thread.
         pollfd p[2] = {{sock.get(), 0, 0}, {stop_fd.get(), POLLIN, 0}};
-        if (::poll(p, 2, -1) < 0) continue;
+        int timeout = -1;
+        if (writeback_interval_ms > 0)
+            timeout = static_cast<int>(std::max<long>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                             next_writeback - std::chrono::steady_clock::now()).count()));
+        const int r = ::poll(p, 2, timeout);
+        if (r < 0) continue;
         if (p[1].revents) return;
         if (p[0].revents & (POLLHUP | POLLERR)) break;
+        if (r == 0 && writeback_interval_ms > 0) {
+            background_writeback();
+            next_writeback = std::chrono::steady_clock::now() + std::chrono::milliseconds(writeback_interval_ms);
+        }
     }
     alive.store(false);
     std::fprintf(stderr, "libpagerd: lost the connection to pagerd; touching pages of its "
@@ -40,31 +52,54 @@ void Connection::Impl::monitor_loop()
     serve_orphaned_faults();
 }
 
+void Connection::Impl::background_writeback()
+{
+    std::lock_guard flush_lock(flush_mutex);
+    std::vector<Mapping> shared;
+    {
+        std::lock_guard lock(regions_mutex);
+        for (const auto& [id, m] : regions)
+            if (m.region.access == Access::Shared) shared.push_back(m);
+    }
+    for (const Mapping& m : shared)
+        if (auto f = flush_mapping(m); !f && alive.load())
+            std::fprintf(stderr, "libpagerd: background write-back of region %llu: %s\n",
+                         static_cast<unsigned long long>(m.region.id), f.error().message.c_str());
+}
+
 // The daemon is gone but our copy of the userfaultfd keeps the regions registered: answer
 // every fault with SIGBUS (or, without UFFDIO_POISON, SIGSEGV through PROT_NONE) instead
 // of letting threads wait forever or letting them see zeros.
 void Connection::Impl::serve_orphaned_faults()
 {
-    const int fd = uffd.get();
+    const int fds[2] = {uffd.get(), async_uffd ? async_uffd.get() : -1};
     {
         // Faults the daemon had read but not answered: wake them so that they fault again.
         std::lock_guard lock(regions_mutex);
-        for (const auto& [id, r] : regions)
-            util::uffd_wake(fd, reinterpret_cast<std::uint64_t>(r.addr), r.size);
+        for (const auto& [id, m] : regions)
+            for (int fd : fds)
+                if (fd >= 0) util::uffd_wake(fd, reinterpret_cast<std::uint64_t>(m.region.addr), m.region.size);
     }
     for (;;) {
-        pollfd p[2] = {{fd, POLLIN, 0}, {stop_fd.get(), POLLIN, 0}};
-        if (::poll(p, 2, -1) < 0) continue;
-        if (p[1].revents) return;
-        uffd_msg msgs[32];
-        const ssize_t n = ::read(fd, msgs, sizeof msgs);
-        if (n <= 0) continue;
-        for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
-            if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // reading an event completes it
-            const std::uint64_t page = msgs[i].arg.pagefault.address & ~(page_size - 1);
-            if (util::uffd_poison(fd, page, page_size) != 0) {
-                ::mprotect(reinterpret_cast<void*>(page), page_size, PROT_NONE);
-                util::uffd_wake(fd, page, page_size);
+        pollfd p[3] = {{stop_fd.get(), POLLIN, 0}, {fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
+        if (::poll(p, 3, -1) < 0) continue;
+        if (p[0].revents) return;
+        for (int k = 0; k < 2; ++k) {
+            if (fds[k] < 0 || !p[k + 1].revents) continue;
+            uffd_msg msgs[32];
+            const ssize_t n = ::read(fds[k], msgs, sizeof msgs);
+            for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
+                if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // reading an event completes it
+                const std::uint64_t page = msgs[i].arg.pagefault.address & ~(page_size - 1);
+                if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+                    // A write to a write-protected Shared page: nobody can write it back
+                    // any more; let the write land in memory rather than block forever.
+                    uffdio_writeprotect wp{{page, page_size}, 0};
+                    ::ioctl(fds[k], UFFDIO_WRITEPROTECT, &wp);
+                } else if (util::uffd_poison(fds[k], page, page_size) != 0) {
+                    ::mprotect(reinterpret_cast<void*>(page), page_size, PROT_NONE);
+                    util::uffd_wake(fds[k], page, page_size);
+                }
             }
         }
     }

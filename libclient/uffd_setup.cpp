@@ -16,8 +16,12 @@ namespace {
 
 // Features we ask for when the kernel has them: the daemon keeps its region table true
 // through the events, and POISON lets it raise SIGBUS for faults it cannot serve.
+// Shared regions add shmem support and write-protection (synchronous on the main uffd,
+// asynchronous on the second).
 constexpr std::uint64_t k_wanted = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE |
-                                   UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_POISON;
+                                   UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_POISON |
+                                   UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_PAGEFAULT_FLAG_WP |
+                                   UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
 
 int open_uffd(bool user_mode_only)
 {
@@ -44,7 +48,7 @@ Result<std::uint64_t> api(int fd, std::uint64_t features)
 
 }  // namespace
 
-Result<Uffd> create_uffd()
+Result<Uffd> create_uffd(bool async_wp)
 {
     const char* mode = std::getenv("PAGERD_UFFD_MODE");
     const bool force_user = mode && std::strcmp(mode, "user-only") == 0;
@@ -69,7 +73,10 @@ Result<Uffd> create_uffd()
         auto got = api(probe.get(), 0);
         if (got) available = got.value();
     }
-    const std::uint64_t requested = k_wanted & available;
+    u.available = available;
+    const std::uint64_t requested = (k_wanted | (async_wp ? UFFD_FEATURE_WP_ASYNC : 0)) & available;
+    if (async_wp && !(requested & UFFD_FEATURE_WP_ASYNC))
+        return Error{ENOTSUP, "this kernel has no UFFD_FEATURE_WP_ASYNC (needs 6.7 or newer)"};
     auto granted = api(u.fd.get(), requested);
     if (!granted) return granted.error();
     u.features = requested;  // UFFDIO_API answers with every available feature, not the enabled ones

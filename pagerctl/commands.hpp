@@ -14,7 +14,14 @@ struct CatOptions {
     unsigned threads = 1;
 };
 
+struct WriteOptions {
+    std::string file;
+    std::uint64_t offset = 0;
+    std::string tracking = "auto";
+};
+
 int run_status(const std::string& socket, bool json);
+int run_write(const std::string& socket, const WriteOptions& o);
 int run_cat(const std::string& socket, const CatOptions& o);
 int report(const Error& e);  // prints "pagerctl: message", returns the exit code 1
 

@@ -35,8 +35,16 @@ int main(int argc, char** argv)
     catcmd->add_option("--pattern", pattern, "Order of first touches")->check(CLI::IsMember({"seq", "random"}));
     catcmd->add_option("--threads", cat.threads, "Touching threads")->check(CLI::Range(1u, 1024u));
 
+    WriteOptions wr;
+    auto* writecmd = app.add_subcommand("write", "Map FILE shared through pagerd, copy stdin into it at --offset, flush");
+    writecmd->add_option("FILE", wr.file, "File to write (must be long enough: a mapping cannot grow it)")->required();
+    writecmd->add_option("--offset", wr.offset, "Where stdin's bytes go")->required();
+    writecmd->add_option("--tracking", wr.tracking, "How writes are noticed")
+        ->check(CLI::IsMember({"auto", "uffd-wp", "sigsegv", "async"}));
+
     CLI11_PARSE(app, argc, argv);
     if (status->parsed()) return run_status(socket, json);
+    if (writecmd->parsed()) return run_write(socket, wr);
     cat.random = pattern == "random";
     return run_cat(socket, cat);
 }

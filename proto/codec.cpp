@@ -47,6 +47,11 @@ public:
         m_pos += n;
         return s;
     }
+    void reject(std::string why)
+    {
+        m_error = std::move(why);
+        fail();
+    }
     bool failed() const { return m_failed; }
     bool at_end() const { return m_pos == m_in.size(); }
     const std::string& detail() const { return m_error; }
@@ -186,6 +191,82 @@ void get(Reader& r, ErrorReply& m)
     m.text = r.str(k_max_text);
 }
 
+void put(Writer& w, const MapShared& m)
+{
+    w.u64(m.addr);
+    w.u64(m.length);
+    w.u64(m.file_offset);
+    w.u32(static_cast<std::uint32_t>(m.tracking));
+    w.u32(0);
+}
+void put(Writer& w, const Flush& m) { w.u64(m.region_id); }
+void put(Writer& w, const Flushed& m)
+{
+    w.u64(m.pages);
+    w.u64(m.bytes);
+}
+void put(Writer& w, const RegionsRequest& m) { w.u32(m.first); }
+void put(Writer& w, const RegionsReply& m)
+{
+    w.u32(m.total);
+    w.u32(m.first);
+    const std::size_t n = m.entries.size() < k_max_region_entries ? m.entries.size() : k_max_region_entries;
+    w.u16(static_cast<std::uint16_t>(n));
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto& e = m.entries[i];
+        w.u64(e.client);
+        w.u32(e.pid);
+        w.u16(static_cast<std::uint16_t>(static_cast<unsigned>(e.access) | static_cast<unsigned>(e.tracking) << 8));
+        w.u16(0);
+        w.u64(e.region_id);
+        w.u64(e.length);
+        w.u64(e.dirty_pages);
+    }
+}
+
+void get(Reader& r, MapShared& m)
+{
+    m.addr = r.u64();
+    m.length = r.u64();
+    m.file_offset = r.u64();
+    // A u32 on the wire, one byte in Tracking: a value above 255 must not alias a valid
+    // one (0x101 would become UFFD_WP); 0xff is no Tracking, so the session rejects it.
+    const std::uint32_t tracking = r.u32();
+    m.tracking = static_cast<Tracking>(tracking <= 0xff ? tracking : 0xff);
+    (void)r.u32();  // reserved
+}
+void get(Reader& r, Flush& m) { m.region_id = r.u64(); }
+void get(Reader& r, Flushed& m)
+{
+    m.pages = r.u64();
+    m.bytes = r.u64();
+}
+void get(Reader& r, RegionsRequest& m) { m.first = r.u32(); }
+void get(Reader& r, RegionsReply& m)
+{
+    m.total = r.u32();
+    m.first = r.u32();
+    const std::size_t n = r.u16();
+    if (n > k_max_region_entries) {
+        r.reject("REGIONS_REPLY carries " + std::to_string(n) + " entries, more than " +
+                 std::to_string(k_max_region_entries));
+        return;
+    }
+    for (std::size_t i = 0; i < n && !r.failed(); ++i) {
+        RegionEntry e;
+        e.client = r.u64();
+        e.pid = r.u32();
+        const auto kinds = r.u16();
+        e.access = static_cast<Access>(kinds & 0xff);
+        e.tracking = static_cast<Tracking>(kinds >> 8);
+        (void)r.u16();
+        e.region_id = r.u64();
+        e.length = r.u64();
+        e.dirty_pages = r.u64();
+        m.entries.push_back(e);
+    }
+}
+
 Error fail(ErrorCode code, std::string text)
 {
     return Error{static_cast<int>(code), std::move(text)};
@@ -207,6 +288,11 @@ Body empty_body(Type t)
     case Type::PING: return Ping{};
     case Type::PONG: return Pong{};
     case Type::ERROR: return ErrorReply{};
+    case Type::SHARED_MAP: return MapShared{};
+    case Type::FLUSH: return Flush{};
+    case Type::FLUSHED: return Flushed{};
+    case Type::REGIONS: return RegionsRequest{};
+    case Type::REGIONS_REPLY: return RegionsReply{};
     }
     return Ok{};
 }
@@ -240,6 +326,11 @@ Type type_of(const Body& body)
             else if constexpr (std::is_same_v<T, StatusReply>) return Type::STATUS_REPLY;
             else if constexpr (std::is_same_v<T, Ping>) return Type::PING;
             else if constexpr (std::is_same_v<T, Pong>) return Type::PONG;
+            else if constexpr (std::is_same_v<T, MapShared>) return Type::SHARED_MAP;
+            else if constexpr (std::is_same_v<T, Flush>) return Type::FLUSH;
+            else if constexpr (std::is_same_v<T, Flushed>) return Type::FLUSHED;
+            else if constexpr (std::is_same_v<T, RegionsRequest>) return Type::REGIONS;
+            else if constexpr (std::is_same_v<T, RegionsReply>) return Type::REGIONS_REPLY;
             else return Type::ERROR;
         },
         body);

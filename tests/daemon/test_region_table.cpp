@@ -6,6 +6,13 @@ using namespace pagerd::daemon;
 
 namespace {
 
+std::uint64_t bytes(const std::vector<Region>& pieces)
+{
+    std::uint64_t n = 0;
+    for (const auto& r : pieces) n += r.length;
+    return n;
+}
+
 Region region(std::uint64_t id, std::uint64_t start, std::uint64_t len, std::uint64_t off)
 {
     Region r;
@@ -42,7 +49,7 @@ TEST_CASE("region table: unmapping the middle splits a region, offsets follow", 
 {
     RegionTable t;
     t.insert(region(7, 0x100000, 0x10000, 0x3000));
-    CHECK(t.remove_range(0x104000, 0x2000) == 0x2000);
+    CHECK(bytes(t.remove_range(0x104000, 0x2000)) == 0x2000);
     REQUIRE(t.count() == 2);
     CHECK(t.bytes() == 0xe000);
     const Region* left = t.find(0x100000);
@@ -55,7 +62,7 @@ TEST_CASE("region table: unmapping the middle splits a region, offsets follow", 
     CHECK(right->length == 0xa000);
     CHECK(right->file_offset == 0x3000 + 0x6000);
     CHECK(t.find(0x104000) == nullptr);
-    CHECK(t.remove_id(7) == 0xe000);
+    CHECK(bytes(t.remove_id(7)) == 0xe000);
     CHECK(t.count() == 0);
     CHECK(t.bytes() == 0);
 }
@@ -66,12 +73,33 @@ TEST_CASE("region table: an unmap across several regions trims both ends", "[reg
     t.insert(region(1, 0x1000, 0x3000, 0));
     t.insert(region(2, 0x5000, 0x2000, 0));
     t.insert(region(3, 0x8000, 0x3000, 0x1000));
-    CHECK(t.remove_range(0x3000, 0x6000) == 0x1000 + 0x2000 + 0x1000);
+    const auto removed = t.remove_range(0x3000, 0x6000);
+    CHECK(bytes(removed) == 0x1000 + 0x2000 + 0x1000);
+    REQUIRE(removed.size() == 3);
+    CHECK(removed[0].start == 0x3000);      // the tail of region 1
+    CHECK(removed[0].file_offset == 0x2000);
+    CHECK(removed[2].start == 0x8000);      // the head of region 3
+    CHECK(removed[2].length == 0x1000);
     CHECK(t.count() == 2);
     CHECK(t.find(0x2fff)->length == 0x2000);
     CHECK(t.find(0x9000)->start == 0x9000);
     CHECK(t.find(0x9000)->file_offset == 0x2000);
-    CHECK(t.remove_range(0x100000, 0x1000) == 0);
+    CHECK(t.remove_range(0x100000, 0x1000).empty());
+}
+
+TEST_CASE("region table: a split keeps memfd offsets of Shared pieces in step with file offsets", "[region-table]")
+{
+    RegionTable t;
+    Region r = region(3, 0x200000, 0x8000, 0x10000);
+    r.access = pagerd::proto::Access::SHARED;
+    r.mem_offset = 0;
+    t.insert(r);
+    t.remove_range(0x202000, 0x1000);
+    const Region* right = t.find(0x203000);
+    REQUIRE(right);
+    CHECK(right->mem_offset == 0x3000);
+    CHECK(right->file_offset == 0x13000);
+    CHECK(right->shared());
 }
 
 TEST_CASE("region table: mremap moves pieces and replaces what was at the destination", "[region-table]")

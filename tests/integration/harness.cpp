@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -219,6 +220,51 @@ int run_child(const std::function<int()>& fn, std::chrono::milliseconds timeout)
         _exit(rc);
     }
     return wait_with_timeout(pid, timeout);
+}
+
+TracedRun run_traced_child(const std::function<int()>& fn, std::chrono::milliseconds timeout)
+{
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        reset_fatal_signals();
+        ::ptrace(PTRACE_TRACEME, 0, nullptr, nullptr);
+        ::raise(SIGSTOP);  // wait until the parent traces us
+        int rc = 99;
+        try {
+            rc = fn();
+        } catch (...) {
+            rc = 98;
+        }
+        _exit(rc);
+    }
+    TracedRun run;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        int st = 0;
+        const pid_t r = ::waitpid(pid, &st, WNOHANG);
+        if (r == 0) {
+            if (std::chrono::steady_clock::now() > deadline) {
+                ::kill(pid, SIGKILL);
+                ::waitpid(pid, &st, 0);
+                FAIL("traced child did not finish in time");
+            }
+            std::this_thread::sleep_for(1ms);
+            continue;
+        }
+        if (WIFEXITED(st) || WIFSIGNALED(st)) {
+            run.status = st;
+            return run;
+        }
+        int pass = 0;
+        if (WIFSTOPPED(st) && WSTOPSIG(st) != SIGSTOP) {
+            siginfo_t si{};
+            ::ptrace(PTRACE_GETSIGINFO, pid, nullptr, &si);
+            run.signals.push_back(si);
+            pass = WSTOPSIG(st);
+        }
+        ::ptrace(PTRACE_CONT, pid, nullptr, reinterpret_cast<void*>(static_cast<long>(pass)));
+    }
 }
 
 CommandResult run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env,

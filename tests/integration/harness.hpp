@@ -1,5 +1,6 @@
 // Test harness: the real pagerd binary on a temporary socket, real files, child processes.
 #pragma once
+#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
@@ -59,6 +60,15 @@ private:
 // Runs fn in a forked child; returns the raw wait status. The child exits with fn's
 // return value. Kills the child and fails the test if it runs longer than `timeout`.
 int run_child(const std::function<int()>& fn, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+// Runs fn in a forked child under ptrace, to see the signals the kernel delivers to it
+// (si_code, si_addr) and how it ends. Each signal is passed on to the child unchanged.
+struct TracedRun {
+    int status = -1;                        // raw wait status at the end
+    std::vector<siginfo_t> signals;         // every signal delivered to the child, in order
+};
+TracedRun run_traced_child(const std::function<int()>& fn,
+                           std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
 struct CommandResult {
     int status = -1;  // raw wait status

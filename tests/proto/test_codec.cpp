@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <iterator>
 #include <set>
 #include <string>
 #include <tuple>
@@ -40,6 +41,21 @@ auto fields(const StatusReply& m)
 auto fields(const Ping& m) { return std::tie(m.nonce); }
 auto fields(const Pong& m) { return std::tie(m.nonce); }
 auto fields(const ErrorReply& m) { return std::tie(m.code, m.text); }
+auto fields(const MapShared& m) { return std::tie(m.addr, m.length, m.file_offset, m.tracking); }
+auto fields(const Flush& m) { return std::tie(m.region_id); }
+auto fields(const Flushed& m) { return std::tie(m.pages, m.bytes); }
+auto fields(const RegionsRequest& m) { return std::tie(m.first); }
+auto fields(const RegionEntry& e)
+{
+    return std::make_tuple(e.client, e.pid, e.access, e.tracking, e.region_id, e.length,
+                           e.dirty_pages);
+}
+auto fields(const RegionsReply& m)
+{
+    std::vector<decltype(fields(RegionEntry{}))> entries;
+    for (const auto& e : m.entries) entries.push_back(fields(e));
+    return std::make_tuple(m.total, m.first, std::move(entries));
+}
 
 bool same_body(const Body& a, const Body& b)
 {
@@ -60,7 +76,28 @@ std::string pattern(std::size_t n)
     return s;
 }
 
-// One message of every type, every field non-zero and strings at their limit.
+// Entry i of a sample REGIONS_REPLY: every field non-zero and different from entry to
+// entry; access and tracking go through all 12 combinations every 12 entries.
+RegionEntry sample_entry(std::uint64_t i)
+{
+    return RegionEntry{.client = 0x8000000000000000 | (i + 1),
+                       .pid = static_cast<std::uint32_t>(0xfffffff0 - i),
+                       .access = static_cast<Access>(i % 3),
+                       .tracking = static_cast<Tracking>(i % 4),
+                       .region_id = 0x0102030405060708 + i,
+                       .length = (i + 1) << 32,
+                       .dirty_pages = 0xfedcba9876543210 ^ i};
+}
+
+std::vector<RegionEntry> sample_entries(std::size_t n)
+{
+    std::vector<RegionEntry> out;
+    for (std::size_t i = 0; i < n; ++i) out.push_back(sample_entry(i));
+    return out;
+}
+
+// One message of every type, every field non-zero and strings at their limit; and
+// REGIONS_REPLY with 0, 1 and k_max_region_entries entries.
 std::vector<Message> samples()
 {
     return {
@@ -100,8 +137,33 @@ std::vector<Message> samples()
         {10, Ping{.nonce = 0x1122334455667788}},
         {0xffffffff, Pong{.nonce = 0x8877665544332211}},
         {12, ErrorReply{.code = ErrorCode::TIMEOUT, .text = pattern(k_max_text)}},
+        {13, MapShared{.addr = 0x7ffff0000000,
+                       .length = 0x0000100000000000,
+                       .file_offset = 0x8000000000001000,
+                       .tracking = Tracking::ASYNC}},
+        {14, Flush{.region_id = 0x8877665544332211}},
+        {15, Flushed{.pages = 0xfffffffffffffffe, .bytes = 0x8000000000000001}},
+        {16, RegionsRequest{.first = 0xfffffffe}},
+        {17, RegionsReply{.total = 0xffffffff, .first = 0x80000001, .entries = {}}},
+        {18, RegionsReply{.total = 1,
+                          .first = 0,
+                          .entries = {RegionEntry{.client = 0xffffffffffffffff,
+                                                  .pid = 0xffffffff,
+                                                  .access = Access::SHARED,
+                                                  .tracking = Tracking::SEGV,
+                                                  .region_id = 0x0102030405060708,
+                                                  .length = 0x8000000000000000,
+                                                  .dirty_pages = 0x1122334455667788}}}},
+        {19, RegionsReply{.total = 0x7fffffff,
+                          .first = 200,
+                          .entries = sample_entries(k_max_region_entries)}},
     };
 }
+
+// Every Tracking and Access value, in the order of constants.hpp.
+const Tracking k_trackings[] = {Tracking::NONE, Tracking::UFFD_WP, Tracking::SEGV,
+                                Tracking::ASYNC};
+const Access k_accesses[] = {Access::READ_ONLY, Access::PRIVATE_WRITABLE, Access::SHARED};
 
 // Limit of the string a type carries as its last field, 0 if it carries none.
 std::size_t string_limit(Type t)
@@ -123,6 +185,10 @@ void put_u16(Bytes& b, std::size_t off, std::uint16_t v)
 void put_u32(Bytes& b, std::size_t off, std::uint32_t v)
 {
     for (int i = 0; i < 4; ++i) b[off + i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+void put_u64(Bytes& b, std::size_t off, std::uint64_t v)
+{
+    for (int i = 0; i < 8; ++i) b[off + i] = static_cast<std::uint8_t>(v >> (8 * i));
 }
 void fix_length(Bytes& b) { put_u32(b, 8, static_cast<std::uint32_t>(b.size())); }
 
@@ -148,6 +214,11 @@ TEST_CASE("codec: the samples cover every message type", "[codec]")
 #undef PAGERD_X
     CHECK(seen == all);
     CHECK(std::variant_size_v<Body> == all.size());
+
+    std::set<std::size_t> entry_counts;
+    for (const auto& m : samples())
+        if (const auto* r = std::get_if<RegionsReply>(&m.body)) entry_counts.insert(r->entries.size());
+    CHECK(entry_counts == std::set<std::size_t>{0, 1, k_max_region_entries});
 }
 
 TEST_CASE("codec: every message type round-trips with its fields intact", "[codec]")
@@ -268,8 +339,14 @@ TEST_CASE("codec: an oversized datagram is MALFORMED", "[codec]")
 
 TEST_CASE("codec: an unknown type is UNKNOWN_TYPE and not a framing error", "[codec]")
 {
+    std::uint16_t last = 0;
+#define PAGERD_X(name, value, fds) last = value > last ? value : last;
+    PAGERD_MESSAGE_TYPES(PAGERD_X)
+#undef PAGERD_X
+    REQUIRE(last == static_cast<std::uint16_t>(Type::REGIONS_REPLY));
+    const auto next = static_cast<std::uint16_t>(last + 1);
     Bytes b = encode(Message{9, Ping{.nonce = 5}});
-    for (std::uint16_t t : {std::uint16_t{0}, std::uint16_t{13}, std::uint16_t{0xffff}}) {
+    for (std::uint16_t t : {std::uint16_t{0}, next, std::uint16_t{0xffff}}) {
         put_u16(b, 6, t);
         for (std::size_t fds : {0u, 1u, 2u}) {
             const auto r = decode(b, fds);
@@ -301,6 +378,8 @@ TEST_CASE("codec: a wrong number of descriptors is BAD_DESCRIPTOR", "[codec]")
     }
     CHECK(fds_expected(Type::REGISTER_UFFD) == 1);
     CHECK(fds_expected(Type::MAP) == 1);
+    CHECK(fds_expected(Type::SHARED_MAP) == 2);
+    CHECK(fds_expected(Type::SHARED_MAP) == k_max_fds);
 }
 
 TEST_CASE("codec: framing is judged before descriptors", "[codec]")
@@ -309,6 +388,10 @@ TEST_CASE("codec: framing is judged before descriptors", "[codec]")
     b.pop_back();
     fix_length(b);
     CHECK(fails_with(decode(b, 0), ErrorCode::MALFORMED));
+    Bytes s = encode(Message{1, MapShared{}});
+    s.push_back(0);
+    fix_length(s);
+    CHECK(fails_with(decode(s, 1), ErrorCode::MALFORMED));
 }
 
 TEST_CASE("codec: a string longer than its limit is MALFORMED", "[codec]")
@@ -398,4 +481,181 @@ TEST_CASE("codec: only MALFORMED is a framing error", "[codec]")
     CHECK(is_framing_error(Error{value, ""}) == (ErrorCode::name == ErrorCode::MALFORMED));
     PAGERD_ERROR_CODES(PAGERD_X)
 #undef PAGERD_X
+}
+
+TEST_CASE("codec: SHARED_MAP sends reserved as 0 and the receiver ignores it", "[codec]")
+{
+    const Message m{2, MapShared{.addr = 0x1000,
+                                 .length = 0x2000,
+                                 .file_offset = 0x3000,
+                                 .tracking = Tracking::SEGV}};
+    Bytes b = encode(m);
+    const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
+    const Bytes expected = {
+        0x00, 0x10, 0, 0, 0, 0, 0, 0,  // addr
+        0x00, 0x20, 0, 0, 0, 0, 0, 0,  // length
+        0x00, 0x30, 0, 0, 0, 0, 0, 0,  // file_offset
+        0x02, 0, 0, 0,                 // tracking SEGV
+        0, 0, 0, 0,                    // reserved
+    };
+    CHECK(body == expected);
+    put_u32(b, k_header_size + 28, 0xdeadbeef);
+    const auto r = decode(b, 2);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, m.body));
+}
+
+TEST_CASE("codec: SHARED_MAP carries every tracking value, and no other aliases one", "[codec]")
+{
+    for (const Tracking t : k_trackings) {
+        INFO("tracking " << static_cast<unsigned>(t));
+        const Message m{1, MapShared{.addr = 0x1000, .length = 0x1000, .tracking = t}};
+        const auto r = decode(encode(m), 2);
+        REQUIRE(r.ok());
+        CHECK(std::get<MapShared>(r->body).tracking == t);
+    }
+    // The field is a u32 on the wire and one byte in Tracking: values that do not fit
+    // must decode to something the session rejects, never to a valid tracking.
+    Bytes b = encode(Message{1, MapShared{}});
+    for (std::uint32_t v : {4u, 0xffu, 0x100u, 0x101u, 0x102u, 0x103u, 0x80000001u, 0xffffffffu}) {
+        INFO("tracking on the wire " << v);
+        put_u32(b, k_header_size + 24, v);
+        const auto r = decode(b, 2);
+        REQUIRE(r.ok());
+        const Tracking got = std::get<MapShared>(r->body).tracking;
+        for (const Tracking valid : k_trackings) CHECK(got != valid);
+        if (v <= 0xff) CHECK(static_cast<std::uint32_t>(got) == v);
+    }
+}
+
+TEST_CASE("codec: REGIONS_REPLY is laid out byte for byte", "[codec]")
+{
+    const Message m{5, RegionsReply{.total = 0x01020304,
+                                    .first = 0x05060708,
+                                    .entries = {RegionEntry{.client = 0x1112131415161718,
+                                                            .pid = 0x21222324,
+                                                            .access = Access::SHARED,
+                                                            .tracking = Tracking::ASYNC,
+                                                            .region_id = 0x3132333435363738,
+                                                            .length = 0x4142434445464748,
+                                                            .dirty_pages = 0x5152535455565758},
+                                                RegionEntry{.client = 1,
+                                                            .access = Access::PRIVATE_WRITABLE,
+                                                            .tracking = Tracking::NONE}}}};
+    Bytes b = encode(m);
+    const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
+    const Bytes expected = {
+        0x04, 0x03, 0x02, 0x01,                          // total
+        0x08, 0x07, 0x06, 0x05,                          // first
+        0x02, 0x00,                                      // count
+        0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11,  // [0] client
+        0x24, 0x23, 0x22, 0x21,                          //     pid
+        0x02,                                            //     access SHARED
+        0x03,                                            //     tracking ASYNC
+        0x00, 0x00,                                      //     reserved
+        0x38, 0x37, 0x36, 0x35, 0x34, 0x33, 0x32, 0x31,  //     region_id
+        0x48, 0x47, 0x46, 0x45, 0x44, 0x43, 0x42, 0x41,  //     length
+        0x58, 0x57, 0x56, 0x55, 0x54, 0x53, 0x52, 0x51,  //     dirty_pages
+        0x01, 0, 0, 0, 0, 0, 0, 0,                       // [1] client
+        0, 0, 0, 0,                                      //     pid
+        0x01,                                            //     access PRIVATE_WRITABLE
+        0x00,                                            //     tracking NONE
+        0, 0,                                            //     reserved
+        0, 0, 0, 0, 0, 0, 0, 0,                          //     region_id
+        0, 0, 0, 0, 0, 0, 0, 0,                          //     length
+        0, 0, 0, 0, 0, 0, 0, 0,                          //     dirty_pages
+    };
+    CHECK(body == expected);
+    // The receiver ignores the reserved bytes of an entry.
+    put_u16(b, k_header_size + 10 + 14, 0xbeef);
+    put_u16(b, k_header_size + 10 + 40 + 14, 0xffff);
+    const auto r = decode(b, 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, m.body));
+}
+
+TEST_CASE("codec: REGIONS_REPLY entries carry every access and tracking value", "[codec]")
+{
+    RegionsReply all;
+    for (const Access a : k_accesses)
+        for (const Tracking t : k_trackings) all.entries.push_back(RegionEntry{.access = a, .tracking = t});
+    // Values this side does not know are carried, not refused: they are only ever added.
+    all.entries.push_back(RegionEntry{.access = static_cast<Access>(0xfe),
+                                      .tracking = static_cast<Tracking>(0xfd)});
+    all.total = static_cast<std::uint32_t>(all.entries.size());
+    const Message m{1, all};
+    const auto r = decode(encode(m), 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, m.body));
+    const auto& got = std::get<RegionsReply>(r->body).entries;
+    REQUIRE(got.size() == std::size(k_accesses) * std::size(k_trackings) + 1);
+    CHECK(static_cast<unsigned>(got.back().access) == 0xfe);
+    CHECK(static_cast<unsigned>(got.back().tracking) == 0xfd);
+}
+
+TEST_CASE("codec: REGIONS_REPLY holds at most k_max_region_entries entries", "[codec]")
+{
+    constexpr std::size_t entry = 40, fixed = 10;
+    const Message full{3, RegionsReply{.total = 500, .first = 100,
+                                       .entries = sample_entries(k_max_region_entries)}};
+    const Bytes b = encode(full);
+    REQUIRE(b.size() == k_header_size + fixed + entry * k_max_region_entries);
+    CHECK(b.size() <= k_max_message_size);
+    const std::size_t count_at = k_header_size + 8;
+
+    SECTION("101 entries, hand-encoded, are MALFORMED")
+    {
+        Bytes more = b;
+        const Bytes last(b.end() - static_cast<long>(entry), b.end());
+        more.insert(more.end(), last.begin(), last.end());
+        put_u16(more, count_at, static_cast<std::uint16_t>(k_max_region_entries + 1));
+        fix_length(more);
+        REQUIRE(more.size() <= k_max_message_size);
+        const auto r = decode(more, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(is_framing_error(r.error()));
+        CHECK(r.error().message.find("101 entries") != std::string::npos);
+    }
+    SECTION("a count of 101 over 100 entries is MALFORMED")
+    {
+        Bytes more = b;
+        put_u16(more, count_at, static_cast<std::uint16_t>(k_max_region_entries + 1));
+        CHECK(fails_with(decode(more, 0), ErrorCode::MALFORMED));
+    }
+    SECTION("a count of 0xffff is MALFORMED")
+    {
+        Bytes more = b;
+        put_u16(more, count_at, 0xffff);
+        CHECK(fails_with(decode(more, 0), ErrorCode::MALFORMED));
+    }
+    SECTION("a count below the entries present leaves trailing bytes")
+    {
+        Bytes fewer = b;
+        put_u16(fewer, count_at, static_cast<std::uint16_t>(k_max_region_entries - 1));
+        const auto r = decode(fewer, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(r.error().message.find("trailing") != std::string::npos);
+    }
+    SECTION("the encoder cuts the list to k_max_region_entries")
+    {
+        RegionsReply big{.total = 1000, .first = 7, .entries = sample_entries(k_max_region_entries + 5)};
+        const Bytes cut = encode(Message{4, big});
+        CHECK(cut.size() == b.size());
+        const auto r = decode(cut, 0);
+        REQUIRE(r.ok());
+        big.entries.resize(k_max_region_entries);
+        CHECK(same_body(r->body, big));
+    }
+    SECTION("an entry's fields land 40 bytes apart")
+    {
+        Bytes edited = b;
+        const std::size_t at = k_header_size + fixed + 57 * entry;  // entry 57's region_id
+        put_u64(edited, at + 16, 0x0123456789abcdef);
+        const auto r = decode(edited, 0);
+        REQUIRE(r.ok());
+        const auto& entries = std::get<RegionsReply>(r->body).entries;
+        CHECK(entries[57].region_id == 0x0123456789abcdef);
+        CHECK(fields(entries[56]) == fields(sample_entry(56)));
+        CHECK(fields(entries[58]) == fields(sample_entry(58)));
+    }
 }

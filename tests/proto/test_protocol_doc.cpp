@@ -3,6 +3,7 @@
 // against the bytes the encoder produces.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <functional>
@@ -191,18 +192,22 @@ const std::map<std::string, Body> k_bodies =
     default_bodies(std::make_index_sequence<std::variant_size_v<Body>>{});
 
 // Setters for every field of every body, keyed "TYPE.field" as the document names them.
-using Setter = std::function<void(Body&, std::uint64_t)>;
+// A setter returns the value the field holds afterwards: `v` cut to the field's type
+// (MapShared.tracking is a u32 on the wire but one byte in the struct).
+using Setter = std::function<std::uint64_t(Body&, std::uint64_t)>;
 #define NUM(TYPE, Struct, field)                                        \
     {                                                                   \
-        #TYPE "." #field, [](Body& b, std::uint64_t v) {                \
+        #TYPE "." #field, [](Body& b, std::uint64_t v) -> std::uint64_t { \
             auto& m = std::get<Struct>(b);                              \
             m.field = static_cast<decltype(Struct::field)>(v);          \
+            return static_cast<std::uint64_t>(m.field);                 \
         }                                                               \
     }
 #define STR(TYPE, Struct, field)                                        \
     {                                                                   \
-        #TYPE "." #field, [](Body& b, std::uint64_t v) {                \
+        #TYPE "." #field, [](Body& b, std::uint64_t v) -> std::uint64_t { \
             std::get<Struct>(b).field = std::string(v, 's');            \
+            return v;                                                   \
         }                                                               \
     }
 const std::map<std::string, Setter> k_numbers = {
@@ -238,6 +243,23 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(PING, Ping, nonce),
     NUM(PONG, Pong, nonce),
     NUM(ERROR, ErrorReply, code),
+    NUM(SHARED_MAP, MapShared, addr),
+    NUM(SHARED_MAP, MapShared, length),
+    NUM(SHARED_MAP, MapShared, file_offset),
+    NUM(SHARED_MAP, MapShared, tracking),
+    NUM(FLUSH, Flush, region_id),
+    NUM(FLUSHED, Flushed, pages),
+    NUM(FLUSHED, Flushed, bytes),
+    NUM(REGIONS, RegionsRequest, first),
+    NUM(REGIONS_REPLY, RegionsReply, total),
+    NUM(REGIONS_REPLY, RegionsReply, first),
+    // The entry count is the size of the vector, at most what the encoder sends.
+    {"REGIONS_REPLY.count",
+     [](Body& b, std::uint64_t v) -> std::uint64_t {
+         auto& m = std::get<RegionsReply>(b);
+         m.entries.resize(std::min<std::uint64_t>(v, k_max_region_entries));
+         return m.entries.size();
+     }},
 };
 const std::map<std::string, Setter> k_strings = {
     STR(HELLO, Hello, name),
@@ -248,6 +270,33 @@ const std::map<std::string, Setter> k_strings = {
 #undef NUM
 #undef STR
 
+// The array a body ends with: REGIONS_REPLY.entries, keyed by type name.
+struct Array {
+    std::string field;
+    std::function<void(Body&, std::size_t)> resize;
+    std::function<RegionEntry&(Body&, std::size_t)> at;
+};
+const std::map<std::string, Array> k_arrays = {
+    {"REGIONS_REPLY",
+     {"entries", [](Body& b, std::size_t n) { std::get<RegionsReply>(b).entries.resize(n); },
+      [](Body& b, std::size_t i) -> RegionEntry& { return std::get<RegionsReply>(b).entries.at(i); }}},
+};
+
+// Setters for the fields of a REGIONS_REPLY entry, keyed by the document's name.
+using EntrySetter = std::function<std::uint64_t(RegionEntry&, std::uint64_t)>;
+#define ENTRY(field)                                                     \
+    {                                                                    \
+        #field, [](RegionEntry& e, std::uint64_t v) -> std::uint64_t {   \
+            e.field = static_cast<decltype(RegionEntry::field)>(v);      \
+            return static_cast<std::uint64_t>(e.field);                  \
+        }                                                                \
+    }
+const std::map<std::string, EntrySetter> k_entry_fields = {
+    ENTRY(client), ENTRY(pid),    ENTRY(access),      ENTRY(tracking),
+    ENTRY(region_id), ENTRY(length), ENTRY(dirty_pages),
+};
+#undef ENTRY
+
 // ---- layouts -----------------------------------------------------------------------
 
 const Row k_layout_header = {"field", "offset", "size", "meaning"};
@@ -255,12 +304,17 @@ const Row k_layout_header = {"field", "offset", "size", "meaning"};
 struct Field {
     std::string name;
     std::size_t offset = 0;
-    std::size_t size = 0;  // for a string: 2, its count
+    std::size_t size = 0;  // for a string: 2, its count; for an array: 0
     bool string = false;
+    bool array = false;       // size "E × count": `count` elements of E bytes
+    std::size_t element = 0;  // E
 };
 
+const std::string k_times = " × ";
+
 // Parses a layout table and checks that its fields are contiguous from offset 0, that
-// the size matches the stated type, and that a string is only ever the last field.
+// the size matches the stated type, and that a string or an array is only ever the last
+// field. An array's count is an earlier field of the table.
 std::vector<Field> layout(const Table& t)
 {
     std::vector<Field> out;
@@ -272,11 +326,27 @@ std::vector<Field> layout(const Table& t)
         f.name = unquote(r[0]);
         f.offset = number(r[1]);
         f.string = r[2] == "2 + n";
-        f.size = f.string ? 2 : number(r[2]);
+        const auto times = r[2].find(k_times);
+        f.array = times != std::string::npos;
+        std::string kind;
+        if (f.string) {
+            f.size = 2;
+            kind = "string";
+        } else if (f.array) {
+            f.element = number(r[2].substr(0, times));
+            CHECK(f.element > 0);
+            const std::string count = r[2].substr(times + k_times.size());
+            bool counted = false;
+            for (const auto& g : out) counted = counted || (g.name == count && !g.string);
+            CHECK(counted);
+            kind = "array of `" + count + "` ";
+        } else {
+            f.size = number(r[2]);
+            kind = "u" + std::to_string(8 * f.size);
+        }
         CHECK(f.offset == next);
-        const std::string kind = f.string ? "string" : "u" + std::to_string(8 * f.size);
         CHECK(r[3].rfind(kind, 0) == 0);
-        if (!out.empty()) CHECK_FALSE(out.back().string);
+        if (!out.empty()) CHECK_FALSE((out.back().string || out.back().array));
         next = f.offset + f.size;
         out.push_back(f);
     }
@@ -315,6 +385,50 @@ std::uint64_t mask(std::size_t bytes)
     return bytes >= 8 ? ~std::uint64_t{0} : (std::uint64_t{1} << (8 * bytes)) - 1;
 }
 
+// A "body bytes" cell: "N", "N + string" or "N + E per entry".
+struct BodyBytes {
+    std::uint64_t fixed = 0;
+    bool string = false;
+    std::uint64_t per_entry = 0;
+};
+
+BodyBytes body_bytes(const std::string& cell)
+{
+    INFO("body bytes '" << cell << "'");
+    BodyBytes out;
+    if (const auto plus = cell.find(" + string"); plus != std::string::npos) {
+        CHECK(cell.substr(plus) == " + string");
+        out.string = true;
+        out.fixed = number(cell.substr(0, plus));
+    } else if (const auto per = cell.find(" per entry"); per != std::string::npos) {
+        CHECK(cell.substr(per) == " per entry");
+        const auto sum = cell.find(" + ");
+        REQUIRE(sum < per);
+        out.fixed = number(cell.substr(0, sum));
+        out.per_entry = number(cell.substr(sum + 3, per - sum - 3));
+        CHECK(out.per_entry > 0);
+    } else {
+        out.fixed = number(cell);
+    }
+    return out;
+}
+
+// The layout of one element of a type's array: the table under "### `NAME` entries".
+const Table& entry_table(const std::string& name)
+{
+    const std::string heading = "`" + name + "` entries";
+    const Table* found = nullptr;
+    for (const auto& t : tables())
+        if (t.h2 == "Message bodies" && t.h3 == heading) {
+            REQUIRE(t.header == k_layout_header);
+            REQUIRE(found == nullptr);
+            found = &t;
+        }
+    INFO("no table under '### " << heading << "'");
+    REQUIRE(found != nullptr);
+    return *found;
+}
+
 }  // namespace
 
 TEST_CASE("doc: the document names constants.hpp as its code counterpart", "[doc]")
@@ -332,6 +446,7 @@ TEST_CASE("doc: the constants table matches constants.hpp", "[doc]")
         {"k_max_fds", k_max_fds},
         {"k_max_name", k_max_name},
         {"k_max_text", k_max_text},
+        {"k_max_region_entries", k_max_region_entries},
     };
     const std::map<std::string, std::string> code_strings = {
         {"k_default_socket_path", k_default_socket_path},
@@ -452,27 +567,57 @@ TEST_CASE("doc: the header layout matches the encoder", "[doc]")
     }
 }
 
+TEST_CASE("doc: an empty REGIONS_REPLY is 10 bytes and each entry adds 40", "[doc]")
+{
+    const auto doc =
+        by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
+    const auto bb = body_bytes(doc.at("REGIONS_REPLY")[4]);
+    CHECK(bb.fixed == 10);
+    CHECK(bb.per_entry == 40);
+    CHECK_FALSE(bb.string);
+    CHECK(encode(Message{0, RegionsReply{}}).size() == k_header_size + 10);
+    CHECK(encode(Message{0, RegionsReply{.entries = {RegionEntry{}}}}).size() ==
+          k_header_size + 10 + 40);
+}
+
 TEST_CASE("doc: body bytes in the type table match encoded default messages", "[doc]")
 {
     const auto doc =
         by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
     for (const auto& t : k_types) {
         INFO(t.name);
-        const std::string cell = doc.at(t.name)[4];
-        const auto plus = cell.find(" + string");
-        const bool has_string = plus != std::string::npos;
-        if (has_string) CHECK(cell.substr(plus) == " + string");
-        const auto fixed = number(has_string ? cell.substr(0, plus) : cell);
+        const auto bb = body_bytes(doc.at(t.name)[4]);
 
+        // Empty strings and no entries: the fixed part.
         const auto encoded = encode(Message{0, k_bodies.at(t.name)});
-        CHECK(encoded.size() - k_header_size == fixed);
+        CHECK(encoded.size() - k_header_size == bb.fixed);
 
-        // The body layout agrees: same fixed size, and a string field iff "+ string".
+        // "+ E per entry": each entry adds E bytes, up to the largest reply.
+        REQUIRE(k_arrays.count(t.name) == (bb.per_entry > 0 ? 1u : 0u));
+        if (bb.per_entry > 0) {
+            for (const std::size_t n : {std::size_t{1}, std::size_t{2}, k_max_region_entries}) {
+                INFO(n << " entries");
+                Body b = k_bodies.at(t.name);
+                k_arrays.at(t.name).resize(b, n);
+                const auto with = encode(Message{0, b});
+                CHECK(with.size() - k_header_size == bb.fixed + n * bb.per_entry);
+                CHECK(with.size() <= k_max_message_size);
+            }
+        }
+
+        // The body layout agrees: same fixed size, a string field iff "+ string", an
+        // array of E-byte elements iff "+ E per entry", laid out in E bytes.
         const Table* body = body_table(t.name, t.value);
-        if (fixed > 0) REQUIRE(body != nullptr);
+        if (bb.fixed > 0) REQUIRE(body != nullptr);
         const auto fields = body ? layout(*body) : std::vector<Field>{};
-        CHECK(fixed_size(fields) == fixed);
-        CHECK((!fields.empty() && fields.back().string) == has_string);
+        CHECK(fixed_size(fields) == bb.fixed);
+        CHECK((!fields.empty() && fields.back().string) == bb.string);
+        CHECK((!fields.empty() && fields.back().array) == (bb.per_entry > 0));
+        if (bb.per_entry > 0) {
+            CHECK(fields.back().name == k_arrays.at(t.name).field);
+            CHECK(fields.back().element == bb.per_entry);
+            CHECK(fixed_size(layout(entry_table(t.name))) == bb.per_entry);
+        }
     }
 }
 
@@ -488,6 +633,12 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
             const std::string key = t.name + "." + f.name;
             INFO(key << " at offset " << f.offset << ", " << f.size << " bytes");
             const std::size_t at = k_header_size + f.offset;
+            if (f.array) {
+                // Its elements have their own table and test; here only that it is one.
+                REQUIRE(k_arrays.count(t.name) == 1);
+                CHECK(k_arrays.at(t.name).field == f.name);
+                continue;
+            }
             if (f.name == "reserved") {
                 // Zero on the wire however the other fields are set.
                 Body all = empty;
@@ -497,7 +648,11 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
                 continue;
             }
             documented.insert(key);
+            // Every number of the body 0 (MapShared's tracking defaults to UFFD_WP), so
+            // that the body is all zeros but for the field under test.
             Body b = empty;
+            for (const auto& [k, set] : k_numbers)
+                if (k.rfind(t.name + ".", 0) == 0) set(b, 0);
             if (f.string) {
                 REQUIRE(k_strings.count(key) == 1);
                 k_strings.at(key)(b, 3);
@@ -508,9 +663,10 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
             } else {
                 REQUIRE(k_numbers.count(key) == 1);
                 const std::uint64_t marker = 0x8877665544332211;
-                k_numbers.at(key)(b, marker);
+                const std::uint64_t held = k_numbers.at(key)(b, marker);
+                CHECK(held != 0);
                 const auto bytes = encode(Message{0, b});
-                CHECK(little_endian(bytes, at, f.size) == (marker & mask(f.size)));
+                CHECK(little_endian(bytes, at, f.size) == (held & mask(f.size)));
                 // Nothing else moved: the rest of the body is still zero.
                 for (std::size_t i = k_header_size; i < bytes.size(); ++i)
                     if (i < at || i >= at + f.size) CHECK(bytes[i] == 0);
@@ -524,5 +680,168 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
     for (const auto& [key, set] : k_strings) {
         INFO("field in the code: " << key);
         CHECK(documented.count(key) == 1);
+    }
+}
+
+TEST_CASE("doc: every REGIONS_REPLY entry field sits at its documented offset", "[doc]")
+{
+    const Table* reply = body_table("REGIONS_REPLY", static_cast<std::uint64_t>(Type::REGIONS_REPLY));
+    REQUIRE(reply != nullptr);
+    const auto body = layout(*reply);
+    REQUIRE_FALSE(body.empty());
+    const Field array = body.back();
+    REQUIRE(array.array);
+    const auto fields = layout(entry_table("REGIONS_REPLY"));
+    REQUIRE(fixed_size(fields) == array.element);
+    const auto& entries = k_arrays.at("REGIONS_REPLY");
+
+    // Two default entries: the baseline every change is compared with.
+    Body two = k_bodies.at("REGIONS_REPLY");
+    entries.resize(two, 2);
+    const auto baseline = encode(Message{0, two});
+    REQUIRE(baseline.size() == k_header_size + array.offset + 2 * array.element);
+
+    std::set<std::string> documented;
+    for (const auto& f : fields) {
+        INFO("entry." << f.name << " at offset " << f.offset << ", " << f.size << " bytes");
+        REQUIRE_FALSE((f.string || f.array));
+        for (std::size_t i = 0; i < 2; ++i) {
+            INFO("entry " << i);
+            const std::size_t at = k_header_size + array.offset + i * array.element + f.offset;
+            Body b = two;
+            if (f.name == "reserved") {
+                // Zero on the wire however the other fields of both entries are set.
+                for (std::size_t j = 0; j < 2; ++j)
+                    for (const auto& [name, set] : k_entry_fields) set(entries.at(b, j), ~std::uint64_t{0});
+                CHECK(little_endian(encode(Message{0, b}), at, f.size) == 0);
+                continue;
+            }
+            documented.insert(f.name);
+            REQUIRE(k_entry_fields.count(f.name) == 1);
+            const std::uint64_t held = k_entry_fields.at(f.name)(entries.at(b, i), 0x8877665544332211);
+            CHECK(held != 0);
+            const auto bytes = encode(Message{0, b});
+            REQUIRE(bytes.size() == baseline.size());
+            CHECK(little_endian(bytes, at, f.size) == (held & mask(f.size)));
+            // Nothing else moved.
+            for (std::size_t k = 0; k < bytes.size(); ++k)
+                if (k < at || k >= at + f.size) CHECK(bytes[k] == baseline[k]);
+        }
+    }
+    for (const auto& [name, set] : k_entry_fields) {
+        INFO("entry field in the code: " << name);
+        CHECK(documented.count(name) == 1);
+    }
+}
+
+namespace {
+
+// An enum table ("| `NAME` | value | ... |") against the enumerators of the code, both ways.
+void check_enum_table(const Table& t, const std::map<std::string, unsigned>& code)
+{
+    const auto doc = by_name(t, 3);
+    std::set<std::uint64_t> values;
+    for (const auto& [name, value] : code) {
+        INFO(name);
+        REQUIRE(doc.count(name) == 1);
+        CHECK(number(doc.at(name)[1]) == value);
+        CHECK_FALSE(doc.at(name)[2].empty());
+    }
+    for (const auto& [name, row] : doc) {
+        INFO("documented " << name << " = " << row[1]);
+        CHECK(code.count(name) == 1);
+        CHECK(values.insert(number(row[1])).second);
+    }
+    CHECK(doc.size() == code.size());
+    // Values run from 0 without a gap: a gap would be a value the table forgot.
+    std::uint64_t expect = 0;
+    for (const auto v : values) CHECK(v == expect++);
+}
+
+}  // namespace
+
+TEST_CASE("doc: the access table matches enum Access", "[doc]")
+{
+    check_enum_table(table("Region kinds", {"access", "value", "region"}),
+                     {
+                         {"READ_ONLY", static_cast<unsigned>(Access::READ_ONLY)},
+                         {"PRIVATE_WRITABLE", static_cast<unsigned>(Access::PRIVATE_WRITABLE)},
+                         {"SHARED", static_cast<unsigned>(Access::SHARED)},
+                     });
+}
+
+TEST_CASE("doc: the tracking table matches enum Tracking", "[doc]")
+{
+    check_enum_table(table("Region kinds", {"tracking", "value", "writes are found by"}),
+                     {
+                         {"NONE", static_cast<unsigned>(Tracking::NONE)},
+                         {"UFFD_WP", static_cast<unsigned>(Tracking::UFFD_WP)},
+                         {"SEGV", static_cast<unsigned>(Tracking::SEGV)},
+                         {"ASYNC", static_cast<unsigned>(Tracking::ASYNC)},
+                     });
+}
+
+TEST_CASE("doc: the flag bits named in the layouts match constants.hpp", "[doc]")
+{
+    // Every "bit N `NAME` (`k_constant`)" in a flags field, against the constant; and the
+    // documented bits of each field are exactly its k_*_known_flags.
+    const std::map<std::string, std::uint32_t> code = {
+        {"k_uffd_user_mode_only", k_uffd_user_mode_only},
+        {"k_uffd_async_wp", k_uffd_async_wp},
+        {"k_map_private_writable", k_map_private_writable},
+    };
+    const std::map<std::string, std::uint32_t> known = {
+        {"REGISTER_UFFD", k_uffd_known_flags},
+        {"MAP", k_map_known_flags},
+    };
+    std::set<std::string> seen;
+    for (const auto& [type, all] : known) {
+        INFO(type << ".flags");
+        const Table* body = nullptr;
+        for (const auto& t : k_types)
+            if (t.name == type) body = body_table(t.name, t.value);
+        REQUIRE(body != nullptr);
+        std::string meaning;
+        for (const auto& r : body->rows)
+            if (unquote(r[0]) == "flags") meaning = r[3];
+        REQUIRE_FALSE(meaning.empty());
+        std::uint32_t documented = 0;
+        for (std::size_t pos = meaning.find("bit "); pos != std::string::npos;
+             pos = meaning.find("bit ", pos + 1)) {
+            // bit N `NAME` (`k_constant`)
+            const auto name_at = meaning.find(" `", pos + 4);
+            const auto const_at = meaning.find("(`", pos);
+            const auto const_end = meaning.find("`)", pos);
+            REQUIRE(name_at != std::string::npos);
+            REQUIRE(const_at != std::string::npos);
+            REQUIRE(const_end != std::string::npos);
+            const auto bit = number(meaning.substr(pos + 4, name_at - pos - 4));
+            const std::string constant = meaning.substr(const_at + 2, const_end - const_at - 2);
+            INFO("bit " << bit << " " << constant);
+            REQUIRE(code.count(constant) == 1);
+            CHECK(code.at(constant) == (std::uint32_t{1} << bit));
+            CHECK((documented & code.at(constant)) == 0);
+            documented |= code.at(constant);
+            seen.insert(constant);
+        }
+        CHECK(documented == all);
+    }
+    CHECK(seen.size() == code.size());
+}
+
+TEST_CASE("doc: the decoding order names every daemon → client type", "[doc]")
+{
+    const std::string doc = read_doc();
+    const auto start = doc.find("7. direction:");
+    REQUIRE(start != std::string::npos);
+    const auto end = doc.find("→ `UNKNOWN_TYPE`", start);
+    REQUIRE(end != std::string::npos);
+    const std::string step = doc.substr(start, end - start);
+    const auto types =
+        by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
+    for (const auto& [name, row] : types) {
+        INFO(name << " (" << row[2] << ")");
+        const bool listed = step.find("`" + name + "`") != std::string::npos;
+        CHECK(listed == (row[2] == "daemon → client"));
     }
 }

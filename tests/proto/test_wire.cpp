@@ -10,6 +10,8 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
+#include <string>
 #include <vector>
 
 #include "pagerd/proto/codec.hpp"
@@ -38,6 +40,25 @@ UniqueFd make_file(const char* name)
     REQUIRE(fd);
     return fd;
 }
+
+// A regular file on disk, open O_RDWR and already unlinked: what SHARED_MAP sends first.
+UniqueFd make_disk_file()
+{
+    std::string path = (std::filesystem::temp_directory_path() / "pagerd-test-wire-XXXXXX").string();
+    UniqueFd fd(::mkostemp(path.data(), O_CLOEXEC));
+    REQUIRE(fd);
+    ::unlink(path.c_str());
+    return fd;
+}
+
+int access_mode(int fd)
+{
+    const int f = ::fcntl(fd, F_GETFL);
+    REQUIRE(f >= 0);
+    return f & O_ACCMODE;
+}
+
+bool is_memfd(int fd) { return ::fcntl(fd, F_GET_SEALS) >= 0; }
 
 bool same_file(int x, int y)
 {
@@ -120,7 +141,46 @@ TEST_CASE("wire: a message with one descriptor round-trips", "[wire]")
     CHECK(std::get<Map>(m->body).addr == 0x10000);
 }
 
-TEST_CASE("wire: a message with two descriptors keeps their order", "[wire]")
+TEST_CASE("wire: SHARED_MAP carries its two descriptors in order", "[wire]")
+{
+    SocketPair sp;
+    const auto file = make_disk_file();
+    const auto memfd = make_file("region");
+    REQUIRE(access_mode(file.get()) == O_RDWR);
+    REQUIRE_FALSE(is_memfd(file.get()));
+    REQUIRE(is_memfd(memfd.get()));
+    const std::array<int, 2> fds{file.get(), memfd.get()};
+    const Message sent{8, MapShared{.addr = 0x7f0000000000,
+                                    .length = 0x200000,
+                                    .file_offset = 0x1000,
+                                    .tracking = Tracking::UFFD_WP}};
+    REQUIRE(send_message(sp.a.get(), sent, fds) == 0);
+    const auto got = receive_ok(sp.b.get());
+    CHECK_FALSE(got.truncated);
+    REQUIRE(got.fds.size() == 2);
+    for (const auto& fd : got.fds) {
+        CHECK(fd.get() >= 0);
+        CHECK(cloexec(fd.get()));
+    }
+    // The order the daemon relies on: the file, then the memfd; and what it checks of
+    // them (open O_RDWR; a memfd) survives the trip.
+    CHECK(same_file(got.fds[0].get(), file.get()));
+    CHECK(same_file(got.fds[1].get(), memfd.get()));
+    CHECK_FALSE(same_file(got.fds[0].get(), got.fds[1].get()));
+    CHECK(access_mode(got.fds[0].get()) == O_RDWR);
+    CHECK_FALSE(is_memfd(got.fds[0].get()));
+    CHECK(is_memfd(got.fds[1].get()));
+    const auto m = decode(got.bytes, got.fds.size());
+    REQUIRE(m.ok());
+    CHECK(m->request_id == 8);
+    const auto& body = std::get<MapShared>(m->body);
+    CHECK(body.addr == 0x7f0000000000);
+    CHECK(body.length == 0x200000);
+    CHECK(body.file_offset == 0x1000);
+    CHECK(body.tracking == Tracking::UFFD_WP);
+}
+
+TEST_CASE("wire: two descriptors on a type that carries fewer are BAD_DESCRIPTOR", "[wire]")
 {
     SocketPair sp;
     const auto f0 = make_file("zero");
@@ -130,14 +190,23 @@ TEST_CASE("wire: a message with two descriptors keeps their order", "[wire]")
     const auto got = receive_ok(sp.b.get());
     CHECK_FALSE(got.truncated);
     REQUIRE(got.fds.size() == 2);
-    for (const auto& fd : got.fds) {
-        CHECK(fd.get() >= 0);
-        CHECK(cloexec(fd.get()));
-    }
     CHECK(same_file(got.fds[0].get(), f0.get()));
     CHECK(same_file(got.fds[1].get(), f1.get()));
-    CHECK_FALSE(same_file(got.fds[0].get(), got.fds[1].get()));
-    // No version 1 message carries two: the codec says so, without a framing error.
+    // The codec says so, without a framing error.
+    const auto m = decode(got.bytes, got.fds.size());
+    REQUIRE_FALSE(m.ok());
+    CHECK(m.error().code == static_cast<int>(ErrorCode::BAD_DESCRIPTOR));
+    CHECK_FALSE(is_framing_error(m.error()));
+}
+
+TEST_CASE("wire: SHARED_MAP with one descriptor is BAD_DESCRIPTOR", "[wire]")
+{
+    SocketPair sp;
+    const auto file = make_disk_file();
+    const std::array<int, 1> fds{file.get()};
+    REQUIRE(send_message(sp.a.get(), Message{9, MapShared{.length = 0x1000}}, fds) == 0);
+    const auto got = receive_ok(sp.b.get());
+    REQUIRE(got.fds.size() == 1);
     const auto m = decode(got.bytes, got.fds.size());
     REQUIRE_FALSE(m.ok());
     CHECK(m.error().code == static_cast<int>(ErrorCode::BAD_DESCRIPTOR));

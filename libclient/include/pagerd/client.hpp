@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "pagerd/util/result.hpp"
 
@@ -20,6 +21,22 @@ std::string resolve_socket_path(const std::string& argument);
 enum class Access {
     ReadOnly,         // PROT_READ; writes raise SIGSEGV
     PrivateWritable,  // copy-on-write: writes stay in this process, never reach the file
+    Shared,           // writes reach the file on flush (like MAP_SHARED + msync(MS_SYNC)),
+                      // and when the region is unmapped or this process dies
+};
+
+// How writes to a Shared region are noticed (docs/writes.md).
+enum class Tracking {
+    Auto,     // the best the kernel offers: Async, else UffdWp, else Sigsegv
+    UffdWp,   // userfaultfd write-protect: the first write to a page faults to the daemon
+    Sigsegv,  // in-process: the region is PROT_READ; libclient's SIGSEGV handler marks pages
+    Async,    // UFFD_FEATURE_WP_ASYNC (6.7+): the kernel records writes; flush collects them
+};
+const char* tracking_name(Tracking t);  // "auto", "uffd-wp", "sigsegv", "async"
+
+struct FlushResult {
+    std::uint64_t pages = 0;  // pages written to the file
+    std::uint64_t bytes = 0;
 };
 
 struct ConnectOptions {
@@ -27,6 +44,7 @@ struct ConnectOptions {
     std::string name;                 // shown in the daemon's log (at most 64 bytes)
     std::uint64_t required_caps = 0;  // proto::cap bits the caller needs beyond the basics
     int timeout_ms = 10000;           // deadline of each request to the daemon
+    int writeback_interval_ms = 0;    // > 0: flush every Shared region this often
 };
 
 struct MapOptions {
@@ -34,6 +52,8 @@ struct MapOptions {
     std::uint64_t length = 0;  // bytes, non-zero multiple of the page size, within the file
                                // rounded up to a whole page
     Access access = Access::ReadOnly;
+    Tracking tracking = Tracking::Auto;  // Shared regions only
+    void* addr = nullptr;  // non-null: map exactly here, replacing what is there (MAP_FIXED)
 };
 
 struct Region {
@@ -41,6 +61,18 @@ struct Region {
     void* addr = nullptr;
     std::size_t size = 0;
     Access access = Access::ReadOnly;
+    Tracking tracking = Tracking::Auto;  // Shared regions: the strategy in use
+};
+
+// One region of any client, as `pagerctl status` lists them.
+struct RegionInfo {
+    std::uint64_t client = 0;  // the daemon's serial number of the connection
+    std::uint32_t pid = 0;
+    std::uint64_t id = 0;
+    std::uint64_t length = 0;
+    Access access = Access::ReadOnly;
+    Tracking tracking = Tracking::Auto;  // Auto for regions that are not Shared
+    std::uint64_t dirty_pages = 0;
 };
 
 struct Status {
@@ -71,8 +103,14 @@ public:
 
     Result<Region> map_file(const std::string& path, const MapOptions& options);
     Result<Region> map_fd(int fd, const MapOptions& options);  // fd stays the caller's
-    Result<void> unmap(const Region& region);
+    Result<void> unmap(const Region& region);  // Shared regions are flushed first
+    // Writes the region's dirty pages to its file, then fdatasync. Thread-safe.
+    Result<FlushResult> flush(const Region& region);
+    Result<FlushResult> flush_all();  // every Shared region of this connection
+    // The regions of this connection, by address (for APIs that know only the address).
+    Result<Region> find(const void* addr) const;
     Result<Status> status();
+    Result<std::vector<RegionInfo>> regions();  // every client's regions
     Result<void> ping();
 
     // True when the kernel only gave a userfaultfd that handles faults from user mode:

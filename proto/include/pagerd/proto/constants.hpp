@@ -28,7 +28,12 @@ inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
     X(STATUS_REPLY, 9, 0)       \
     X(PING, 10, 0)              \
     X(PONG, 11, 0)              \
-    X(ERROR, 12, 0)
+    X(ERROR, 12, 0)             \
+    X(SHARED_MAP, 13, 2)        \
+    X(FLUSH, 14, 0)             \
+    X(FLUSHED, 15, 0)           \
+    X(REGIONS, 16, 0)           \
+    X(REGIONS_REPLY, 17, 0)
 
 enum class Type : std::uint16_t {
 #define PAGERD_X(name, value, fds) name = value,
@@ -49,7 +54,8 @@ enum class Type : std::uint16_t {
     X(NO_SUCH_REGION, 9)      \
     X(CAPABILITY, 10)         \
     X(INTERNAL, 11)           \
-    X(TIMEOUT, 12)
+    X(TIMEOUT, 12)            \
+    X(IO_ERROR, 13)
 
 enum class ErrorCode : std::uint32_t {
 #define PAGERD_X(name, value) name = value,
@@ -63,7 +69,8 @@ enum class ErrorCode : std::uint32_t {
     X(PRIVATE_WRITABLE, 1)       \
     X(UFFD_EVENTS, 2)            \
     X(STATUS, 3)                 \
-    X(SIGBUS_PAST_EOF, 4)
+    X(SIGBUS_PAST_EOF, 4)        \
+    X(SHARED_WRITABLE, 5)
 
 namespace cap {
 #define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;
@@ -73,6 +80,13 @@ PAGERD_CAPABILITIES(PAGERD_X)
 
 // REGISTER_UFFD.flags
 inline constexpr std::uint32_t k_uffd_user_mode_only = 1u << 0;
+inline constexpr std::uint32_t k_uffd_async_wp = 1u << 1;  // the connection's second uffd
+inline constexpr std::uint32_t k_uffd_known_flags = k_uffd_user_mode_only | k_uffd_async_wp;
+// SHARED_MAP.tracking, and RegionEntry.tracking (0 there: not a Shared region)
+enum class Tracking : std::uint8_t { NONE = 0, UFFD_WP = 1, SEGV = 2, ASYNC = 3 };
+// RegionEntry.access
+enum class Access : std::uint8_t { READ_ONLY = 0, PRIVATE_WRITABLE = 1, SHARED = 2 };
+inline constexpr std::size_t k_max_region_entries = 100;  // per REGIONS_REPLY
 // MAP.flags
 inline constexpr std::uint32_t k_map_private_writable = 1u << 0;
 inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable;

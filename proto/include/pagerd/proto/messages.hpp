@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "pagerd/proto/constants.hpp"
 
@@ -62,13 +63,44 @@ struct Ping {
 struct Pong {
     std::uint64_t nonce = 0;
 };
+struct MapShared {  // fds: the file (read-write), the region's memfd
+    std::uint64_t addr = 0;
+    std::uint64_t length = 0;
+    std::uint64_t file_offset = 0;
+    Tracking tracking = Tracking::UFFD_WP;
+};
+struct Flush {
+    std::uint64_t region_id = 0;  // 0: every Shared region of the connection
+};
+struct Flushed {
+    std::uint64_t pages = 0;
+    std::uint64_t bytes = 0;
+};
+struct RegionsRequest {
+    std::uint32_t first = 0;  // index of the first entry wanted
+};
+struct RegionEntry {
+    std::uint64_t client = 0;
+    std::uint32_t pid = 0;
+    Access access = Access::READ_ONLY;
+    Tracking tracking = Tracking::NONE;
+    std::uint64_t region_id = 0;
+    std::uint64_t length = 0;
+    std::uint64_t dirty_pages = 0;
+};
+struct RegionsReply {
+    std::uint32_t total = 0;  // entries in the whole list
+    std::uint32_t first = 0;
+    std::vector<RegionEntry> entries;  // at most k_max_region_entries
+};
 struct ErrorReply {
     ErrorCode code = ErrorCode::INTERNAL;
     std::string text;  // at most k_max_text bytes
 };
 
 using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, Unmap, Ok, StatusRequest,
-                          StatusReply, Ping, Pong, ErrorReply>;
+                          StatusReply, Ping, Pong, ErrorReply, MapShared, Flush, Flushed,
+                          RegionsRequest, RegionsReply>;
 
 struct Message {
     std::uint32_t request_id = 0;

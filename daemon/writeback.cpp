@@ -1,0 +1,120 @@
+#include "writeback.hpp"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <stdexcept>
+
+namespace pagerd::daemon {
+namespace {
+
+constexpr unsigned k_ring = 64;
+constexpr std::uint64_t k_max_write = 1 << 20;
+
+}  // namespace
+
+Writeback::Writeback(std::uint32_t page_size) : m_page(page_size)
+{
+    if (int r = io_uring_queue_init(k_ring, &m_ring, 0); r < 0)
+        throw std::runtime_error(std::string("io_uring_queue_init (write-back): ") + std::strerror(-r));
+}
+
+Writeback::~Writeback() { io_uring_queue_exit(&m_ring); }
+
+void Writeback::queue_write(int fd, const std::uint8_t* src, std::uint64_t len, std::uint64_t off)
+{
+    io_uring_sqe* s = io_uring_get_sqe(&m_ring);
+    if (!s) {
+        io_uring_submit(&m_ring);
+        s = io_uring_get_sqe(&m_ring);
+    }
+    io_uring_prep_write(s, fd, src, static_cast<unsigned>(len), off);
+    // user_data carries what a short write needs to go on with pwrite
+    io_uring_sqe_set_data64(s, len);
+    ++m_queued;
+}
+
+// Waits for `expected` completions; returns the first error (0 if none).
+int Writeback::drain(unsigned expected)
+{
+    int error = 0;
+    io_uring_submit(&m_ring);
+    for (unsigned i = 0; i < expected; ++i) {
+        io_uring_cqe* cqe = nullptr;
+        int r;
+        while ((r = io_uring_wait_cqe(&m_ring, &cqe)) == -EINTR) {
+        }
+        if (r < 0) return -r;
+        const int res = cqe->res;
+        const auto want = io_uring_cqe_get_data64(cqe);
+        io_uring_cqe_seen(&m_ring, cqe);
+        if (res < 0 && !error) error = -res;
+        if (res >= 0 && static_cast<std::uint64_t>(res) != want && !error) error = EIO;  // short write
+    }
+    return error;
+}
+
+Writeback::Outcome Writeback::write(const SharedMemory& mem, const std::vector<PageRun>& runs)
+{
+    Outcome out;
+    const int fd = mem.file->get();
+    const int memfd = mem.memfd.get();
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return {0, 0, errno};
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+    // Only pages the memfd holds: reading a hole through our mapping would create a zero
+    // page that the client would then see without a fault. The runs come in ascending
+    // order; one SEEK_DATA / SEEK_HOLE pair per extent of data, not per run.
+    std::uint64_t data = 0, hole = 0;  // the current extent of data [data, hole)
+    auto next_extent = [&](std::uint64_t from) {
+        const off_t d = ::lseek(memfd, static_cast<off_t>(from), SEEK_DATA);
+        if (d < 0 || static_cast<std::uint64_t>(d) >= mem.length) {
+            data = hole = mem.length;  // no data from here on
+            return;
+        }
+        const off_t h = ::lseek(memfd, d, SEEK_HOLE);
+        data = static_cast<std::uint64_t>(d);
+        hole = h < 0 ? mem.length : std::min<std::uint64_t>(static_cast<std::uint64_t>(h), mem.length);
+    };
+    auto flush_queue = [&] {
+        if (int e = drain(m_queued); e && !out.error) out.error = e;
+        m_queued = 0;
+    };
+    for (std::size_t i = 0; i < runs.size();) {
+        // Merge runs that touch (a run may be cut at a bitmap word boundary).
+        std::uint64_t pos = runs[i].first * m_page;
+        std::uint64_t end = (runs[i].first + runs[i].count) * m_page;
+        for (++i; i < runs.size() && runs[i].first * m_page == end; ++i) end += runs[i].count * m_page;
+        end = std::min(end, mem.length);
+        while (pos < end) {
+            if (pos >= hole) next_extent(pos);
+            if (data >= end) break;
+            pos = std::max(pos, data);
+            const std::uint64_t stop = std::min(end, hole);
+            for (std::uint64_t p = pos; p < stop;) {
+                const std::uint64_t file_off = mem.file_base + p;
+                if (file_off >= file_size) break;  // the file shrank: nothing to write there
+                const std::uint64_t len = std::min({stop - p, k_max_write, file_size - file_off});
+                queue_write(fd, mem.base + p, len, file_off);
+                out.pages += (len + m_page - 1) / m_page;
+                out.bytes += len;
+                p += len;
+                if (m_queued == k_ring) flush_queue();
+            }
+            pos = stop;
+        }
+    }
+    if (m_queued) flush_queue();
+    if (out.bytes) {
+        io_uring_sqe* s = io_uring_get_sqe(&m_ring);
+        io_uring_prep_fsync(s, fd, IORING_FSYNC_DATASYNC);
+        io_uring_sqe_set_data64(s, 0);
+        if (int e = drain(1); e && !out.error) out.error = e;
+    }
+    return out;
+}
+
+}  // namespace pagerd::daemon
