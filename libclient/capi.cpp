@@ -46,9 +46,34 @@ int map_common(pagerd_conn* c, Result<Region> r, pagerd_region* out)
     return 0;
 }
 
-MapOptions options(uint64_t offset, uint64_t length, int access)
+bool valid_access(int access)
 {
-    return MapOptions{offset, length, access == PAGERD_PRIVATE_WRITABLE ? Access::PrivateWritable : Access::ReadOnly};
+    return access == PAGERD_READ_ONLY || access == PAGERD_PRIVATE_WRITABLE || access == PAGERD_SHARED;
+}
+
+MapOptions options(uint64_t offset, uint64_t length, int access, int tracking = PAGERD_TRACK_AUTO)
+{
+    const Access a = access == PAGERD_SHARED            ? Access::Shared
+                     : access == PAGERD_PRIVATE_WRITABLE ? Access::PrivateWritable
+                                                         : Access::ReadOnly;
+    const Tracking t = tracking == PAGERD_TRACK_UFFD_WP   ? Tracking::UffdWp
+                       : tracking == PAGERD_TRACK_SIGSEGV ? Tracking::Sigsegv
+                       : tracking == PAGERD_TRACK_ASYNC   ? Tracking::Async
+                                                          : Tracking::Auto;
+    return MapOptions{offset, length, a, t, nullptr};
+}
+
+int flushed(Result<FlushResult> f, uint64_t* pages, uint64_t* bytes)
+{
+    if (!f) return fail(f.error());
+    if (pages) *pages = f->pages;
+    if (bytes) *bytes = f->bytes;
+    return 0;
+}
+
+Region as_region(const pagerd_region* r)
+{
+    return Region{r->id, r->addr, r->size, Access::ReadOnly, Tracking::Auto};
 }
 
 }  // namespace
@@ -81,19 +106,40 @@ int pagerd_map_path(pagerd_conn* conn, const char* path, uint64_t offset, uint64
 {
     return guarded([&] {
         if (!conn || !path || !out) return fail(EINVAL, "conn, path and out must not be NULL");
-        if (access != PAGERD_READ_ONLY && access != PAGERD_PRIVATE_WRITABLE)
-            return fail(EINVAL, "unknown access mode");
+        if (!valid_access(access)) return fail(EINVAL, "unknown access mode");
         return map_common(conn, conn->conn->map_file(path, options(offset, length, access)), out);
     });
 }
 
 int pagerd_map_fd(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access, pagerd_region* out)
 {
+    return pagerd_map_fd_tracked(conn, fd, offset, length, access, PAGERD_TRACK_AUTO, out);
+}
+
+int pagerd_map_fd_tracked(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access, int tracking,
+                          pagerd_region* out)
+{
     return guarded([&] {
         if (!conn || !out) return fail(EINVAL, "conn and out must not be NULL");
-        if (access != PAGERD_READ_ONLY && access != PAGERD_PRIVATE_WRITABLE)
-            return fail(EINVAL, "unknown access mode");
-        return map_common(conn, conn->conn->map_fd(fd, options(offset, length, access)), out);
+        if (!valid_access(access)) return fail(EINVAL, "unknown access mode");
+        if (tracking < PAGERD_TRACK_AUTO || tracking > PAGERD_TRACK_ASYNC) return fail(EINVAL, "unknown tracking");
+        return map_common(conn, conn->conn->map_fd(fd, options(offset, length, access, tracking)), out);
+    });
+}
+
+int pagerd_flush(pagerd_conn* conn, const pagerd_region* region, uint64_t* pages, uint64_t* bytes)
+{
+    return guarded([&] {
+        if (!conn || !region) return fail(EINVAL, "conn and region must not be NULL");
+        return flushed(conn->conn->flush(as_region(region)), pages, bytes);
+    });
+}
+
+int pagerd_flush_all(pagerd_conn* conn, uint64_t* pages, uint64_t* bytes)
+{
+    return guarded([&] {
+        if (!conn) return fail(EINVAL, "conn must not be NULL");
+        return flushed(conn->conn->flush_all(), pages, bytes);
     });
 }
 
@@ -101,7 +147,7 @@ int pagerd_unmap(pagerd_conn* conn, const pagerd_region* region)
 {
     return guarded([&] {
         if (!conn || !region) return fail(EINVAL, "conn and region must not be NULL");
-        auto r = conn->conn->unmap(Region{region->id, region->addr, region->size, Access::ReadOnly});
+        auto r = conn->conn->unmap(as_region(region));
         return r ? 0 : fail(r.error());
     });
 }

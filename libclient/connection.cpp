@@ -16,6 +16,7 @@
 #include "pagerd/proto/codec.hpp"
 #include "pagerd/proto/wire.hpp"
 #include "pagerd/util/uffd.hpp"
+#include "segv_tracker.hpp"
 #include "uffd_setup.hpp"
 
 namespace pagerd::libclient {
@@ -236,7 +237,16 @@ Result<void> Connection::unmap(const Region& region)
     }
     const bool alive = m_impl->alive.load();
     if (m.region.access == Access::Shared && alive) {
-        // Flush, then let the daemon forget the region, then unmap: nothing written is lost.
+        // Read-only first, so that no write can land after the last flush (a thread that
+        // still writes gets SIGSEGV, as after munmap); then flush, then let the daemon
+        // forget the region, then unmap: nothing written is lost.
+        if (m.segv_slot >= 0) {
+            segv::remove(m.segv_slot);
+            m.segv_slot = -1;
+            std::lock_guard lock(m_impl->regions_mutex);
+            m_impl->regions[m.region.id].segv_slot = -1;
+        }
+        ::mprotect(m.region.addr, m.region.size, PROT_READ);
         if (auto f = m_impl->flush_mapping(m); !f) return f.error();
         if (auto reply = m_impl->request(proto::Unmap{m.region.id}); !reply) return reply.error();
     }

@@ -51,8 +51,12 @@ bool open_up(Slot& s, std::uintptr_t start, std::uint64_t first, std::uint64_t c
     util::DirtyBitmap bm(s.bitmap.load(std::memory_order_acquire),
                          (s.end.load(std::memory_order_relaxed) - start) / g_page);
     bm.mark_range(first, count);  // dirty first, then writable
-    return ::mprotect(reinterpret_cast<void*>(start + first * g_page), count * g_page,
-                      PROT_READ | PROT_WRITE) == 0;
+    if (::mprotect(reinterpret_cast<void*>(start + first * g_page), count * g_page, PROT_READ | PROT_WRITE) != 0)
+        return false;
+    // And dirty again: a flush may have collected the bit between the two steps above and
+    // protected the page before our mprotect opened it, leaving it writable but clean.
+    bm.mark_range(first, count);
+    return true;
 }
 
 bool take_write(std::uintptr_t addr)

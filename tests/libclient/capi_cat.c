@@ -1,14 +1,33 @@
 /* A plain C program on the C API, linked against the shared libpagerd-client: maps
  * argv[2] through the daemon at argv[1], writes its bytes to stdout, checks error paths. */
+#include <fcntl.h>
 #include <pagerd/client.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* argv[3], if given: a file to write "C API" into at offset 4096 through a Shared region. */
+static int write_through(pagerd_conn* conn, const char* path)
+{
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) return 30;
+    pagerd_region r;
+    if (pagerd_map_fd_tracked(conn, fd, 0, 8192, PAGERD_SHARED, PAGERD_TRACK_SIGSEGV, &r) != 0) {
+        fprintf(stderr, "map shared: %s\n", pagerd_last_error());
+        return 31;
+    }
+    close(fd);
+    memcpy((char*)r.addr + 4096, "C API", 5);
+    uint64_t pages = 0, bytes = 0;
+    if (pagerd_flush(conn, &r, &pages, &bytes) != 0 || pages != 1 || bytes != 4096) return 32;
+    if (pagerd_flush_all(conn, &pages, NULL) != 0 || pages != 0) return 33;
+    return pagerd_unmap(conn, &r) == 0 ? 0 : 34;
+}
+
 int main(int argc, char** argv)
 {
-    if (argc != 3) return 2;
+    if (argc != 3 && argc != 4) return 2;
     pagerd_conn* conn = NULL;
     if (pagerd_connect(argv[1], &conn) != 0) {
         fprintf(stderr, "connect: %s\n", pagerd_last_error());
@@ -36,5 +55,9 @@ int main(int argc, char** argv)
     if (pagerd_user_mode_only(conn) != 0 || s.this_client_user_mode_only != 0) return 15;
     if (pagerd_unmap(conn, &r) != 0) return 16;
     if (pagerd_unmap(conn, &r) == 0) return 17; /* twice: refused */
+    if (argc == 4) {
+        const int rc = write_through(conn, argv[3]);
+        if (rc) return rc;
+    }
     return pagerd_disconnect(conn) == 0 ? 0 : 18;
 }

@@ -12,7 +12,14 @@ extern "C" {
 
 typedef struct pagerd_conn pagerd_conn;
 
-enum pagerd_access { PAGERD_READ_ONLY = 0, PAGERD_PRIVATE_WRITABLE = 1 };
+enum pagerd_access { PAGERD_READ_ONLY = 0, PAGERD_PRIVATE_WRITABLE = 1, PAGERD_SHARED = 2 };
+/* How writes to a PAGERD_SHARED region are noticed (docs/writes.md). */
+enum pagerd_tracking {
+    PAGERD_TRACK_AUTO = 0,
+    PAGERD_TRACK_UFFD_WP = 1,
+    PAGERD_TRACK_SIGSEGV = 2,
+    PAGERD_TRACK_ASYNC = 3
+};
 
 typedef struct pagerd_region {
     uint64_t id;
@@ -45,7 +52,16 @@ int pagerd_map_path(pagerd_conn* conn, const char* path, uint64_t offset, uint64
                     int access, pagerd_region* out);
 int pagerd_map_fd(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access,
                   pagerd_region* out);
+/* Like pagerd_map_fd, with the tracking of a PAGERD_SHARED region chosen. The file must
+ * be open O_RDWR for PAGERD_SHARED. */
+int pagerd_map_fd_tracked(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access,
+                          int tracking, pagerd_region* out);
+/* PAGERD_SHARED regions are flushed before they are unmapped. */
 int pagerd_unmap(pagerd_conn* conn, const pagerd_region* region);
+/* Writes the dirty pages of a PAGERD_SHARED region (or of all of them) to the file, then
+ * fdatasync. pages and bytes may be NULL. */
+int pagerd_flush(pagerd_conn* conn, const pagerd_region* region, uint64_t* pages, uint64_t* bytes);
+int pagerd_flush_all(pagerd_conn* conn, uint64_t* pages, uint64_t* bytes);
 int pagerd_status_get(pagerd_conn* conn, pagerd_status* out);
 int pagerd_ping(pagerd_conn* conn);
 int pagerd_user_mode_only(const pagerd_conn* conn); /* 1, 0, or -1 for a NULL conn */
