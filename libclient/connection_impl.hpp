@@ -26,6 +26,7 @@ struct Connection::Impl {
     std::uint64_t uffd_features = 0;
     std::uint64_t uffd_available = 0;  // features the kernel offers
     bool user_mode_only = false;
+    std::mutex async_mutex;            // guards the creation of the two below
     util::UniqueFd async_uffd;         // created with the first Async region
     util::UniqueFd pagemap;            // /proc/self/pagemap, for PAGEMAP_SCAN
     std::uint64_t daemon_caps = 0;

@@ -72,7 +72,12 @@ void Connection::Impl::background_writeback()
 // of letting threads wait forever or letting them see zeros.
 void Connection::Impl::serve_orphaned_faults()
 {
-    const int fds[2] = {uffd.get(), async_uffd ? async_uffd.get() : -1};
+    int async_fd = -1;
+    {
+        std::lock_guard lock(async_mutex);
+        if (async_uffd) async_fd = async_uffd.get();
+    }
+    const int fds[2] = {uffd.get(), async_fd};
     {
         // Faults the daemon had read but not answered: wake them so that they fault again.
         std::lock_guard lock(regions_mutex);

@@ -64,6 +64,7 @@ Result<Tracking> Connection::Impl::choose_tracking(Tracking wanted)
 
 Result<void> Connection::Impl::ensure_async_uffd()
 {
+    std::lock_guard lock(async_mutex);  // threads mapping their first Async regions at once
     if (async_uffd) return {};
     if (!pagemap) {
         pagemap.reset(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC));
