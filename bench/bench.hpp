@@ -1,9 +1,11 @@
-// pagerd-bench: first-touch read throughput of kernel mmap against pagerd, on one file.
+// pagerd-bench: first-touch read throughput of kernel mmap against pagerd, on one file;
+// write faults and flush throughput of Shared regions against in-process baselines.
 // Declarations shared by the benchmark's sources; see main.cpp for the run itself.
 #pragma once
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +68,57 @@ Result<Measure> measure_mmap(int fd, std::uint64_t bytes, const std::vector<std:
 Result<Measure> measure_pagerd(libclient::Connection& conn, int fd, std::uint64_t bytes,
                                const std::vector<std::uint32_t>& pages, unsigned threads);
 
+// ---- write.cpp, flush.cpp: write faults and flush throughput of Shared regions ---------
+
+// Where (page p's byte) and what (never zero; differs between consecutive salts) the write
+// and flush cases write.
+inline std::uint64_t write_offset(std::uint32_t p) { return std::uint64_t{p} * k_page + (p * 61u) % k_page; }
+inline unsigned char write_value(std::uint32_t p, unsigned salt)
+{
+    return static_cast<unsigned char>((p * 131u + salt * 29u) % 255u + 1u);
+}
+
+struct WriteCase {
+    std::string name;      // e.g. "uffd-wp-loaded-1t"
+    std::string kind;      // "mprotect", "anon" (baselines), "loaded", "fresh" (pagerd)
+    std::string strategy;  // tracking_name() of the pagerd cases; empty for the baselines
+    unsigned threads = 1;
+    std::uint64_t pages = 0;
+    double seconds = -1;   // median over --repeat; negative when skipped or failed
+    std::string note;      // why it was skipped
+};
+
+struct FlushCase {
+    std::string name;      // "pwrite-4k", "pwrite-big", "flush-uffd-wp", ...
+    std::string strategy;  // empty for the pwrite baselines
+    std::uint64_t pages = 0;          // pages dirtied
+    std::uint64_t written_pages = 0;  // as Connection::flush reported (pwrite: pages)
+    double seconds = -1;              // median over --repeat; negative when skipped or failed
+    std::string note;
+};
+
+struct WriteSetup {
+    int fd = -1;              // O_RDWR, at least pages * 4 KiB; its first pages are written
+    std::uint64_t pages = 0;  // --write-pages
+    unsigned threads = 1;     // of the N-thread cases
+    unsigned repeat = 1;
+    bool progress = false;    // one line per case on stderr
+    std::function<void(const std::string&)> error;  // reports an error (exit status 1)
+};
+
+std::vector<WriteCase> run_write_cases(libclient::Connection& conn, const WriteSetup& s);
+std::vector<FlushCase> run_flush_cases(libclient::Connection& conn, const WriteSetup& s);
+
+// Helpers of write.cpp also used by flush.cpp.
+unsigned next_salt();  // a new value for write_value, per measurement
+double median_of(std::vector<double> v);  // -1 if empty
+// Writes write_value(p, salt) at write_offset(p) of pages [0, pages), split into `threads`
+// contiguous shares; returns the wall time of the writes alone.
+double timed_writes(void* addr, std::uint64_t pages, unsigned threads, unsigned salt);
+// Compares 64 pages spread over [0, pages) of the file (pread) with the expected byte, and,
+// when `mem` is not null, the whole page with `mem`. Empty if equal, else what differs.
+std::string check_written(int fd, const void* mem, std::uint64_t pages, unsigned salt);
+
 // ---- daemon.cpp: a private pagerd for the run -----------------------------------------
 
 class Daemon {
@@ -112,6 +165,7 @@ struct CaseResult {
 };
 
 struct RunInfo {
+    bool reads = true, writes = false, flushes = false;  // the groups of --cases run
     std::string file;
     std::uint64_t file_bytes = 0;
     unsigned threads = 1;
@@ -124,9 +178,24 @@ struct RunInfo {
     bool have_status = false;
     libclient::Status status;
     std::vector<std::string> errors;
+    std::string write_file;  // the file of the write and flush cases
+    std::uint64_t write_pages = 0;
+    std::vector<WriteCase> write_cases;
+    std::vector<FlushCase> flush_cases;
 };
 
 void print_table(const RunInfo& info, const std::vector<CaseResult>& cases);
 void print_json(const RunInfo& info, const std::vector<CaseResult>& cases);
+
+// report.cpp helpers, also used by report_write.cpp.
+std::string fmt(double v);  // about three significant digits
+std::string json_string(const std::string& s);
+std::string json_number(double v);  // null if negative or not finite
+// An aligned table: the first column left-aligned, the others right-aligned.
+void print_rows(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows);
+
+// report_write.cpp: the write and flush tables, and their JSON members.
+void print_write_tables(const RunInfo& info);
+void print_write_json(const RunInfo& info);  // prints ,"write_cases":[...],"flush_cases":[...]
 
 }  // namespace pagerd::bench

@@ -1,5 +1,6 @@
 // pagerd-bench: first-touch reads of one file through kernel mmap and through pagerd,
-// sequential and random, hot and cold page cache, 1 and N threads, in one run.
+// sequential and random, hot and cold page cache, 1 and N threads; write faults and flush
+// throughput of Shared regions against in-process baselines; in one run.
 #include <signal.h>
 #include <unistd.h>
 
@@ -26,6 +27,8 @@ struct Options {
     std::uint64_t random_pages = 20000;
     unsigned repeat = 1;
     bool json = false;
+    std::vector<std::string> cases = {"read", "write", "flush"};
+    std::uint64_t write_pages = 16384;
 };
 
 struct CaseSpec {
@@ -36,12 +39,12 @@ struct CaseSpec {
 };
 
 constexpr const char* k_footer = R"(
-Cases: for each pattern (seq: one byte of every 4 KiB page of the file, in order; rand:
---random-pages distinct pages drawn by a fixed-seed PRNG, the same set every run and for
-both sides), for a HOT page cache (the file read once first) and a COLD one (fdatasync,
-posix_fadvise(POSIX_FADV_DONTNEED) over the file, then "1" into /proc/sys/vm/drop_caches
-when writable, before every measurement), with 1 thread and with --threads threads (the
-pages split into contiguous shares), the file is read through
+Read cases (--cases read): for each pattern (seq: one byte of every 4 KiB page of the file,
+in order; rand: --random-pages distinct pages drawn by a fixed-seed PRNG, the same set every
+run and for both sides), for a HOT page cache (the file read once first) and a COLD one
+(fdatasync, posix_fadvise(POSIX_FADV_DONTNEED) over the file, then "1" into
+/proc/sys/vm/drop_caches when writable, before every measurement), with 1 thread and with
+--threads threads (the pages split into contiguous shares), the file is read through
   mmap    a fresh mmap(MAP_PRIVATE, PROT_READ) of the whole file, and
   pagerd  a fresh pagerd region (Connection::map_fd, Access::ReadOnly) of the whole file.
 Every measurement maps anew so every page is really touched first, and unmaps after; the
@@ -55,6 +58,32 @@ faster). At the end: the daemon's fault latency p50/p99 from its status (cumulat
 Checks: the sum of the touched bytes must be equal through both sides, and 64 of the pages
 touched through pagerd are compared with pread of the file. A mismatch or a failed case is
 reported and makes the exit status 1.
+
+Write cases (--cases write): one byte written in each of the first --write-pages pages of
+the file, in order, per case on a new mapping; the clock covers the writes only:
+  mprotect-Nt      anonymous memory, populated, then PROT_READ; a SIGSEGV handler (installed
+                   for this case only) makes the faulting page writable and returns
+  anon-Nt          fresh MAP_PRIVATE|MAP_ANONYMOUS memory (MADV_NOHUGEPAGE): first touch
+  X-loaded-Nt      a Shared region (Connection::map_fd, Access::Shared, tracking X: uffd-wp,
+                   sigsegv, async) whose every page was read first: the tracking cost alone
+  X-fresh-1t       a new Shared region, the first touch is the write: load + tracking
+with 1 thread and --threads threads (fresh: 1 thread). Each Shared region is unmapped (which
+flushes it, not timed) and 64 pages of the file are checked for the written bytes. A
+strategy the kernel does not offer (map_fd fails with ENOTSUP) is skipped with a note.
+Figures: µs per page, and vs mprotect / vs anon, the baseline's time over the case's at the
+same thread count (throughput ratio: above 1 means faster than the baseline).
+
+Flush cases (--cases flush): every page of the same range dirtied (one byte each), then,
+timed: pwrite-4k, one 4 KiB pwrite per page then fdatasync; pwrite-big, one pwrite of the
+whole range then fdatasync; flush-X, Connection::flush of a fresh Shared region with tracking
+X (the daemon writes the dirty pages through io_uring, then fdatasync). The file is synced
+before each. Figures: MB/s (10^6 bytes) and the throughput ratio to each pwrite case. After
+each, 64 pages of the file are compared (pread) with the bytes written: a mismatch is an
+error (exit status 1).
+
+The write and flush cases write into the temporary file (never into --file: with --file, or
+when the temporary file is smaller than --write-pages pages, they use a temporary file of
+their own in --tmpdir). Without "read" in --cases the temporary file is --write-pages pages.
 
 Daemon: without --socket, pagerd-bench starts its own pagerd on a temporary socket (from
 --pagerd, else ../daemon/pagerd next to pagerd-bench as in the build tree, else pagerd next
@@ -101,9 +130,14 @@ int run(const Options& o)
     const bool progress = ::isatty(STDERR_FILENO);
     RunInfo info;
     info.repeat = o.repeat;
+    auto wanted = [&o](const char* c) { return std::find(o.cases.begin(), o.cases.end(), c) != o.cases.end(); };
+    info.reads = wanted("read");
+    info.writes = wanted("write");
+    info.flushes = wanted("flush");
+    const std::uint64_t write_bytes = o.write_pages * k_page;
 
     if (progress && o.file.empty()) std::fprintf(stderr, "creating the file...\n");
-    auto file = o.file.empty() ? create_temp_file(o.tmpdir, o.size) : open_file(o.file);
+    auto file = o.file.empty() ? create_temp_file(o.tmpdir, info.reads ? o.size : write_bytes) : open_file(o.file);
     if (!file) return fail(file.error().message);
     const int fd = file->fd.get();
     const std::uint64_t bytes = file->bytes;
@@ -113,9 +147,24 @@ int run(const Options& o)
     const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
     info.threads = o.threads ? o.threads : static_cast<unsigned>(std::max(1L, cpus));
 
-    const ColdProbe cold = probe_cold(fd, bytes);
+    const ColdProbe cold = info.reads ? probe_cold(fd, bytes) : ColdProbe{};
     info.cold_possible = cold.possible;
     info.cold_note = cold.note;
+
+    // The write and flush cases write into a temporary file only: this one if large enough.
+    BenchFile own_write_file;
+    int write_fd = fd;
+    if (info.writes || info.flushes) {
+        info.write_pages = o.write_pages;
+        info.write_file = file->path;
+        if (!file->temporary || bytes < write_bytes) {
+            auto wf = create_temp_file(o.tmpdir, write_bytes);
+            if (!wf) return fail(wf.error().message);
+            own_write_file = std::move(wf.value());
+            write_fd = own_write_file.fd.get();
+            info.write_file = own_write_file.path;
+        }
+    }
 
     std::unique_ptr<Daemon> daemon;
     std::string socket = o.socket;
@@ -135,7 +184,7 @@ int run(const Options& o)
 
     const std::vector<std::uint32_t> seq = sequential_pages(bytes / k_page);
     const std::vector<std::uint32_t> rnd = random_pages(bytes / k_page, o.random_pages);
-    info.random_pages = rnd.size();
+    info.random_pages = info.reads ? rnd.size() : 0;
     std::vector<CaseSpec> specs;
     for (const bool random : {false, true})
         for (const bool is_cold : {false, true}) {
@@ -149,6 +198,7 @@ int run(const Options& o)
                 specs.push_back({name, random, is_cold, t});
             }
         }
+    if (!info.reads) specs.clear();
 
     bool hot_now = false;  // probe_cold left the file out of the cache
     auto prepare = [&](bool want_cold) -> Result<void> {
@@ -207,6 +257,16 @@ int run(const Options& o)
         results.push_back(r);
     }
 
+    WriteSetup ws;
+    ws.fd = write_fd;
+    ws.pages = o.write_pages;
+    ws.threads = info.threads;
+    ws.repeat = o.repeat;
+    ws.progress = progress;
+    ws.error = error;
+    if (info.writes && !daemon_lost) info.write_cases = run_write_cases(conn, ws);
+    if (info.flushes && !daemon_lost) info.flush_cases = run_flush_cases(conn, ws);
+
     if (auto st = conn.status()) {
         info.status = st.value();
         info.have_status = true;
@@ -228,18 +288,19 @@ int main(int argc, char** argv)
     Options o;
     CLI::App app{"pagerd-bench: how fast first touches of one file are through pagerd compared "
                  "with kernel mmap, for sequential and random 4 KiB pages, hot and cold page "
-                 "cache, 1 and N threads. Prints an aligned table (or --json)."};
+                 "cache, 1 and N threads; how much a first write to a Shared region costs with "
+                 "each tracking strategy, and how fast Connection::flush writes, against "
+                 "in-process baselines. Prints aligned tables (or --json)."};
     app.footer(k_footer);
     auto* file_opt = app.add_option("--file", o.file,
                                     "File to read (default: a temporary file of --size bytes of non-zero "
                                     "pseudo-random data in --tmpdir, removed at the end)")
                          ->check(CLI::ExistingFile);
-    app.add_option("--size", o.size, "Size of the temporary file, e.g. 256MiB, 1GiB (default 256 MiB)")
+    app.add_option("--size", o.size, "Size of the temporary file of the read cases, e.g. 256MiB, 1GiB (default 256 MiB)")
         ->transform(CLI::AsSizeValue(false))
         ->excludes(file_opt);
-    app.add_option("--tmpdir", o.tmpdir, "Directory of the temporary file (default /var/tmp)")
-        ->check(CLI::ExistingDirectory)
-        ->excludes(file_opt);
+    app.add_option("--tmpdir", o.tmpdir, "Directory of the temporary file(s) (default /var/tmp)")
+        ->check(CLI::ExistingDirectory);
     app.add_option("--threads", o.threads, "Threads of the N-thread cases (default: number of CPUs)")
         ->check(CLI::Range(1u, 1024u));
     app.add_option("--random-pages", o.random_pages,
@@ -252,6 +313,14 @@ int main(int argc, char** argv)
     pagerd_opt->excludes("--socket");
     app.add_option("--repeat", o.repeat, "Runs of every case; the median is shown (default 1)")
         ->check(CLI::Range(1u, 1000u));
+    app.add_option("--cases", o.cases,
+                   "Groups to run, comma-separated: read (mmap against pagerd), write (write faults), "
+                   "flush (flush throughput) (default read,write,flush)")
+        ->delimiter(',')
+        ->check(CLI::IsMember({"read", "write", "flush"}));
+    app.add_option("--write-pages", o.write_pages,
+                   "4 KiB pages written by each write and flush case (default 16384 = 64 MiB)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 28));
     app.add_flag("--json", o.json, "Print one JSON object with every figure instead of the table");
     CLI11_PARSE(app, argc, argv);
     try {
