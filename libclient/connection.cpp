@@ -186,6 +186,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     struct stat st{};
     if (::fstat(fd, &st) != 0) return sys_error("the descriptor to map");
     if (!S_ISREG(st.st_mode)) return Error{EINVAL, "only regular files can be mapped"};
+    std::lock_guard layout(m_impl->layout_mutex);
     if (o.access == Access::Shared) return m_impl->map_shared(fd, o);
     const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
     void* addr = ::mmap(o.addr, o.length, prot,
@@ -227,6 +228,7 @@ Result<Region> Connection::map_file(const std::string& path, const MapOptions& o
 Result<void> Connection::unmap(const Region& region)
 {
     std::lock_guard flush_lock(m_impl->flush_mutex);
+    std::lock_guard layout(m_impl->layout_mutex);
     Mapping m;
     {
         std::lock_guard lock(m_impl->regions_mutex);

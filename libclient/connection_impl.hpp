@@ -36,6 +36,10 @@ struct Connection::Impl {
     std::mutex request_mutex;  // one request in flight at a time
     std::uint32_t next_request_id = 1;
 
+    // Held from mmap to the daemon's MAPPED, and from munmap to its reply to UNMAP: the
+    // daemon then never sees a new region before the unmap event of an old one at the
+    // same address.
+    std::mutex layout_mutex;
     std::mutex regions_mutex;
     std::map<std::uint64_t, Mapping> regions;  // by id
     std::mutex flush_mutex;  // one flush at a time: collecting is not re-entrant

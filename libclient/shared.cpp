@@ -84,6 +84,8 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
     const int fl = ::fcntl(fd, F_GETFL);
     if (fl < 0 || (fl & O_ACCMODE) != O_RDWR)
         return Error{EBADF, "a Shared region needs its file open for reading and writing (O_RDWR)"};
+    if (fl & O_DIRECT)
+        return Error{EINVAL, "a Shared region's file must not be open with O_DIRECT (open it without)"};
     auto tracking = choose_tracking(o.tracking);
     if (!tracking) return tracking.error();
     if (*tracking == Tracking::Async)
