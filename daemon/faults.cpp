@@ -85,6 +85,17 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
     }
 }
 
+void Worker::drain_events(Client& c)
+{
+    for (unsigned slot = 0; slot < 2; ++slot)
+        while (!c.closing && read_uffd(c, slot, true)) {
+        }
+    std::vector<Fault> deferred;
+    deferred.swap(c.deferred);
+    for (const Fault& f : deferred)
+        if (!c.closing) handle_fault(c, f);
+}
+
 void Worker::handle_fault(Client& c, Fault f)
 {
     const Region* r = c.regions.find(f.page);

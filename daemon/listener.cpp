@@ -1,5 +1,6 @@
 #include "listener.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,6 +23,18 @@ bool someone_listens(const sockaddr_un& addr)
 }
 
 }  // namespace
+
+Listener adopt_listener(util::UniqueFd fd)
+{
+    const int fl = ::fcntl(fd.get(), F_GETFL);
+    ::fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK);
+    sockaddr_un addr{};
+    socklen_t len = sizeof addr;
+    std::string path = "(passed by systemd)";
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&addr), &len) == 0 && addr.sun_path[0])
+        path = addr.sun_path;
+    return Listener{std::move(fd), path, false};
+}
 
 Result<Listener> open_listener(const std::string& path, unsigned mode)
 {

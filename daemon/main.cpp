@@ -4,6 +4,7 @@
 #include "config.hpp"
 #include "listener.hpp"
 #include "server.hpp"
+#include "systemd.hpp"
 
 using namespace pagerd::daemon;
 
@@ -21,16 +22,23 @@ int main(int argc, char** argv)
     // 3. Signal mask before any thread exists.
     block_signals();
 
-    // 4. The listening socket.
-    auto listener = open_listener(config.socket_path, config.socket_mode);
-    if (!listener) {
-        spdlog::critical("{}", listener.error().message);
-        return 1;
+    // 4. The listening socket: the one systemd passes, else our own at --socket.
+    Listener listener;
+    if (auto passed = systemd::take_listening_socket()) {
+        listener = adopt_listener(std::move(*passed));
+    } else {
+        auto opened = open_listener(config.socket_path, config.socket_mode);
+        if (!opened) {
+            spdlog::critical("{}", opened.error().message);
+            return 1;
+        }
+        listener = std::move(opened.value());
     }
 
-    // 5. Workers, then serve until SIGTERM / SIGINT.
+    // 5. Workers, then serve until SIGTERM / SIGINT; SIGHUP reads the config file again.
+    auto reload = [argc, argv]() -> std::optional<Config> { return parse_config(argc, argv).config; };
     try {
-        Server server(config, std::move(listener.value()));
+        Server server(config, std::move(listener), reload);
         return server.run();
     } catch (const std::exception& e) {
         spdlog::critical("cannot start: {}", e.what());

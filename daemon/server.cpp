@@ -7,10 +7,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "pagerd/proto/wire.hpp"
+#include "systemd.hpp"
 
 namespace pagerd::daemon {
 namespace {
@@ -34,8 +36,8 @@ void block_signals()
     ::signal(SIGPIPE, SIG_IGN);
 }
 
-Server::Server(const Config& config, Listener listener)
-    : m_config(config), m_listener(std::move(listener)), m_ctx{config}
+Server::Server(const Config& config, Listener listener, Reload reload)
+    : m_reload(std::move(reload)), m_config(config), m_listener(std::move(listener)), m_ctx{config}
 {
     m_ctx.page_size = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
     for (unsigned i = 0; i < config.workers; ++i) {
@@ -49,7 +51,64 @@ Server::~Server()
 {
     for (auto& w : m_workers) w->stop();
     for (auto& w : m_workers) w->join();
-    ::unlink(m_listener.path.c_str());
+    if (m_listener.owned) ::unlink(m_listener.path.c_str());
+}
+
+std::string Server::status_line() const
+{
+    std::uint64_t clients = 0, regions = 0, faults = 0;
+    for (const WorkerStats* w : m_ctx.stats) {
+        clients += w->clients.load(std::memory_order_relaxed);
+        regions += w->regions.load(std::memory_order_relaxed);
+        faults += w->faults.load(std::memory_order_relaxed);
+    }
+    return "serving " + std::to_string(clients) + " client(s), " + std::to_string(regions) + " region(s), " +
+           std::to_string(faults) + " fault(s) served";
+}
+
+bool Server::workers_turning(Clock::duration within) const
+{
+    const auto now = Clock::now();
+    for (const auto& w : m_workers)
+        if (now - w->last_turn() > within) return false;
+    return true;
+}
+
+// The watchdog ping comes from the serving path: only while every worker's loop keeps
+// turning. A stuck worker stops the pings and systemd restarts the daemon.
+void Server::tick()
+{
+    m_last_tick = Clock::now();
+    systemd::notify_status(status_line());
+    const auto wd = systemd::watchdog_interval();
+    if (wd.count() == 0) return;
+    if (workers_turning(wd / 2)) {
+        systemd::notify_watchdog();
+        if (m_watchdog_withheld) spdlog::info("every worker turns again; watchdog pings resumed");
+        m_watchdog_withheld = false;
+    } else if (!m_watchdog_withheld) {
+        spdlog::error("a worker has not turned for {} ms: withholding watchdog pings",
+                      std::chrono::duration_cast<std::chrono::milliseconds>(wd / 2).count());
+        m_watchdog_withheld = true;
+    }
+}
+
+void Server::reload()
+{
+    systemd::notify_reloading();
+    auto fresh = m_reload ? m_reload() : std::nullopt;
+    if (!fresh) {
+        spdlog::error("SIGHUP: the configuration is invalid or cannot be read; keeping the current one");
+    } else {
+        spdlog::set_level(spdlog::level::from_str(fresh->log_level));
+        m_ctx.limits.set(*fresh);
+        if (fresh->workers != m_config.workers || fresh->fault_block_bytes != m_config.fault_block_bytes ||
+            fresh->staging_buffers != m_config.staging_buffers || fresh->socket_path != m_config.socket_path)
+            spdlog::warn("SIGHUP: socket, workers, fault-block and staging-buffers change only with a restart");
+        spdlog::info("SIGHUP: configuration reloaded (log level {}, max clients {}, max regions per client {})",
+                     fresh->log_level, fresh->max_clients, fresh->max_regions_per_client);
+    }
+    systemd::notify_ready();
 }
 
 int Server::run()
@@ -63,22 +122,30 @@ int Server::run()
     for (auto& w : m_workers) w->start();
     spdlog::info("{} serving on {} with {} worker(s)", version_string(), m_listener.path,
                  m_workers.size());
+    systemd::notify_ready();
+    const auto wd = systemd::watchdog_interval();
+    const auto tick_every = std::chrono::milliseconds(
+        wd.count() ? std::min<long>(1000, std::chrono::duration_cast<std::chrono::milliseconds>(wd / 4).count()) : 1000);
+    tick();
     for (;;) {
         pollfd fds[2] = {{m_listener.fd.get(), POLLIN, 0}, {sigfd.get(), POLLIN, 0}};
-        if (::poll(fds, 2, -1) < 0) {
-            if (errno == EINTR) continue;
+        if (::poll(fds, 2, static_cast<int>(tick_every.count())) < 0 && errno != EINTR) {
             spdlog::critical("poll: {}", std::strerror(errno));
             return 1;
         }
+        if (Clock::now() - m_last_tick >= tick_every) tick();
         if (fds[1].revents) {
             signalfd_siginfo si{};
             while (::read(sigfd.get(), &si, sizeof si) == sizeof si) {
                 if (si.ssi_signo == SIGHUP) {
-                    spdlog::info("SIGHUP: nothing to reload");
+                    reload();
                     continue;
                 }
                 spdlog::info("{} received: stopping", strsignal(static_cast<int>(si.ssi_signo)));
+                systemd::notify_stopping();
                 m_listener.fd.reset();
+                // Workers close their clients: faults in flight finish, dirty pages of
+                // Shared regions are written back, then the workers return.
                 for (auto& w : m_workers) w->stop();
                 for (auto& w : m_workers) w->join();
                 spdlog::info("stopped");
@@ -103,12 +170,13 @@ void Server::accept_all()
         ucred peer{};
         socklen_t len = sizeof peer;
         ::getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &peer, &len);
-        if (m_ctx.connections.load() >= m_config.max_clients) {
-            spdlog::warn("refusing pid {}: {} clients already connected", peer.pid, m_config.max_clients);
+        const unsigned max_clients = m_ctx.limits.max_clients.load();
+        if (m_ctx.connections.load() >= max_clients) {
+            spdlog::warn("refusing pid {}: {} clients already connected", peer.pid, max_clients);
             proto::send_message(sock.get(),
                                 proto::Message{0, proto::ErrorReply{proto::ErrorCode::LIMIT,
                                                   "too many clients (limit " +
-                                                      std::to_string(m_config.max_clients) + ")"}},
+                                                      std::to_string(max_clients) + ")"}},
                                 {}, MSG_DONTWAIT);
             continue;
         }

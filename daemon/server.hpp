@@ -1,7 +1,9 @@
 // The control thread: accepts connections and hands each to the least loaded worker;
 // stops everything on SIGTERM / SIGINT.
 #pragma once
+#include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "config.hpp"
@@ -16,13 +18,23 @@ void block_signals();
 
 class Server {
 public:
-    Server(const Config& config, Listener listener);
+    // reload: reads the configuration again (SIGHUP); nullopt when it is invalid.
+    using Reload = std::function<std::optional<Config>()>;
+    Server(const Config& config, Listener listener, Reload reload = {});
     ~Server();
     int run();  // returns the process exit code
 
 private:
     void accept_all();
     Worker& least_loaded();
+    void tick();      // status and watchdog, about every second
+    void reload();    // SIGHUP
+    std::string status_line() const;
+    bool workers_turning(Clock::duration within) const;
+
+    Reload m_reload;
+    Clock::time_point m_last_tick{};
+    bool m_watchdog_withheld = false;
 
     const Config& m_config;
     Listener m_listener;

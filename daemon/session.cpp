@@ -152,8 +152,8 @@ proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
     c.hello_done = true;
     c.name = m.name;
     spdlog::debug("client {}: HELLO from '{}'", c.serial, c.name);
-    return proto::Welcome{k_daemon_caps, m_ctx.page_size, m_ctx.config.max_regions_per_client,
-                          m_ctx.config.max_mapped_bytes_per_client, version_string()};
+    return proto::Welcome{k_daemon_caps, m_ctx.page_size, m_ctx.limits.max_regions_per_client.load(),
+                          m_ctx.limits.max_mapped_bytes_per_client.load(), version_string()};
 }
 
 proto::Body Worker::on_register(Client& c, const proto::RegisterUffd& m, util::UniqueFd fd)
@@ -211,13 +211,18 @@ void Worker::check_map_range(Client& c, std::uint64_t addr, std::uint64_t length
                                         std::to_string(file_offset + length) +
                                         ") extends past the end of the file (" + std::to_string(st.st_size) +
                                         " bytes)");
-    if (c.regions.overlaps(addr, length))
-        reject(ErrorCode::OVERLAP, "region at " + hex(addr) + " overlaps a region already mapped");
-    if (c.regions.count() >= m_ctx.config.max_regions_per_client)
-        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.config.max_regions_per_client) +
+    if (c.regions.overlaps(addr, length)) {
+        // The client may have munmap'ed the old region and mapped this one before we read
+        // the unmap event: take pending events, then judge.
+        drain_events(c);
+        if (c.regions.overlaps(addr, length))
+            reject(ErrorCode::OVERLAP, "region at " + hex(addr) + " overlaps a region already mapped");
+    }
+    if (c.regions.count() >= m_ctx.limits.max_regions_per_client.load())
+        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.limits.max_regions_per_client.load()) +
                                      " regions per client");
-    if (c.regions.bytes() + length > m_ctx.config.max_mapped_bytes_per_client)
-        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.config.max_mapped_bytes_per_client) +
+    if (c.regions.bytes() + length > m_ctx.limits.max_mapped_bytes_per_client.load())
+        reject(ErrorCode::LIMIT, "at most " + std::to_string(m_ctx.limits.max_mapped_bytes_per_client.load()) +
                                      " bytes mapped per client");
 }
 
@@ -272,6 +277,9 @@ proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::Un
     const int fl = ::fcntl(file.get(), F_GETFL);
     if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) != O_RDWR)
         reject(ErrorCode::BAD_DESCRIPTOR, "the file of a shared region must be open for reading and writing");
+    if (fl & O_DIRECT)
+        reject(ErrorCode::BAD_DESCRIPTOR, "the file of a shared region must not be open with O_DIRECT (its last "
+                                          "partial page could not be written back)");
     if (::fcntl(memfd.get(), F_GET_SEALS) < 0)
         reject(ErrorCode::BAD_DESCRIPTOR, "the second descriptor of SHARED_MAP is not a memfd");
     check_map_range(c, m.addr, m.length, m.file_offset, file.get());

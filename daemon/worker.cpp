@@ -37,7 +37,12 @@ Worker::~Worker()
     if (m_buffers) ::munmap(m_buffers, m_buffers_bytes);
 }
 
-void Worker::start() { m_thread = std::thread([this] { run(); }); }
+void Worker::start()
+{
+    m_thread = std::thread([this] { run(); });
+    const std::string name = "pagerd-w" + std::to_string(m_index);
+    pthread_setname_np(m_thread.native_handle(), name.c_str());
+}
 
 void Worker::stop()
 {
@@ -93,6 +98,7 @@ void Worker::run()
     };
     std::vector<Done> done;
     while (!(m_stopping && m_clients.empty())) {
+        m_last_turn.store(Clock::now().time_since_epoch().count());
         __kernel_timespec tick{0, 200 * 1000 * 1000};
         io_uring_cqe* cqe = nullptr;
         const int r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &tick, nullptr);
@@ -172,7 +178,7 @@ void Worker::take_inbox()
         c->serial = m_ctx.next_client_serial.fetch_add(1);
         c->peer = peer;
         c->sock = std::move(sock);
-        c->hello_deadline = Clock::now() + std::chrono::milliseconds(m_ctx.config.hello_timeout_ms);
+        c->hello_deadline = Clock::now() + std::chrono::milliseconds(m_ctx.limits.hello_timeout_ms.load());
         c->sock_op.client = c.get();
         spdlog::info("client {} connected (pid {}, uid {}) on worker {}", c->serial, peer.pid,
                      peer.uid, m_index);
@@ -199,7 +205,7 @@ void Worker::check_deadlines()
         Client& c = *(it++)->second;
         if (c.closing || c.hello_done || now < c.hello_deadline) continue;
         send_reply(c, 0, proto::ErrorReply{proto::ErrorCode::TIMEOUT, "no HELLO within " +
-                          std::to_string(m_ctx.config.hello_timeout_ms) + " ms"});
+                          std::to_string(m_ctx.limits.hello_timeout_ms.load()) + " ms"});
         close_client(c, "no HELLO in time");
     }
 }

@@ -29,9 +29,26 @@ namespace pagerd::daemon {
 
 using Clock = std::chrono::steady_clock;
 
+// Limits that SIGHUP may change while the daemon runs.
+struct Limits {
+    std::atomic<unsigned> max_clients;
+    std::atomic<unsigned> max_regions_per_client;
+    std::atomic<std::uint64_t> max_mapped_bytes_per_client;
+    std::atomic<unsigned> hello_timeout_ms;
+    explicit Limits(const Config& c) { set(c); }
+    void set(const Config& c)
+    {
+        max_clients = c.max_clients;
+        max_regions_per_client = c.max_regions_per_client;
+        max_mapped_bytes_per_client = c.max_mapped_bytes_per_client;
+        hello_timeout_ms = c.hello_timeout_ms;
+    }
+};
+
 // What every worker can see of the whole daemon.
 struct Context {
-    const Config& config;
+    const Config& config;  // what cannot change without a restart
+    Limits limits{config};
     std::uint32_t page_size = 4096;
     Clock::time_point started = Clock::now();
     std::atomic<std::uint32_t> connections{0};
@@ -116,6 +133,9 @@ public:
     // Thread-safe: appends an entry for every region of this worker's clients.
     void list_regions(std::vector<proto::RegionEntry>& out);
     std::uint32_t client_count() const { return m_stats.clients.load(std::memory_order_relaxed); }
+    // When the worker's loop last turned (it turns at least every 200 ms): the watchdog
+    // pings only while every worker keeps turning.
+    Clock::time_point last_turn() const { return Clock::time_point(Clock::duration(m_last_turn.load())); }
 
 private:
     // worker.cpp: loop and lifecycle
@@ -169,6 +189,7 @@ private:
     bool read_uffd(Client& c, unsigned slot, bool defer_faults);  // false: nothing more to read
     void on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool defer_faults);
     void handle_fault(Client& c, Fault f);
+    void drain_events(Client& c);  // reads pending uffd messages now; serves the faults among them
     void handle_write_protect_fault(Client& c, const Fault& f);
     void mark_written(Client& c, const Region& r, std::uint64_t page);
     void start_load(Client& c, const Region& r, std::uint64_t block, Fault f);
@@ -198,6 +219,7 @@ private:
     std::vector<std::uint8_t*> m_free_buffers;
     std::deque<std::pair<Client*, Fault>> m_waiting;  // faults waiting for a buffer
     Clock::time_point m_last_deadline_check{};
+    std::atomic<Clock::rep> m_last_turn{Clock::now().time_since_epoch().count()};
     std::mutex m_table_mutex;  // held by this worker while it changes m_clients or a region
                                // table, and by other threads while they read them
     std::unique_ptr<Writeback> m_writeback;
