@@ -186,9 +186,10 @@ void Worker::install(Client& c, Load& l)
         m_stats.latency.record(static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(now - f.t0).count()));
     }
-    util::uffd_wake(c.uffds[l.slot].fd.get(), l.addr, l.len);
+    // Counted before the wake: a woken thread that asks for the status sees its fault.
     m_stats.faults.fetch_add(l.faults.size(), std::memory_order_relaxed);
     m_stats.pages_installed.fetch_add(installed / page, std::memory_order_relaxed);
+    util::uffd_wake(c.uffds[l.slot].fd.get(), l.addr, l.len);
 }
 
 // True while `addr` still belongs to the region piece the load was read for.

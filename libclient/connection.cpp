@@ -118,6 +118,24 @@ Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<con
     }
 }
 
+Result<Mapping> Connection::Impl::lookup(const Region& region)
+{
+    std::lock_guard lock(regions_mutex);
+    auto it = regions.find(region.id);
+    if (it == regions.end() || it->second.region.addr != region.addr)
+        return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
+    return it->second;
+}
+
+std::vector<Mapping> Connection::Impl::shared_mappings()
+{
+    std::vector<Mapping> shared;
+    std::lock_guard lock(regions_mutex);
+    for (const auto& [id, m] : regions)
+        if (m.region.access == Access::Shared) shared.push_back(m);
+    return shared;
+}
+
 Connection::Connection(std::unique_ptr<Impl> impl) : m_impl(std::move(impl)) {}
 
 Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& options)
@@ -229,14 +247,9 @@ Result<void> Connection::unmap(const Region& region)
 {
     std::lock_guard flush_lock(m_impl->flush_mutex);
     std::lock_guard layout(m_impl->layout_mutex);
-    Mapping m;
-    {
-        std::lock_guard lock(m_impl->regions_mutex);
-        auto it = m_impl->regions.find(region.id);
-        if (it == m_impl->regions.end() || it->second.region.addr != region.addr)
-            return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
-        m = it->second;
-    }
+    auto found = m_impl->lookup(region);
+    if (!found) return found.error();
+    Mapping m = found.value();
     const bool alive = m_impl->alive.load();
     if (m.region.access == Access::Shared && alive) {
         // Read-only first, so that no write can land after the last flush (a thread that
@@ -269,28 +282,16 @@ Result<void> Connection::unmap(const Region& region)
 Result<FlushResult> Connection::flush(const Region& region)
 {
     std::lock_guard flush_lock(m_impl->flush_mutex);
-    Mapping m;
-    {
-        std::lock_guard lock(m_impl->regions_mutex);
-        auto it = m_impl->regions.find(region.id);
-        if (it == m_impl->regions.end() || it->second.region.addr != region.addr)
-            return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
-        m = it->second;
-    }
-    return m_impl->flush_mapping(m);
+    auto m = m_impl->lookup(region);
+    if (!m) return m.error();
+    return m_impl->flush_mapping(m.value());
 }
 
 Result<FlushResult> Connection::flush_all()
 {
     std::lock_guard flush_lock(m_impl->flush_mutex);
-    std::vector<Mapping> shared;
-    {
-        std::lock_guard lock(m_impl->regions_mutex);
-        for (const auto& [id, m] : m_impl->regions)
-            if (m.region.access == Access::Shared) shared.push_back(m);
-    }
     FlushResult total;
-    for (const Mapping& m : shared) {
+    for (const Mapping& m : m_impl->shared_mappings()) {
         auto f = m_impl->flush_mapping(m);
         if (!f) return f.error();
         total.pages += f->pages;

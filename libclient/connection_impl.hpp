@@ -5,6 +5,7 @@
 #include <mutex>
 #include <span>
 #include <thread>
+#include <vector>
 
 #include "pagerd/client.hpp"
 #include "pagerd/proto/messages.hpp"
@@ -52,6 +53,9 @@ struct Connection::Impl {
     // Sends one request and waits for its reply; an ERROR reply becomes an Error.
     // wait_ms: the deadline; -1 waits as long as the daemon lives (FLUSH of a big region).
     Result<proto::Message> request(proto::Body body, std::span<const int> fds = {}, int wait_ms = 0);
+
+    Result<Mapping> lookup(const Region& region);  // a region of this connection, by id and address
+    std::vector<Mapping> shared_mappings();        // a snapshot of the Shared ones
 
     // shared.cpp: Shared regions
     Result<Tracking> choose_tracking(Tracking wanted);

@@ -55,13 +55,7 @@ void Connection::Impl::monitor_loop()
 void Connection::Impl::background_writeback()
 {
     std::lock_guard flush_lock(flush_mutex);
-    std::vector<Mapping> shared;
-    {
-        std::lock_guard lock(regions_mutex);
-        for (const auto& [id, m] : regions)
-            if (m.region.access == Access::Shared) shared.push_back(m);
-    }
-    for (const Mapping& m : shared)
+    for (const Mapping& m : shared_mappings())
         if (auto f = flush_mapping(m); !f && alive.load())
             std::fprintf(stderr, "libpagerd: background write-back of region %llu: %s\n",
                          static_cast<unsigned long long>(m.region.id), f.error().message.c_str());
