@@ -19,6 +19,7 @@ ParsedConfig parse_config(int argc, char** argv)
                  "files, in the foreground."};
     app.set_version_flag("--version", version_string());
     app.set_config("--config", "", "Read the same options from a TOML/INI file");
+    app.allow_config_extras(false);  // a misspelt key in the file is an error, not ignored
     app.add_option("--socket", c.socket_path,
                    "Listening socket path (default: $PAGERD_SOCKET, else " +
                        std::string(proto::k_default_socket_path) + ")");

@@ -67,6 +67,17 @@ TEST_CASE("pagerd reads the same options from --config", "[cli][config]")
     CHECK(exited_with(st, 0));
 }
 
+TEST_CASE("a misspelt key in the config file is an error, not silently ignored", "[cli][config]")
+{
+    TempDir dir;
+    std::ofstream(dir.file("pagerd.toml")) << "max-clientz = 3\n";
+    auto r = run_command({PAGERD_BINARY, "--config", dir.file("pagerd.toml"), "--socket", dir.file("s.sock")}, {},
+                         std::chrono::seconds(10));
+    CHECK(WIFEXITED(r.status));
+    CHECK(WEXITSTATUS(r.status) != 0);
+    CHECK_THAT(r.err + r.out, Catch::Contains("max-clientz"));
+}
+
 TEST_CASE("SIGTERM stops pagerd cleanly and removes its socket", "[cli][stop]")
 {
     Daemon d;
