@@ -48,6 +48,9 @@ ParsedConfig parse_config(int argc, char** argv)
         });
     app.add_option("--staging-buffers", c.staging_buffers, "Fault buffers per worker")
         ->check(CLI::Range(1u, 4096u));
+    app.add_option("--fd-store", c.fd_store,
+                   "Under systemd (NOTIFY_SOCKET), keep clients in its descriptor store so that a restarted "
+                   "daemon serves them on (true/false)");
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

@@ -17,6 +17,7 @@ struct Config {
     unsigned hello_timeout_ms = 5000;
     std::uint64_t fault_block_bytes = 64 * 1024;  // bytes loaded around a faulting page
     unsigned staging_buffers = 64;                // per worker, each fault_block_bytes
+    bool fd_store = true;  // under systemd: keep clients in the descriptor store across restarts
 };
 
 // Parses argv. Returns the config, or an exit code when the program should stop now

@@ -59,6 +59,11 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
         const auto start = msg.arg.remove.start, len = msg.arg.remove.end - msg.arg.remove.start;
         // munmap behind the library's back: what Async regions wrote cannot be known now.
         auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_range(start, len); });
+        for (const Region& r : pieces) {
+            bool left = false;
+            c.regions.for_each([&](const Region& other) { left = left || other.id == r.id; });
+            if (!left) fdstore::forget_region(c, r.id);
+        }
         forget(c, std::move(pieces), true, "munmap");
         // Threads blocked on the vanished range retry and get what munmap'ed memory gives.
         util::uffd_wake(c.uffds[slot].fd.get(), start, len);

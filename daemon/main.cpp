@@ -4,7 +4,9 @@
 #include "config.hpp"
 #include "listener.hpp"
 #include "server.hpp"
+#include "fdstore.hpp"
 #include "systemd.hpp"
+#include <unistd.h>
 
 using namespace pagerd::daemon;
 
@@ -22,10 +24,15 @@ int main(int argc, char** argv)
     // 3. Signal mask before any thread exists.
     block_signals();
 
-    // 4. The listening socket: the one systemd passes, else our own at --socket.
+    // 4. The listening socket: the one systemd passes, else our own at --socket; and the
+    //    clients an earlier daemon kept in systemd's descriptor store.
+    fdstore::set_enabled(config.fd_store);
+    auto passed = systemd::take_passed();
+    auto resumed = fdstore::restore(passed.stored, static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE)));
+    for (const auto& [name, fd] : passed.stored) spdlog::warn("descriptor store: {} belongs to no client; closed", name);
     Listener listener;
-    if (auto passed = systemd::take_listening_socket()) {
-        listener = adopt_listener(std::move(*passed));
+    if (passed.listening) {
+        listener = adopt_listener(std::move(*passed.listening));
     } else {
         auto opened = open_listener(config.socket_path, config.socket_mode);
         if (!opened) {
@@ -39,6 +46,7 @@ int main(int argc, char** argv)
     auto reload = [argc, argv]() -> std::optional<Config> { return parse_config(argc, argv).config; };
     try {
         Server server(config, std::move(listener), reload);
+        server.resume(std::move(resumed));
         return server.run();
     } catch (const std::exception& e) {
         spdlog::critical("cannot start: {}", e.what());

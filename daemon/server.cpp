@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "pagerd/proto/wire.hpp"
+#include "fdstore.hpp"
 #include "systemd.hpp"
 
 namespace pagerd::daemon {
@@ -52,6 +53,16 @@ Server::~Server()
     for (auto& w : m_workers) w->stop();
     for (auto& w : m_workers) w->join();
     if (m_listener.owned) ::unlink(m_listener.path.c_str());
+}
+
+void Server::resume(std::vector<std::unique_ptr<Client>> clients)
+{
+    for (auto& c : clients) {
+        if (c->serial >= m_ctx.next_client_serial.load()) m_ctx.next_client_serial = c->serial + 1;
+        c->restored = true;
+        m_ctx.connections.fetch_add(1);
+        least_loaded().adopt(std::move(c));
+    }
 }
 
 std::string Server::status_line() const
@@ -145,8 +156,9 @@ int Server::run()
                 systemd::notify_stopping();
                 m_listener.fd.reset();
                 // Workers close their clients: faults in flight finish, dirty pages of
-                // Shared regions are written back, then the workers return.
-                for (auto& w : m_workers) w->stop();
+                // Shared regions are written back, then the workers return. Under the
+                // descriptor store the clients stay there for the next daemon.
+                for (auto& w : m_workers) w->stop(fdstore::enabled());
                 for (auto& w : m_workers) w->join();
                 spdlog::info("stopped");
                 return 0;

@@ -21,6 +21,8 @@ public:
     // reload: reads the configuration again (SIGHUP); nullopt when it is invalid.
     using Reload = std::function<std::optional<Config>()>;
     Server(const Config& config, Listener listener, Reload reload = {});
+    // Clients an earlier daemon left in the descriptor store; call before run().
+    void resume(std::vector<std::unique_ptr<Client>> clients);
     ~Server();
     int run();  // returns the process exit code
 

@@ -97,6 +97,7 @@ void Worker::on_socket_readable(Client& c)
                           proto::type_name(proto::type_of(msg->body)),
                           proto::error_code_name(err->code), err->text);
         send_reply(c, msg->request_id, std::move(reply));
+        fdstore::save(c);
         if (disconnect) close_client(c, "session ended by the daemon");
     }
     // Budget used up with messages possibly left: the re-armed poll fires again at once.
@@ -320,6 +321,7 @@ proto::Body Worker::on_unmap(Client& c, const proto::Unmap& m)
                                                      " was never mapped on this connection");
     auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_id(m.region_id); });
     forget(c, std::move(pieces), false, "unmapped");
+    fdstore::forget_region(c, m.region_id);
     return proto::Ok{};
 }
 

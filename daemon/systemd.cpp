@@ -10,26 +10,27 @@
 
 namespace pagerd::daemon::systemd {
 
-std::optional<util::UniqueFd> take_listening_socket()
+Passed take_passed()
 {
+    Passed out;
     char** names = nullptr;
     const int n = sd_listen_fds_with_names(1, &names);  // 1: unset LISTEN_* for children
-    if (n <= 0) return std::nullopt;
-    std::optional<util::UniqueFd> chosen;
     for (int i = 0; i < n; ++i) {
         util::UniqueFd fd(SD_LISTEN_FDS_START + i);
-        const char* name = names && names[i] ? names[i] : "unknown";
-        if (!chosen && sd_is_socket_unix(fd.get(), SOCK_SEQPACKET, 1, nullptr, 0) > 0) {
+        const std::string name = names && names[i] ? names[i] : "unknown";
+        if (!out.listening && sd_is_socket_unix(fd.get(), SOCK_SEQPACKET, 1, nullptr, 0) > 0) {
             spdlog::info("using the socket passed by systemd ({})", name);
-            chosen = std::move(fd);
+            out.listening = std::move(fd);
+        } else if (name.size() > 1 && name[0] == 'c') {
+            out.stored.emplace(name, std::move(fd));  // a client's, from the descriptor store
         } else {
-            spdlog::warn("closing a descriptor passed by systemd that is not a listening SOCK_SEQPACKET "
-                         "socket ({})", name);
+            spdlog::warn("closing a descriptor passed by systemd that pagerd does not know ({})", name);
         }
-        if (names) std::free(names[i]);
     }
+    if (names)
+        for (int i = 0; i < n; ++i) std::free(names[i]);
     std::free(names);
-    return chosen;
+    return out;
 }
 
 void notify_ready() { sd_notify(0, "READY=1"); }

@@ -3,6 +3,7 @@
 // no-op when pagerd does not run under systemd.
 #pragma once
 #include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -10,9 +11,13 @@
 
 namespace pagerd::daemon::systemd {
 
-// The listening SOCK_SEQPACKET socket passed by socket activation, if any. Other passed
-// descriptors are closed with a warning.
-std::optional<util::UniqueFd> take_listening_socket();
+// What systemd passed at start (LISTEN_FDS): the listening SOCK_SEQPACKET socket of
+// socket activation, and the named descriptors of the descriptor store.
+struct Passed {
+    std::optional<util::UniqueFd> listening;
+    std::map<std::string, util::UniqueFd> stored;
+};
+Passed take_passed();
 
 void notify_ready();
 void notify_status(const std::string& status);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "pagerd/util/uffd.hpp"
 #include "writeback.hpp"
 
 namespace pagerd::daemon {
@@ -44,8 +45,9 @@ void Worker::start()
     pthread_setname_np(m_thread.native_handle(), name.c_str());
 }
 
-void Worker::stop()
+void Worker::stop(bool detach)
 {
+    m_detach.store(detach);
     m_stop.store(true);
     const std::uint64_t one = 1;
     (void)!::write(m_inbox_fd.get(), &one, sizeof one);
@@ -58,9 +60,18 @@ void Worker::join()
 
 void Worker::adopt(util::UniqueFd sock, const ucred& peer)
 {
+    auto c = std::make_unique<Client>();
+    c->serial = m_ctx.next_client_serial.fetch_add(1);
+    c->peer = peer;
+    c->sock = std::move(sock);
+    adopt(std::move(c));
+}
+
+void Worker::adopt(std::unique_ptr<Client> c)
+{
     {
         std::lock_guard lock(m_inbox_mutex);
-        m_inbox.emplace_back(std::move(sock), peer);
+        m_inbox.push_back(std::move(c));
     }
     const std::uint64_t one = 1;
     (void)!::write(m_inbox_fd.get(), &one, sizeof one);
@@ -128,9 +139,13 @@ void Worker::handle_completion(Op* op, int res)
         take_inbox();
         if (m_stop.load() && !m_stopping) {
             m_stopping = true;
+            const bool detach = m_detach.load();
             for (auto it = m_clients.begin(); it != m_clients.end();) {
                 Client& c = *(it++)->second;  // close_client may erase c
-                close_client(c, "daemon stopping");
+                if (detach)
+                    detach_client(c);
+                else
+                    close_client(c, "daemon stopping");
             }
         }
         if (!m_stopping) {
@@ -168,31 +183,58 @@ void Worker::handle_completion(Op* op, int res)
 
 void Worker::take_inbox()
 {
-    std::vector<std::pair<util::UniqueFd, ucred>> fresh;
+    std::vector<std::unique_ptr<Client>> fresh;
     {
         std::lock_guard lock(m_inbox_mutex);
         fresh.swap(m_inbox);
     }
-    for (auto& [sock, peer] : fresh) {
-        auto c = std::make_unique<Client>();
-        c->serial = m_ctx.next_client_serial.fetch_add(1);
-        c->peer = peer;
-        c->sock = std::move(sock);
+    for (auto& c : fresh) {
         c->hello_deadline = Clock::now() + std::chrono::milliseconds(m_ctx.limits.hello_timeout_ms.load());
         c->sock_op.client = c.get();
-        spdlog::info("client {} connected (pid {}, uid {}) on worker {}", c->serial, peer.pid,
-                     peer.uid, m_index);
+        for (unsigned slot = 0; slot < 2; ++slot) {
+            c->uffds[slot].op.client = c.get();
+            c->uffds[slot].op.slot = slot;
+        }
+        if (c->restored)
+            spdlog::info("client {} (pid {}) resumed on worker {}", c->serial, c->peer.pid, m_index);
+        else
+            spdlog::info("client {} connected (pid {}, uid {}) on worker {}", c->serial, c->peer.pid, c->peer.uid,
+                         m_index);
         m_stats.clients.fetch_add(1, std::memory_order_relaxed);
+        m_stats.regions.fetch_add(c->regions.count(), std::memory_order_relaxed);
+        m_stats.mapped_bytes.fetch_add(c->regions.bytes(), std::memory_order_relaxed);
+        if (c->uffd_flags & proto::k_uffd_user_mode_only)
+            m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
         Client& ref = *c;
         {
             std::lock_guard lock(m_table_mutex);
             m_clients.emplace(c->serial, std::move(c));
         }
-        if (m_stopping)
+        if (m_stopping) {
             close_client(ref, "daemon stopping");
-        else
-            arm_poll(ref, ref.sock_op, ref.sock.get());
+            continue;
+        }
+        arm_poll(ref, ref.sock_op, ref.sock.get());
+        for (auto& u : ref.uffds)
+            if (u.fd) arm_poll(ref, u.op, u.fd.get());
+        if (ref.restored) {
+            // Faults the previous daemon read but never answered: wake their threads so
+            // that they fault again and are served here.
+            ref.regions.for_each([&](const Region& r) { util::uffd_wake(ref.uffds[r.uffd_slot].fd.get(), r.start, r.length); });
+        }
     }
+}
+
+// The daemon restarts: write back what is dirty, keep the client's state and descriptors
+// in the store for the next daemon, and let go of it here without telling anyone.
+void Worker::detach_client(Client& c)
+{
+    std::vector<Region> all;
+    c.regions.for_each([&](const Region& r) { all.push_back(r); });
+    forget(c, std::move(all), false, "daemon restarting");
+    fdstore::save(c);
+    c.stored.clear();  // release() must not remove them from the store
+    close_client(c, "daemon restarting; kept in the descriptor store");
 }
 
 void Worker::check_deadlines()
@@ -216,14 +258,19 @@ void Worker::close_client(Client& c, const std::string& reason)
     c.closing = true;
     spdlog::info("client {} ({}pid {}) disconnected: {}; freeing {} region(s)", c.serial,
                  c.name.empty() ? "" : c.name + ", ", c.peer.pid, reason, c.regions.count());
-    // Dirty pages of Shared regions go to their files before anything is freed.
+    // Dirty pages of Shared regions go to their files before anything is freed (a client
+    // kept for the next daemon was written back already).
     std::vector<Region> all;
     c.regions.for_each([&](const Region& r) { all.push_back(r); });
-    change_table(c, [](RegionTable& t) {
-        t = RegionTable{};
-        return 0;
-    });
-    forget(c, std::move(all), true, "client gone");
+    if (!m_detach.load()) fdstore::forget(c);
+    c.stored.clear();
+    {
+        std::lock_guard lock(m_table_mutex);
+        m_stats.regions.fetch_sub(c.regions.count(), std::memory_order_relaxed);
+        m_stats.mapped_bytes.fetch_sub(c.regions.bytes(), std::memory_order_relaxed);
+        c.regions = RegionTable{};
+    }
+    if (!m_detach.load()) forget(c, std::move(all), true, "client gone");
     if (c.uffd_flags & proto::k_uffd_user_mode_only)
         m_stats.user_mode_only_clients.fetch_sub(1, std::memory_order_relaxed);
     for (Op* op : {&c.sock_op, &c.uffds[0].op, &c.uffds[1].op}) {

@@ -14,10 +14,12 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <set>
 #include <unordered_map>
 #include <vector>
 
 #include "config.hpp"
+#include "fdstore.hpp"
 #include "pagerd/proto/messages.hpp"
 #include "pagerd/util/unique_fd.hpp"
 #include "region_table.hpp"
@@ -115,6 +117,9 @@ struct Client {
     std::vector<Fault> deferred;  // faults read while draining events inside a copy
     Op sock_op{Op::Kind::SockPoll};
     unsigned refs = 0;  // io_uring ops and queued faults that point at this client
+    bool restored = false;       // taken back from the descriptor store at start
+    util::UniqueFd state;        // its description for a restart (fdstore.cpp)
+    std::set<std::string> stored;  // names of its descriptors in the descriptor store
 };
 
 class Worker {
@@ -125,10 +130,13 @@ public:
     Worker& operator=(const Worker&) = delete;
 
     void start();
-    void stop();  // asks the thread to close every client and return
+    // Asks the thread to close every client and return. detach: keep the clients for the
+    // next daemon (descriptor store): write back, save their state, close nothing for good.
+    void stop(bool detach = false);
     void join();
     // Thread-safe: hands a freshly accepted connection to this worker.
     void adopt(util::UniqueFd sock, const ucred& peer);
+    void adopt(std::unique_ptr<Client> restored);  // from the descriptor store
     const WorkerStats& stats() const { return m_stats; }
     // Thread-safe: appends an entry for every region of this worker's clients.
     void list_regions(std::vector<proto::RegionEntry>& out);
@@ -158,8 +166,10 @@ private:
         // unsigned wrap-around makes a net decrease come out right
         m_stats.regions.fetch_add(c.regions.count() - n0, std::memory_order_relaxed);
         m_stats.mapped_bytes.fetch_add(c.regions.bytes() - b0, std::memory_order_relaxed);
+        fdstore::save(c);
         return result;
     }
+    void detach_client(Client& c);
 
     // session.cpp: control messages
     void on_socket_readable(Client& c);
@@ -209,8 +219,9 @@ private:
     util::UniqueFd m_inbox_fd;  // eventfd
     Op m_inbox_op{Op::Kind::Inbox};
     std::mutex m_inbox_mutex;
-    std::vector<std::pair<util::UniqueFd, ucred>> m_inbox;
+    std::vector<std::unique_ptr<Client>> m_inbox;
     std::atomic<bool> m_stop{false};
+    std::atomic<bool> m_detach{false};
     bool m_stopping = false;
     std::thread m_thread;
     std::map<std::uint64_t, std::unique_ptr<Client>> m_clients;

@@ -1,0 +1,211 @@
+#include "fdstore.hpp"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#include "worker.hpp"
+
+namespace pagerd::daemon::fdstore {
+namespace {
+
+bool g_enabled = false;
+
+std::string prefix(std::uint64_t serial) { return "c" + std::to_string(serial) + "."; }
+
+void store(Client& c, const std::string& name, int fd)
+{
+    if (fd < 0 || c.stored.count(name)) return;
+    const std::string msg = "FDSTORE=1\nFDNAME=" + name;
+    if (sd_pid_notify_with_fds(0, 0, msg.c_str(), &fd, 1) <= 0)
+        spdlog::warn("client {}: cannot keep {} in the descriptor store", c.serial, name);
+    else
+        c.stored.insert(name);
+}
+
+void remove(const std::string& name)
+{
+    const std::string msg = "FDSTOREREMOVE=1\nFDNAME=" + name;
+    sd_notify(0, msg.c_str());
+}
+
+std::string hex(const std::string& s)
+{
+    static const char* d = "0123456789abcdef";
+    std::string out;
+    for (unsigned char ch : s) {
+        out += d[ch >> 4];
+        out += d[ch & 15];
+    }
+    return out.empty() ? "-" : out;
+}
+
+std::string unhex(const std::string& s)
+{
+    std::string out;
+    if (s == "-") return out;
+    for (std::size_t i = 0; i + 1 < s.size(); i += 2) out += static_cast<char>(std::stoi(s.substr(i, 2), nullptr, 16));
+    return out;
+}
+
+std::string describe(const Client& c)
+{
+    std::ostringstream o;
+    o << "pagerd-client-state 1\n";
+    o << "client " << c.serial << ' ' << c.peer.pid << ' ' << c.peer.uid << ' ' << c.peer.gid << ' ' << hex(c.name)
+      << ' ' << c.hello_done << ' ' << c.uffd_flags << ' ' << c.uffds[0].features << ' ' << c.uffds[1].features
+      << ' ' << c.next_region_id << '\n';
+    c.regions.for_each([&](const Region& r) {
+        o << "region " << r.id << ' ' << r.start << ' ' << r.length << ' ' << r.file_offset << ' '
+          << static_cast<unsigned>(r.access) << ' ' << static_cast<unsigned>(r.tracking) << ' ' << r.uffd_slot << ' '
+          << r.mem_offset << ' ' << (r.mem ? r.mem->file_base : 0) << ' ' << (r.mem ? r.mem->length : 0) << ' '
+          << (r.mem ? r.mem->mapped : 0) << '\n';
+    });
+    return o.str();
+}
+
+}  // namespace
+
+bool enabled() { return g_enabled; }
+void set_enabled(bool on)
+{
+    const char* sock = std::getenv("NOTIFY_SOCKET");
+    g_enabled = on && sock && *sock;
+}
+
+void save(Client& c)
+{
+    if (!g_enabled || c.closing) return;
+    const std::string p = prefix(c.serial);
+    if (!c.state) c.state.reset(::memfd_create("pagerd-client-state", MFD_CLOEXEC));
+    const std::string text = describe(c);
+    if (::ftruncate(c.state.get(), 0) != 0 || ::pwrite(c.state.get(), text.data(), text.size(), 0) < 0)
+        spdlog::warn("client {}: cannot write its state for a restart", c.serial);
+    store(c, p + "state", c.state.get());
+    store(c, p + "sock", c.sock.get());
+    store(c, p + "uffd0", c.uffds[0].fd.get());
+    store(c, p + "uffd1", c.uffds[1].fd.get());
+    c.regions.for_each([&](const Region& r) {
+        const std::string rp = p + "r" + std::to_string(r.id) + ".";
+        store(c, rp + "file", r.file ? r.file->get() : -1);
+        store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);
+    });
+}
+
+void forget(const Client& c)
+{
+    if (!g_enabled) return;
+    for (const std::string& name : c.stored) remove(name);
+}
+
+void forget_region(Client& c, std::uint64_t region_id)
+{
+    if (!g_enabled) return;
+    const std::string rp = prefix(c.serial) + "r" + std::to_string(region_id) + ".";
+    for (auto it = c.stored.begin(); it != c.stored.end();) {
+        if (it->rfind(rp, 0) == 0) {
+            remove(*it);
+            it = c.stored.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
+std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
+{
+    std::vector<std::unique_ptr<Client>> out;
+    auto take = [&](const std::string& name) {
+        auto it = passed.find(name);
+        if (it == passed.end()) return util::UniqueFd{};
+        util::UniqueFd fd = std::move(it->second);
+        passed.erase(it);
+        return fd;
+    };
+    std::vector<std::string> states;
+    for (const auto& [name, fd] : passed)
+        if (name.size() > 6 && name.compare(name.size() - 6, 6, ".state") == 0) states.push_back(name);
+    for (const std::string& state_name : states) {
+        const std::string p = state_name.substr(0, state_name.size() - 5);  // "c12."
+        auto c = std::make_unique<Client>();
+        c->state = take(state_name);
+        struct stat st{};
+        ::fstat(c->state.get(), &st);
+        std::string text(static_cast<std::size_t>(st.st_size), '\0');
+        if (::pread(c->state.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) continue;
+        std::istringstream in(text);
+        std::string word, name_hex;
+        in >> word >> word;  // header
+        in >> word >> c->serial >> c->peer.pid >> c->peer.uid >> c->peer.gid >> name_hex >> c->hello_done >>
+            c->uffd_flags >> c->uffds[0].features >> c->uffds[1].features >> c->next_region_id;
+        if (!in || word != "client") {
+            spdlog::warn("descriptor store: unreadable state {}; dropping that client", state_name);
+            continue;
+        }
+        c->name = unhex(name_hex);
+        c->sock = take(p + "sock");
+        c->uffds[0].fd = take(p + "uffd0");
+        c->uffds[1].fd = take(p + "uffd1");
+        std::map<std::uint64_t, std::shared_ptr<util::UniqueFd>> files;
+        std::map<std::uint64_t, std::shared_ptr<SharedMemory>> mems;
+        bool ok = c->sock && c->uffds[0].fd;
+        while (ok && in >> word && word == "region") {
+            Region r;
+            unsigned access, tracking;
+            std::uint64_t file_base, mem_length, mapped;
+            in >> r.id >> r.start >> r.length >> r.file_offset >> access >> tracking >> r.uffd_slot >> r.mem_offset >>
+                file_base >> mem_length >> mapped;
+            r.access = static_cast<proto::Access>(access);
+            r.tracking = static_cast<proto::Tracking>(tracking);
+            const std::string rp = p + "r" + std::to_string(r.id) + ".";
+            if (!files.count(r.id)) files[r.id] = std::make_shared<util::UniqueFd>(take(rp + "file"));
+            r.file = files[r.id];
+            if (r.shared() && !mems.count(r.id)) {
+                auto mem = std::make_shared<SharedMemory>();
+                mem->memfd = take(rp + "mem");
+                mem->file = r.file;
+                mem->file_base = file_base;
+                mem->length = mem_length;
+                mem->mapped = mapped;
+                void* base = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, mem->memfd.get(), 0);
+                if (base == MAP_FAILED) {
+                    ok = false;
+                    break;
+                }
+                mem->base = static_cast<std::uint8_t*>(base);
+                mem->bitmap = util::DirtyBitmap(mem->base + mem_length, mem_length / page);
+                mems[r.id] = mem;
+            }
+            if (r.shared()) r.mem = mems[r.id];
+            if (!*r.file) ok = false;
+            c->regions.insert(std::move(r));
+        }
+        if (!ok) {
+            spdlog::warn("descriptor store: client {} is incomplete; dropping it", c->serial);
+            continue;
+        }
+        for (const auto& [n, fd] : passed)
+            if (n.rfind(p, 0) == 0) c->stored.insert(n);
+        c->stored.insert(state_name);
+        c->stored.insert(p + "sock");
+        c->stored.insert(p + "uffd0");
+        if (c->uffds[1].fd) c->stored.insert(p + "uffd1");
+        c->regions.for_each([&](const Region& r) {
+            c->stored.insert(p + "r" + std::to_string(r.id) + ".file");
+            if (r.mem) c->stored.insert(p + "r" + std::to_string(r.id) + ".mem");
+        });
+        spdlog::info("client {} (pid {}) taken back from the descriptor store with {} region(s)", c->serial,
+                     c->peer.pid, c->regions.count());
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+}  // namespace pagerd::daemon::fdstore

@@ -1,0 +1,225 @@
+// Restart without losing a fault: the test plays systemd's part through the documented
+// protocols (NOTIFY_SOCKET with FDSTORE=1 / FDSTOREREMOVE=1, then LISTEN_FDS /
+// LISTEN_FDNAMES / LISTEN_PID for the next daemon).
+#include <catch2/catch.hpp>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <thread>
+
+#include "harness.hpp"
+#include "pagerd/util/unique_fd.hpp"
+
+using namespace pagerd;
+using namespace pagerd::test;
+using namespace std::chrono_literals;
+using libclient::Access;
+using libclient::Tracking;
+
+namespace {
+
+// systemd's end of NOTIFY_SOCKET, with its descriptor store.
+class ServiceManager {
+public:
+    explicit ServiceManager(const std::string& path) : m_path(path)
+    {
+        m_fd.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strcpy(a.sun_path, path.c_str());
+        REQUIRE(::bind(m_fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    }
+    const std::string& path() const { return m_path; }
+    // Takes every pending message; true when one contained `what`.
+    bool pump(const std::string& what = "", std::chrono::milliseconds timeout = 0ms)
+    {
+        bool seen = false;
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+            pollfd p{m_fd.get(), POLLIN, 0};
+            if (::poll(&p, 1, seen || left.count() <= 0 ? 0 : static_cast<int>(left.count())) != 1) return seen;
+            char buf[4096];
+            iovec iov{buf, sizeof buf};
+            alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+            msghdr mh{};
+            mh.msg_iov = &iov;
+            mh.msg_iovlen = 1;
+            mh.msg_control = control;
+            mh.msg_controllen = sizeof control;
+            const ssize_t n = ::recvmsg(m_fd.get(), &mh, MSG_CMSG_CLOEXEC);
+            if (n <= 0) return seen;
+            std::vector<int> fds;
+            for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+                    for (std::size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); ++i) {
+                        int fd;
+                        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                        fds.push_back(fd);
+                    }
+            const std::string msg(buf, static_cast<std::size_t>(n));
+            const auto name_at = msg.find("FDNAME=");
+            const std::string name = name_at == std::string::npos ? "" : msg.substr(name_at + 7, msg.find('\n', name_at) - name_at - 7);
+            if (msg.find("FDSTORE=1") != std::string::npos && !fds.empty()) {
+                m_store[name] = util::UniqueFd(fds[0]);
+                for (std::size_t i = 1; i < fds.size(); ++i) ::close(fds[i]);
+            } else {
+                for (int fd : fds) ::close(fd);
+                if (msg.find("FDSTOREREMOVE=1") != std::string::npos) m_store.erase(name);
+            }
+            if (!what.empty() && msg.find(what) != std::string::npos) seen = true;
+        }
+    }
+    std::size_t stored() const { return m_store.size(); }
+    std::size_t stored_with_prefix(const std::string& p) const
+    {
+        std::size_t n = 0;
+        for (const auto& [name, fd] : m_store) n += name.rfind(p, 0) == 0;
+        return n;
+    }
+    // Starts pagerd with the stored descriptors, as systemd starts a service.
+    pid_t start(const std::vector<std::string>& args, const std::string& log)
+    {
+        std::vector<std::pair<std::string, int>> fds;
+        for (const auto& [name, fd] : m_store) fds.emplace_back(name, fd.get());
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            const int logfd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+            ::dup2(logfd, 1);
+            ::dup2(logfd, 2);
+            // dup everything high first, then into place at 3, 4, ...
+            std::vector<int> high;
+            for (const auto& [name, fd] : fds) high.push_back(::fcntl(fd, F_DUPFD, 1000));
+            std::string names;
+            for (std::size_t i = 0; i < high.size(); ++i) {
+                ::dup2(high[i], 3 + static_cast<int>(i));
+                names += (i ? ":" : "") + fds[i].first;
+            }
+            ::setenv("NOTIFY_SOCKET", m_path.c_str(), 1);
+            if (!fds.empty()) {
+                ::setenv("LISTEN_FDS", std::to_string(fds.size()).c_str(), 1);
+                ::setenv("LISTEN_FDNAMES", names.c_str(), 1);
+                ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+            }
+            std::vector<char*> argv{const_cast<char*>(PAGERD_BINARY)};
+            for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+            argv.push_back(nullptr);
+            ::execv(argv[0], argv.data());
+            _exit(127);
+        }
+        return pid;
+    }
+
+private:
+    std::string m_path;
+    util::UniqueFd m_fd;
+    std::map<std::string, util::UniqueFd> m_store;
+};
+
+std::string slurp(const std::string& path)
+{
+    std::ifstream in(path);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// A client process that keeps faulting through a restart and writes to a Shared region.
+// Reports progress through `progress` (one byte per stage) and exits 0 when every byte it
+// read was right and its writes are in the file.
+int restart_client(const std::string& sock, const std::string& data, const std::string& shared, int progress)
+{
+    auto c = libclient::Connection::connect({sock, "survivor"});
+    if (!c) return 3;
+    const std::uint64_t size = 128ull << 20;
+    auto r = c.value()->map_file(data, {0, size, Access::ReadOnly});
+    auto w = c.value()->map_file(shared, {0, 1 << 20, Access::Shared, Tracking::UffdWp});
+    if (!r || !w) return 4;
+    auto* wp = static_cast<std::uint8_t*>(w->addr);
+    std::memset(wp, 0x5A, 8192);  // dirty before the restart
+    (void)!::write(progress, "a", 1);
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    bool told = false;
+    for (std::uint64_t off = 0; off < size; off += 4096) {
+        if (p[off + 5] != pattern_byte(off + 5, 401)) return 5;
+        if (!told && off > (16ull << 20)) {
+            (void)!::write(progress, "b", 1);  // the parent restarts the daemon now
+            told = true;
+        }
+    }
+    std::memset(wp + 65536, 0xA5, 4096);  // written after the restart
+    auto f = c.value()->flush(w.value());
+    if (!f) return 6;
+    return 0;
+}
+
+}  // namespace
+
+TEST_CASE("the daemon dies or stops while a client faults and the next daemon serves it on", "[fdstore][restart]")
+{
+    const std::string how = GENERATE(std::string("SIGKILL"), std::string("SIGTERM"));
+    INFO("the daemon stops by " << how);
+    TempDir dir;
+    make_file(dir.file("data"), 128ull << 20, 401);
+    make_file(dir.file("shared"), 1 << 20, 402);
+    auto expect_shared = read_file(dir.file("shared"));
+    std::memset(expect_shared.data(), 0x5A, 8192);
+    std::memset(expect_shared.data() + 65536, 0xA5, 4096);
+    const std::string sock = dir.file("pagerd.sock");
+    ServiceManager sm(dir.file("notify"));
+    pid_t daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+    REQUIRE(sm.pump("READY=1", 10s));
+
+    int progress[2];
+    REQUIRE(::pipe(progress) == 0);
+    const pid_t client = ::fork();
+    REQUIRE(client >= 0);
+    if (client == 0) {
+        reset_fatal_signals();
+        _exit(restart_client(sock, dir.file("data"), dir.file("shared"), progress[1]));
+    }
+    char stage;
+    REQUIRE(::read(progress[0], &stage, 1) == 1);
+    REQUIRE(::read(progress[0], &stage, 1) == 1);  // in the middle of faulting
+    ::kill(daemon, how == "SIGKILL" ? SIGKILL : SIGTERM);
+    int st;
+    ::waitpid(daemon, &st, 0);
+    sm.pump("", 200ms);
+    INFO(slurp(dir.file("log")));
+    CHECK(sm.stored_with_prefix("c") >= 6);  // state, socket, uffd, files and memfd of the client
+    std::this_thread::sleep_for(300ms);      // faults pile up while no daemon runs
+
+    daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+    REQUIRE(sm.pump("READY=1", 10s));
+    int cst = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (::waitpid(client, &cst, WNOHANG) == 0) {
+        sm.pump();
+        if (std::chrono::steady_clock::now() > deadline) {
+            ::kill(client, SIGKILL);
+            ::waitpid(client, &cst, 0);
+            FAIL("the client did not finish after the restart");
+        }
+        std::this_thread::sleep_for(10ms);
+    }
+    INFO(slurp(dir.file("log")));
+    CHECK(exited_with(cst, 0));
+    CHECK(read_file(dir.file("shared")) == expect_shared);
+    CHECK_THAT(slurp(dir.file("log")), Catch::Contains("taken back from the descriptor store"));
+    // The client is gone: its descriptors leave the store.
+    sm.pump("", 500ms);
+    CHECK(sm.stored_with_prefix("c") == 0);
+    ::kill(daemon, SIGTERM);
+    ::waitpid(daemon, &st, 0);
+    CHECK(exited_with(st, 0));
+    ::close(progress[0]);
+    ::close(progress[1]);
+}
