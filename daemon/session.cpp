@@ -130,7 +130,7 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg,
     if (auto* m = std::get_if<Unmap>(&msg.body)) return on_unmap(c, *m);
     if (auto* m = std::get_if<Flush>(&msg.body)) return on_flush(c, *m);
     if (std::holds_alternative<StatusRequest>(msg.body)) return on_status(c);
-    if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(*m);
+    if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(c, *m);
     if (auto* m = std::get_if<Ping>(&msg.body)) return Pong{m->nonce};
     reject(ErrorCode::UNKNOWN_TYPE,
            std::string(type_name(type_of(msg.body))) + " is sent by the daemon, not to it");
@@ -348,10 +348,12 @@ proto::Body Worker::on_flush(Client& c, const proto::Flush& m)
     return total;
 }
 
-proto::Body Worker::on_regions(const proto::RegionsRequest& m)
+// Every client's regions for root and the daemon's own user; others see their own uid's.
+proto::Body Worker::on_regions(Client& c, const proto::RegionsRequest& m)
 {
+    const bool admin = c.peer.uid == 0 || c.peer.uid == ::geteuid();
     std::vector<proto::RegionEntry> all;
-    for (Worker* w : m_ctx.workers) w->list_regions(all);
+    for (Worker* w : m_ctx.workers) w->list_regions(all, admin ? -1 : static_cast<long>(c.peer.uid));
     proto::RegionsReply reply;
     reply.total = static_cast<std::uint32_t>(all.size());
     reply.first = m.first;

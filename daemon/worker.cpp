@@ -298,10 +298,11 @@ void Worker::release(Client& c)
     // doomed closes the socket, the userfaultfds, the store files and the memfds here
 }
 
-void Worker::list_regions(std::vector<proto::RegionEntry>& out)
+void Worker::list_regions(std::vector<proto::RegionEntry>& out, long only_uid)
 {
     std::lock_guard lock(m_table_mutex);
     for (const auto& [serial, c] : m_clients) {
+        if (only_uid >= 0 && static_cast<long>(c->peer.uid) != only_uid) continue;
         c->regions.for_each([&](const Region& r) {
             proto::RegionEntry e;
             e.client = serial;

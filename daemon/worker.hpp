@@ -138,8 +138,9 @@ public:
     void adopt(util::UniqueFd sock, const ucred& peer);
     void adopt(std::unique_ptr<Client> restored);  // from the descriptor store
     const WorkerStats& stats() const { return m_stats; }
-    // Thread-safe: appends an entry for every region of this worker's clients.
-    void list_regions(std::vector<proto::RegionEntry>& out);
+    // Thread-safe: appends an entry for every region of this worker's clients (of the
+    // clients of `only_uid`, unless it is -1).
+    void list_regions(std::vector<proto::RegionEntry>& out, long only_uid = -1);
     std::uint32_t client_count() const { return m_stats.clients.load(std::memory_order_relaxed); }
     // When the worker's loop last turned (it turns at least every 200 ms): the watchdog
     // pings only while every worker keeps turning.
@@ -183,7 +184,7 @@ private:
     proto::Body on_status(Client& c);
     proto::Body on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd);
     proto::Body on_flush(Client& c, const proto::Flush& m);
-    proto::Body on_regions(const proto::RegionsRequest& m);
+    proto::Body on_regions(Client& c, const proto::RegionsRequest& m);
     void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
                          int file_fd);
     void add_region(Client& c, Region r);

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -248,4 +249,34 @@ TEST_CASE("a Shared region needs its file open for writing and private regions n
     CHECK(f->pages == 0);
     REQUIRE(conn->unmap(priv.value()).ok());
     CHECK(read_file(dir.file("data")) == model);
+}
+
+TEST_CASE("only root and the daemon's user list every client's regions", "[shared][access]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), 65536, 108);
+    ::chmod(dir.path().c_str(), 0755);
+    ::chmod(dir.file("data").c_str(), 0644);
+    Daemon daemon;
+    const std::string sock_dir = daemon.socket().substr(0, daemon.socket().rfind('/'));
+    ::chmod(sock_dir.c_str(), 0755);  // let another user reach the socket
+    auto root = daemon.connect();
+    auto mine = root->map_file(dir.file("data"), {0, 65536, Access::ReadOnly});
+    REQUIRE(mine.ok());
+    // Another user (nobody) sees only its own regions: none of root's.
+    const int st = run_child([&] {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) return 3;
+        auto c = libclient::Connection::connect({daemon.socket(), "nobody"});
+        if (!c) return 4;
+        auto r = c.value()->map_file(dir.file("data"), {0, 65536, Access::ReadOnly});
+        if (!r) return 5;
+        auto list = c.value()->regions();
+        if (!list || list->size() != 1) return 6;
+        return (*list)[0].pid == static_cast<std::uint32_t>(::getpid()) ? 0 : 7;
+    });
+    INFO("child status " << st);
+    CHECK(exited_with(st, 0));
+    auto all = root->regions();
+    REQUIRE(all.ok());
+    CHECK(all->size() == 1);  // the child's region went with the child
 }
