@@ -97,7 +97,6 @@ void Worker::on_socket_readable(Client& c)
                           proto::type_name(proto::type_of(msg->body)),
                           proto::error_code_name(err->code), err->text);
         send_reply(c, msg->request_id, std::move(reply));
-        fdstore::save(c);
         if (disconnect) close_client(c, "session ended by the daemon");
     }
     // Budget used up with messages possibly left: the re-armed poll fires again at once.
@@ -152,6 +151,7 @@ proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
     }
     c.hello_done = true;
     c.name = m.name;
+    fdstore::save(c);
     spdlog::debug("client {}: HELLO from '{}'", c.serial, c.name);
     return proto::Welcome{k_daemon_caps, m_ctx.page_size, m_ctx.limits.max_regions_per_client.load(),
                           m_ctx.limits.max_mapped_bytes_per_client.load(), version_string()};
@@ -186,6 +186,7 @@ proto::Body Worker::on_register(Client& c, const proto::RegisterUffd& m, util::U
             m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
     }
     arm_poll(c, u.op, u.fd.get());
+    fdstore::save(c);
     spdlog::info("client {}: {}userfaultfd registered (features {}, {})", c.serial, slot ? "async " : "",
                  hex(m.features), (m.flags & proto::k_uffd_user_mode_only) ? "user-mode only" : "full mode");
     return proto::Ok{};
