@@ -18,8 +18,11 @@ if(PAGERD_TSAN)
   endif()
   list(APPEND _san thread)
 endif()
+set(PAGERD_SANITIZE_FLAGS "")
 if(_san)
   list(JOIN _san "," _san_list)
+  # Programs built outside CMake against our libraries (the install tests) need them too.
+  set(PAGERD_SANITIZE_FLAGS "-fsanitize=${_san_list}")
   target_compile_options(pagerd_options INTERFACE -fsanitize=${_san_list} -fno-omit-frame-pointer
     -fno-sanitize-recover=all)
   target_link_options(pagerd_options INTERFACE -fsanitize=${_san_list})

@@ -66,7 +66,8 @@ pkg-config)
   [ "$(realpath "$inc")" = "$(realpath "$incdir")" ] || fail "includedir $inc is not $incdir"
   [ "$(realpath "$lib")" = "$(realpath "$libdir")" ] || fail "libdir $lib is not $libdir"
   # shellcheck disable=SC2086
-  "$CC" -std=c11 -Wall -Wextra -Werror "$PAGERD_TEST_SOURCE_DIR/client_connect.c" $flags \
+  # (a sanitizer build's library needs the sanitizer runtime in the program too)
+  "$CC" -std=c11 -Wall -Wextra -Werror ${PAGERD_SANITIZE_FLAGS:-} "$PAGERD_TEST_SOURCE_DIR/client_connect.c" $flags \
     -o "$work/client_connect"
   # The installed headers stand alone: C for the C headers, C++20 for client.hpp.
   hdrs=(pagerd/client.h)
@@ -94,7 +95,7 @@ pkg-config-static)
   flags=${flags/-lpagerd-client/-l:libpagerd-client.a}
   echo "flags: $flags"
   # shellcheck disable=SC2086
-  "$CC" -std=c11 -Wall -Wextra -Werror "$PAGERD_TEST_SOURCE_DIR/client_connect.c" $flags \
+  "$CC" -std=c11 -Wall -Wextra -Werror ${PAGERD_SANITIZE_FLAGS:-} "$PAGERD_TEST_SOURCE_DIR/client_connect.c" $flags \
     -o "$work/client_connect" || fail "cannot link against libpagerd-client.a alone"
   if ldd "$work/client_connect" | grep -q libpagerd-client; then fail "linked the shared library"; fi
   out=$("$work/client_connect" "$work/nobody-listens.sock") || fail "client_connect: $out"
