@@ -83,7 +83,8 @@ pkg-config)
   out=$(LD_LIBRARY_PATH=$libdir "$work/client_connect" "$work/nobody-listens.sock") \
     || fail "client_connect: $out"
   echo "$out"
-  LD_LIBRARY_PATH=$libdir ldd "$work/client_connect" | grep -q "$libdir/libpagerd-client.so" \
+  # grep > /dev/null, not grep -q: with pipefail, ldd killed by SIGPIPE would fail the check
+  LD_LIBRARY_PATH=$libdir ldd "$work/client_connect" | grep "$libdir/libpagerd-client.so" > /dev/null \
     || fail "client_connect did not load the staged libpagerd-client.so"
   ;;
 
@@ -97,7 +98,7 @@ pkg-config-static)
   # shellcheck disable=SC2086
   "$CC" -std=c11 -Wall -Wextra -Werror ${PAGERD_SANITIZE_FLAGS:-} "$PAGERD_TEST_SOURCE_DIR/client_connect.c" $flags \
     -o "$work/client_connect" || fail "cannot link against libpagerd-client.a alone"
-  if ldd "$work/client_connect" | grep -q libpagerd-client; then fail "linked the shared library"; fi
+  if ldd "$work/client_connect" | grep libpagerd-client > /dev/null; then fail "linked the shared library"; fi
   out=$("$work/client_connect" "$work/nobody-listens.sock") || fail "client_connect: $out"
   echo "$out"
   ;;
