@@ -244,11 +244,14 @@ if [ -n "$why" ]; then
   log "making the Debian 12 tree in $cache/root ($why): debootstrap, about a minute"
   safe_rm "$cache/root.new" && safe_rm "$cache/root" && rm -f "$cache/key" \
     || fail "cannot clear $cache"
+  # An empty PAGERD_NSPAWN_MIRROR leaves the choice to debootstrap (its default mirror).
+  mirror=()
+  [ -n "${PAGERD_NSPAWN_MIRROR:-}" ] && mirror=("$PAGERD_NSPAWN_MIRROR")
   if ! timeout -k 10 300 "$DEBOOTSTRAP" --variant=minbase --include="$includes" bookworm \
-         "$cache/root.new" "$PAGERD_NSPAWN_MIRROR" > "$work/debootstrap.log" 2>&1; then
+         "$cache/root.new" "${mirror[@]}" > "$work/debootstrap.log" 2>&1; then
     tail -n 30 "$work/debootstrap.log"
     safe_rm "$cache/root.new"
-    fail "debootstrap of bookworm from $PAGERD_NSPAWN_MIRROR failed (log: $work/debootstrap.log)"
+    fail "debootstrap of bookworm failed (log: $work/debootstrap.log)"
   fi
   mv "$cache/root.new" "$cache/root"
   echo "$key" > "$cache/key"
