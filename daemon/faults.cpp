@@ -103,6 +103,7 @@ void Worker::drain_events(Client& c)
 
 void Worker::handle_fault(Client& c, Fault f)
 {
+    if (m_stopping) return;  // left waiting: see stop_client_when_idle
     const Region* r = c.regions.find(f.page);
     if (!r || r->uffd_slot != f.slot) {
         signal_unservable(c, f.slot, f.page);
@@ -303,6 +304,7 @@ void Worker::finish_load(Load* l)
     deferred.swap(c.deferred);
     for (const Fault& f : deferred)
         if (!c.closing) handle_fault(c, f);
+    if (m_stopping) stop_client_when_idle(c);
     release(c);
     run_waiting();
 }

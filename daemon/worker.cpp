@@ -140,12 +140,10 @@ void Worker::handle_completion(Op* op, int res)
         if (m_stop.load() && !m_stopping) {
             m_stopping = true;
             const bool detach = m_detach.load();
+            (void)detach;
             for (auto it = m_clients.begin(); it != m_clients.end();) {
-                Client& c = *(it++)->second;  // close_client may erase c
-                if (detach)
-                    detach_client(c);
-                else
-                    close_client(c, "daemon stopping");
+                Client& c = *(it++)->second;  // closing may erase c
+                stop_client_when_idle(c);
             }
         }
         if (!m_stopping) {
@@ -223,6 +221,17 @@ void Worker::take_inbox()
             ref.regions.for_each([&](const Region& r) { util::uffd_wake(ref.uffds[r.uffd_slot].fd.get(), r.start, r.length); });
         }
     }
+}
+
+// Faults in flight finish first: the threads waiting on them get their data. Faults that
+// come after the stop are left waiting (for the next daemon, or for the library's SIGBUS).
+void Worker::stop_client_when_idle(Client& c)
+{
+    if (c.closing || !c.inflight.empty()) return;  // finish_load calls again
+    if (m_detach.load())
+        detach_client(c);
+    else
+        close_client(c, "daemon stopping");
 }
 
 // The daemon restarts: write back what is dirty, keep the client's state and descriptors

@@ -171,6 +171,8 @@ private:
         return result;
     }
     void detach_client(Client& c);
+    // Stopping: closes (or detaches) c once the loads it has in flight went in.
+    void stop_client_when_idle(Client& c);
 
     // session.cpp: control messages
     void on_socket_readable(Client& c);
