@@ -150,13 +150,7 @@ void Daemon::kill_hard()
     m_pid = -1;
 }
 
-std::string Daemon::log() const
-{
-    std::ifstream in(m_dir.file("pagerd.log"));
-    std::stringstream s;
-    s << in.rdbuf();
-    return s.str();
-}
+std::string Daemon::log() const { return slurp(m_dir.file("pagerd.log")); }
 
 std::unique_ptr<libclient::Connection> Daemon::connect(const std::string& name) const
 {
@@ -290,15 +284,28 @@ CommandResult run_command(const std::vector<std::string>& argv, const std::vecto
     }
     CommandResult r;
     r.status = wait_with_timeout(pid, timeout);
-    auto slurp = [](const std::string& p) {
-        std::ifstream in(p, std::ios::binary);
-        std::stringstream s;
-        s << in.rdbuf();
-        return s.str();
-    };
     r.out = slurp(out);
     r.err = slurp(err);
     return r;
+}
+
+std::string slurp(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+std::unique_ptr<libclient::Connection> connect_within(const std::string& socket, std::chrono::milliseconds timeout)
+{
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+        auto c = libclient::Connection::connect({socket});
+        if (c) return std::move(c.value());
+        if (std::chrono::steady_clock::now() > deadline) return nullptr;
+        std::this_thread::sleep_for(10ms);
+    }
 }
 
 void reset_fatal_signals()

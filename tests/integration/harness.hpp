@@ -83,6 +83,13 @@ CommandResult run_command(const std::vector<std::string>& argv,
 // that the child dies by the signal itself as it would outside the test runner.
 void reset_fatal_signals();
 
+// A file's whole contents ("" if it cannot be read).
+std::string slurp(const std::string& path);
+
+// Connects to the daemon at `socket`, retrying until it answers or the timeout passes.
+std::unique_ptr<libclient::Connection> connect_within(const std::string& socket,
+                                                      std::chrono::milliseconds timeout = std::chrono::seconds(5));
+
 bool exited_with(int status, int code);
 bool killed_by(int status, int signo);
 

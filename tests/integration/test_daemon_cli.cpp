@@ -50,12 +50,7 @@ TEST_CASE("pagerd reads the same options from --config", "[cli][config]")
         ::execl(PAGERD_BINARY, PAGERD_BINARY, "--config", dir.file("pagerd.toml").c_str(), nullptr);
         _exit(127);
     }
-    std::unique_ptr<pagerd::libclient::Connection> conn;
-    for (int i = 0; i < 500 && !conn; ++i) {
-        auto c = pagerd::libclient::Connection::connect({sock});
-        if (c) conn = std::move(c.value());
-        else ::usleep(10000);
-    }
+    auto conn = connect_within(sock);
     REQUIRE(conn);
     auto s = conn->status();
     REQUIRE(s.ok());
@@ -116,11 +111,7 @@ TEST_CASE("pagerd takes the socket from $PAGERD_SOCKET when --socket is absent",
         ::execl(PAGERD_BINARY, PAGERD_BINARY, nullptr);
         _exit(127);
     }
-    bool connected = false;
-    for (int i = 0; i < 500 && !connected; ++i) {
-        connected = pagerd::libclient::Connection::connect({sock}).ok();
-        if (!connected) ::usleep(10000);
-    }
+    const bool connected = connect_within(sock) != nullptr;
     CHECK(connected);
     ::kill(pid, SIGTERM);
     int st;
@@ -139,11 +130,7 @@ TEST_CASE("stale socket of a killed daemon is replaced by the next one", "[cli][
             ::execl(PAGERD_BINARY, PAGERD_BINARY, "--socket", sock.c_str(), nullptr);
             _exit(127);
         }
-        bool connected = false;
-        for (int i = 0; i < 500 && !connected; ++i) {
-            connected = pagerd::libclient::Connection::connect({sock}).ok();
-            if (!connected) ::usleep(10000);
-        }
+        const bool connected = connect_within(sock) != nullptr;
         CHECK(connected);
         ::kill(pid, SIGKILL);  // leaves the socket file behind
         ::waitpid(pid, nullptr, 0);

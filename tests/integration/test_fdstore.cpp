@@ -126,12 +126,6 @@ private:
     std::map<std::string, util::UniqueFd> m_store;
 };
 
-std::string slurp(const std::string& path)
-{
-    std::ifstream in(path);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 // A client process that keeps faulting through a restart and writes to a Shared region.
 // Reports progress through `progress` (one byte per stage) and exits 0 when every byte it
 // read was right and its writes are in the file.

@@ -90,12 +90,6 @@ pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>
     return pid;
 }
 
-std::string slurp(const std::string& path)
-{
-    std::ifstream in(path);
-    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
 pid_t thread_named(pid_t pid, const std::string& name)
 {
     const std::string dir = "/proc/" + std::to_string(pid) + "/task";
