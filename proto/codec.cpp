@@ -75,6 +75,10 @@ private:
     std::string m_error;
 };
 
+// A u32 on the wire, one byte in Prefetch: like Tracking, a value above 255 must not alias
+// a valid one; 0xff is no policy, so the session rejects it.
+Prefetch prefetch_of(std::uint32_t v) { return static_cast<Prefetch>(v <= 0xff ? v : 0xff); }
+
 void put(Writer& w, const Hello& m)
 {
     w.u64(m.required_caps);
@@ -100,7 +104,7 @@ void put(Writer& w, const Map& m)
     w.u64(m.length);
     w.u64(m.file_offset);
     w.u32(m.flags);
-    w.u32(0);
+    w.u32(static_cast<std::uint32_t>(m.prefetch));
 }
 void put(Writer& w, const Mapped& m) { w.u64(m.region_id); }
 void put(Writer& w, const Unmap& m) { w.u64(m.region_id); }
@@ -123,6 +127,8 @@ void put(Writer& w, const StatusReply& m)
     w.u32(m.user_mode_only_clients);
     w.u32(m.requester_flags);
     w.u64(m.requester_regions);
+    w.u64(m.pages_prefetched);
+    for (const auto n : m.latency_histogram) w.u64(n);
     w.str(m.version, k_max_text);
 }
 void put(Writer& w, const Ping& m) { w.u64(m.nonce); }
@@ -158,7 +164,7 @@ void get(Reader& r, Map& m)
     m.length = r.u64();
     m.file_offset = r.u64();
     m.flags = r.u32();
-    (void)r.u32();  // reserved
+    m.prefetch = prefetch_of(r.u32());
 }
 void get(Reader& r, Mapped& m) { m.region_id = r.u64(); }
 void get(Reader& r, Unmap& m) { m.region_id = r.u64(); }
@@ -181,6 +187,8 @@ void get(Reader& r, StatusReply& m)
     m.user_mode_only_clients = r.u32();
     m.requester_flags = r.u32();
     m.requester_regions = r.u64();
+    m.pages_prefetched = r.u64();
+    for (auto& n : m.latency_histogram) n = r.u64();
     m.version = r.str(k_max_text);
 }
 void get(Reader& r, Ping& m) { m.nonce = r.u64(); }
@@ -197,7 +205,7 @@ void put(Writer& w, const MapShared& m)
     w.u64(m.length);
     w.u64(m.file_offset);
     w.u32(static_cast<std::uint32_t>(m.tracking));
-    w.u32(0);
+    w.u32(static_cast<std::uint32_t>(m.prefetch));
 }
 void put(Writer& w, const Flush& m) { w.u64(m.region_id); }
 void put(Writer& w, const Flushed& m)
@@ -217,10 +225,15 @@ void put(Writer& w, const RegionsReply& m)
         w.u64(e.client);
         w.u32(e.pid);
         w.u16(static_cast<std::uint16_t>(static_cast<unsigned>(e.access) | static_cast<unsigned>(e.tracking) << 8));
-        w.u16(0);
+        w.u16(static_cast<std::uint16_t>(e.prefetch));
         w.u64(e.region_id);
         w.u64(e.length);
         w.u64(e.dirty_pages);
+        w.u64(e.faults);
+        w.u64(e.latency_p50_ns);
+        w.u64(e.latency_p99_ns);
+        w.u64(e.prefetch_pending);
+        for (const auto b : e.latency_histogram) w.u32(b);
     }
 }
 
@@ -233,9 +246,23 @@ void get(Reader& r, MapShared& m)
     // one (0x101 would become UFFD_WP); 0xff is no Tracking, so the session rejects it.
     const std::uint32_t tracking = r.u32();
     m.tracking = static_cast<Tracking>(tracking <= 0xff ? tracking : 0xff);
-    (void)r.u32();  // reserved
+    m.prefetch = prefetch_of(r.u32());
 }
 void get(Reader& r, Flush& m) { m.region_id = r.u64(); }
+void put(Writer& w, const PrefetchRequest& m)
+{
+    w.u64(m.addr);
+    w.u64(m.length);
+    w.u32(m.flags);
+    w.u32(0);
+}
+void get(Reader& r, PrefetchRequest& m)
+{
+    m.addr = r.u64();
+    m.length = r.u64();
+    m.flags = r.u32();
+    (void)r.u32();  // reserved
+}
 void get(Reader& r, Flushed& m)
 {
     m.pages = r.u64();
@@ -259,10 +286,15 @@ void get(Reader& r, RegionsReply& m)
         const auto kinds = r.u16();
         e.access = static_cast<Access>(kinds & 0xff);
         e.tracking = static_cast<Tracking>(kinds >> 8);
-        (void)r.u16();
+        e.prefetch = static_cast<Prefetch>(r.u16() & 0xff);
         e.region_id = r.u64();
         e.length = r.u64();
         e.dirty_pages = r.u64();
+        e.faults = r.u64();
+        e.latency_p50_ns = r.u64();
+        e.latency_p99_ns = r.u64();
+        e.prefetch_pending = r.u64();
+        for (auto& b : e.latency_histogram) b = r.u32();
         m.entries.push_back(e);
     }
 }
@@ -293,6 +325,7 @@ Body empty_body(Type t)
     case Type::FLUSHED: return Flushed{};
     case Type::REGIONS: return RegionsRequest{};
     case Type::REGIONS_REPLY: return RegionsReply{};
+    case Type::PREFETCH: return PrefetchRequest{};
     }
     return Ok{};
 }
@@ -331,6 +364,7 @@ Type type_of(const Body& body)
             else if constexpr (std::is_same_v<T, Flushed>) return Type::FLUSHED;
             else if constexpr (std::is_same_v<T, RegionsRequest>) return Type::REGIONS;
             else if constexpr (std::is_same_v<T, RegionsReply>) return Type::REGIONS_REPLY;
+            else if constexpr (std::is_same_v<T, PrefetchRequest>) return Type::PREFETCH;
             else return Type::ERROR;
         },
         body);

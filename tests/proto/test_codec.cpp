@@ -1,6 +1,7 @@
 // proto/codec.cpp: round trips, and every way a datagram can be wrong.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <cstdint>
 #include <iterator>
 #include <set>
@@ -26,7 +27,7 @@ auto fields(const Welcome& m)
     return std::tie(m.caps, m.page_size, m.max_regions, m.max_mapped_bytes, m.version);
 }
 auto fields(const RegisterUffd& m) { return std::tie(m.features, m.flags); }
-auto fields(const Map& m) { return std::tie(m.addr, m.length, m.file_offset, m.flags); }
+auto fields(const Map& m) { return std::tie(m.addr, m.length, m.file_offset, m.flags, m.prefetch); }
 auto fields(const Mapped& m) { return std::tie(m.region_id); }
 auto fields(const Unmap& m) { return std::tie(m.region_id); }
 auto fields(const Ok&) { return std::tie(); }
@@ -36,19 +37,25 @@ auto fields(const StatusReply& m)
     return std::tie(m.uptime_ms, m.workers, m.clients, m.regions, m.mapped_bytes, m.faults,
                     m.pages_installed, m.bytes_read, m.sigbus_faults, m.latency_p50_ns,
                     m.latency_p99_ns, m.latency_max_ns, m.user_mode_only_clients,
-                    m.requester_flags, m.requester_regions, m.version);
+                    m.requester_flags, m.requester_regions, m.pages_prefetched,
+                    m.latency_histogram, m.version);
 }
 auto fields(const Ping& m) { return std::tie(m.nonce); }
 auto fields(const Pong& m) { return std::tie(m.nonce); }
 auto fields(const ErrorReply& m) { return std::tie(m.code, m.text); }
-auto fields(const MapShared& m) { return std::tie(m.addr, m.length, m.file_offset, m.tracking); }
+auto fields(const MapShared& m)
+{
+    return std::tie(m.addr, m.length, m.file_offset, m.tracking, m.prefetch);
+}
 auto fields(const Flush& m) { return std::tie(m.region_id); }
 auto fields(const Flushed& m) { return std::tie(m.pages, m.bytes); }
 auto fields(const RegionsRequest& m) { return std::tie(m.first); }
+auto fields(const PrefetchRequest& m) { return std::tie(m.addr, m.length, m.flags); }
 auto fields(const RegionEntry& e)
 {
     return std::make_tuple(e.client, e.pid, e.access, e.tracking, e.region_id, e.length,
-                           e.dirty_pages);
+                           e.dirty_pages, e.prefetch, e.faults, e.latency_p50_ns,
+                           e.latency_p99_ns, e.prefetch_pending, e.latency_histogram);
 }
 auto fields(const RegionsReply& m)
 {
@@ -76,8 +83,24 @@ std::string pattern(std::size_t n)
     return s;
 }
 
-// Entry i of a sample REGIONS_REPLY: every field non-zero and different from entry to
-// entry; access and tracking go through all 12 combinations every 12 entries.
+// A latency histogram whose buckets all differ, from each other and from those of
+// another `seed`; every byte of a bucket is non-zero, the top one included.
+template <class T>
+std::array<T, k_latency_buckets> sample_histogram(std::uint64_t seed)
+{
+    std::array<T, k_latency_buckets> h{};
+    for (std::size_t b = 0; b < h.size(); ++b) {
+        T v = 0;
+        for (std::size_t byte = 0; byte < sizeof(T); ++byte)
+            v |= static_cast<T>(static_cast<T>(0x81 + ((seed * 16 + b) * 3 + byte) % 0x7f) << (8 * byte));
+        h[b] = v;
+    }
+    return h;
+}
+
+// Entry i of a sample REGIONS_REPLY: every field non-zero (but prefetch, 0 being
+// SEQUENTIAL) and different from entry to entry; access and tracking go through all 12
+// combinations every 12 entries, prefetch through its 3 values.
 RegionEntry sample_entry(std::uint64_t i)
 {
     return RegionEntry{.client = 0x8000000000000000 | (i + 1),
@@ -86,7 +109,13 @@ RegionEntry sample_entry(std::uint64_t i)
                        .tracking = static_cast<Tracking>(i % 4),
                        .region_id = 0x0102030405060708 + i,
                        .length = (i + 1) << 32,
-                       .dirty_pages = 0xfedcba9876543210 ^ i};
+                       .dirty_pages = 0xfedcba9876543210 ^ i,
+                       .prefetch = static_cast<Prefetch>((i + 2) % 3),
+                       .faults = 0xa1a2a3a4a5a6a7a8 + i,
+                       .latency_p50_ns = 0xb1b2b3b4b5b6b7b8 - i,
+                       .latency_p99_ns = 0xc1c2c3c4c5c6c7c8 ^ (i << 8),
+                       .prefetch_pending = 0xd1d2d3d4d5d6d7d8 + (i << 16),
+                       .latency_histogram = sample_histogram<std::uint32_t>(i)};
 }
 
 std::vector<RegionEntry> sample_entries(std::size_t n)
@@ -113,7 +142,8 @@ std::vector<Message> samples()
         {4, Map{.addr = 0x7f0123456000,
                 .length = 0x40000000,
                 .file_offset = 0xfffffffffffff000,
-                .flags = k_map_private_writable}},
+                .flags = k_map_private_writable,
+                .prefetch = Prefetch::ALL}},
         {5, Mapped{.region_id = 0xffffffffffffffff}},
         {6, Unmap{.region_id = 0x0102030405060708}},
         {7, Ok{}},
@@ -133,6 +163,8 @@ std::vector<Message> samples()
                         .user_mode_only_clients = 13,
                         .requester_flags = 0xe000000e,
                         .requester_regions = 15,
+                        .pages_prefetched = 0x1011121314151617,
+                        .latency_histogram = sample_histogram<std::uint64_t>(99),
                         .version = pattern(k_max_text)}},
         {10, Ping{.nonce = 0x1122334455667788}},
         {0xffffffff, Pong{.nonce = 0x8877665544332211}},
@@ -140,7 +172,8 @@ std::vector<Message> samples()
         {13, MapShared{.addr = 0x7ffff0000000,
                        .length = 0x0000100000000000,
                        .file_offset = 0x8000000000001000,
-                       .tracking = Tracking::ASYNC}},
+                       .tracking = Tracking::ASYNC,
+                       .prefetch = Prefetch::NONE}},
         {14, Flush{.region_id = 0x8877665544332211}},
         {15, Flushed{.pages = 0xfffffffffffffffe, .bytes = 0x8000000000000001}},
         {16, RegionsRequest{.first = 0xfffffffe}},
@@ -153,10 +186,20 @@ std::vector<Message> samples()
                                                   .tracking = Tracking::SEGV,
                                                   .region_id = 0x0102030405060708,
                                                   .length = 0x8000000000000000,
-                                                  .dirty_pages = 0x1122334455667788}}}},
+                                                  .dirty_pages = 0x1122334455667788,
+                                                  .prefetch = Prefetch::ALL,
+                                                  .faults = 0x99aabbccddeeff01,
+                                                  .latency_p50_ns = 0x0203040506070809,
+                                                  .latency_p99_ns = 0xf0e0d0c0b0a09080,
+                                                  .prefetch_pending = 0x7f6f5f4f3f2f1f0f,
+                                                  .latency_histogram =
+                                                      sample_histogram<std::uint32_t>(50)}}}},
         {19, RegionsReply{.total = 0x7fffffff,
                           .first = 200,
                           .entries = sample_entries(k_max_region_entries)}},
+        {20, PrefetchRequest{.addr = 0x7ffe12345000,
+                             .length = 0x8000000000003000,
+                             .flags = k_prefetch_wait | 0x80000000}},
     };
 }
 
@@ -164,6 +207,7 @@ std::vector<Message> samples()
 const Tracking k_trackings[] = {Tracking::NONE, Tracking::UFFD_WP, Tracking::SEGV,
                                 Tracking::ASYNC};
 const Access k_accesses[] = {Access::READ_ONLY, Access::PRIVATE_WRITABLE, Access::SHARED};
+const Prefetch k_prefetches[] = {Prefetch::SEQUENTIAL, Prefetch::NONE, Prefetch::ALL};
 
 // Limit of the string a type carries as its last field, 0 if it carries none.
 std::size_t string_limit(Type t)
@@ -343,7 +387,7 @@ TEST_CASE("codec: an unknown type is UNKNOWN_TYPE and not a framing error", "[co
 #define PAGERD_X(name, value, fds) last = value > last ? value : last;
     PAGERD_MESSAGE_TYPES(PAGERD_X)
 #undef PAGERD_X
-    REQUIRE(last == static_cast<std::uint16_t>(Type::REGIONS_REPLY));
+    REQUIRE(last == static_cast<std::uint16_t>(Type::PREFETCH));
     const auto next = static_cast<std::uint16_t>(last + 1);
     Bytes b = encode(Message{9, Ping{.nonce = 5}});
     for (std::uint16_t t : {std::uint16_t{0}, next, std::uint16_t{0xffff}}) {
@@ -447,9 +491,13 @@ TEST_CASE("codec: the header is little-endian, byte for byte", "[codec]")
     CHECK(std::string(b.begin(), b.begin() + 4) == "PGRD");
 }
 
-TEST_CASE("codec: MAP sends reserved as 0 and the receiver ignores it", "[codec]")
+TEST_CASE("codec: MAP carries prefetch at offset 28", "[codec]")
 {
-    const Message m{2, Map{.addr = 0x1000, .length = 0x2000, .file_offset = 0x3000, .flags = 1}};
+    const Message m{2, Map{.addr = 0x1000,
+                           .length = 0x2000,
+                           .file_offset = 0x3000,
+                           .flags = 1,
+                           .prefetch = Prefetch::ALL}};
     Bytes b = encode(m);
     const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
     const Bytes expected = {
@@ -457,13 +505,46 @@ TEST_CASE("codec: MAP sends reserved as 0 and the receiver ignores it", "[codec]
         0x00, 0x20, 0, 0, 0, 0, 0, 0,  // length
         0x00, 0x30, 0, 0, 0, 0, 0, 0,  // file_offset
         0x01, 0, 0, 0,                 // flags
-        0, 0, 0, 0,                    // reserved
+        0x02, 0, 0, 0,                 // prefetch ALL
     };
     CHECK(body == expected);
-    put_u32(b, k_header_size + 28, 0xdeadbeef);
     const auto r = decode(b, 1);
     REQUIRE(r.ok());
     CHECK(same_body(r->body, m.body));
+    CHECK(std::get<Map>(r->body).prefetch == Prefetch::ALL);
+    // The receiver reads the policy from offset 28, and only from there.
+    put_u32(b, k_header_size + 28, 1);
+    const auto none = decode(b, 1);
+    REQUIRE(none.ok());
+    CHECK(std::get<Map>(none->body).prefetch == Prefetch::NONE);
+    CHECK(std::get<Map>(none->body).flags == 1);
+    CHECK(std::get<Map>(none->body).file_offset == 0x3000);
+}
+
+TEST_CASE("codec: MAP carries every prefetch value, and no other aliases one", "[codec]")
+{
+    for (const Prefetch p : k_prefetches) {
+        INFO("prefetch " << static_cast<unsigned>(p));
+        const Message m{1, Map{.addr = 0x1000, .length = 0x1000, .prefetch = p}};
+        const Bytes b = encode(m);
+        CHECK(b[k_header_size + 28] == static_cast<std::uint8_t>(p));
+        const auto r = decode(b, 1);
+        REQUIRE(r.ok());
+        CHECK(std::get<Map>(r->body).prefetch == p);
+        CHECK(same_body(r->body, m.body));
+    }
+    // The field is a u32 on the wire and one byte in Prefetch: values that do not fit
+    // must decode to something the session rejects, never to a valid policy.
+    Bytes b = encode(Message{1, Map{}});
+    for (std::uint32_t v : {3u, 0xffu, 0x100u, 0x101u, 0x102u, 0x80000001u, 0xffffffffu}) {
+        INFO("prefetch on the wire " << v);
+        put_u32(b, k_header_size + 28, v);
+        const auto r = decode(b, 1);
+        REQUIRE(r.ok());
+        const Prefetch got = std::get<Map>(r->body).prefetch;
+        for (const Prefetch valid : k_prefetches) CHECK(got != valid);
+        if (v <= 0xff) CHECK(static_cast<std::uint32_t>(got) == v);
+    }
 }
 
 TEST_CASE("codec: ERROR carries codes this side does not know", "[codec]")
@@ -483,12 +564,13 @@ TEST_CASE("codec: only MALFORMED is a framing error", "[codec]")
 #undef PAGERD_X
 }
 
-TEST_CASE("codec: SHARED_MAP sends reserved as 0 and the receiver ignores it", "[codec]")
+TEST_CASE("codec: SHARED_MAP carries prefetch at offset 28", "[codec]")
 {
     const Message m{2, MapShared{.addr = 0x1000,
                                  .length = 0x2000,
                                  .file_offset = 0x3000,
-                                 .tracking = Tracking::SEGV}};
+                                 .tracking = Tracking::SEGV,
+                                 .prefetch = Prefetch::NONE}};
     Bytes b = encode(m);
     const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
     const Bytes expected = {
@@ -496,13 +578,107 @@ TEST_CASE("codec: SHARED_MAP sends reserved as 0 and the receiver ignores it", "
         0x00, 0x20, 0, 0, 0, 0, 0, 0,  // length
         0x00, 0x30, 0, 0, 0, 0, 0, 0,  // file_offset
         0x02, 0, 0, 0,                 // tracking SEGV
-        0, 0, 0, 0,                    // reserved
+        0x01, 0, 0, 0,                 // prefetch NONE
     };
     CHECK(body == expected);
-    put_u32(b, k_header_size + 28, 0xdeadbeef);
     const auto r = decode(b, 2);
     REQUIRE(r.ok());
     CHECK(same_body(r->body, m.body));
+    CHECK(std::get<MapShared>(r->body).prefetch == Prefetch::NONE);
+    // The receiver reads the policy from offset 28, and only from there.
+    put_u32(b, k_header_size + 28, 2);
+    const auto all = decode(b, 2);
+    REQUIRE(all.ok());
+    CHECK(std::get<MapShared>(all->body).prefetch == Prefetch::ALL);
+    CHECK(std::get<MapShared>(all->body).tracking == Tracking::SEGV);
+}
+
+TEST_CASE("codec: SHARED_MAP carries every prefetch value, and no other aliases one", "[codec]")
+{
+    for (const Prefetch p : k_prefetches) {
+        INFO("prefetch " << static_cast<unsigned>(p));
+        const Message m{1, MapShared{.addr = 0x1000, .length = 0x1000, .prefetch = p}};
+        const Bytes b = encode(m);
+        CHECK(b[k_header_size + 28] == static_cast<std::uint8_t>(p));
+        const auto r = decode(b, 2);
+        REQUIRE(r.ok());
+        CHECK(std::get<MapShared>(r->body).prefetch == p);
+        CHECK(std::get<MapShared>(r->body).tracking == Tracking::UFFD_WP);
+    }
+    Bytes b = encode(Message{1, MapShared{}});
+    for (std::uint32_t v : {3u, 0xffu, 0x100u, 0x101u, 0x102u, 0x80000001u, 0xffffffffu}) {
+        INFO("prefetch on the wire " << v);
+        put_u32(b, k_header_size + 28, v);
+        const auto r = decode(b, 2);
+        REQUIRE(r.ok());
+        const Prefetch got = std::get<MapShared>(r->body).prefetch;
+        for (const Prefetch valid : k_prefetches) CHECK(got != valid);
+        if (v <= 0xff) CHECK(static_cast<std::uint32_t>(got) == v);
+        // The tracking next to it is not disturbed.
+        CHECK(std::get<MapShared>(r->body).tracking == Tracking::UFFD_WP);
+    }
+}
+
+TEST_CASE("codec: PREFETCH is laid out byte for byte and the receiver ignores reserved", "[codec]")
+{
+    const Message m{6, PrefetchRequest{.addr = 0x1112131415161718,
+                                       .length = 0x2122232425262728,
+                                       .flags = k_prefetch_wait}};
+    Bytes b = encode(m);
+    const Bytes expected_header = {
+        0x50, 0x47, 0x52, 0x44,  // magic
+        0x01, 0x00,              // version 1
+        0x12, 0x00,              // type PREFETCH (18)
+        0x28, 0x00, 0x00, 0x00,  // length 16 + 24
+        0x06, 0x00, 0x00, 0x00,  // request_id
+    };
+    CHECK(Bytes(b.begin(), b.begin() + static_cast<long>(k_header_size)) == expected_header);
+    const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
+    const Bytes expected = {
+        0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11,  // addr
+        0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21,  // length
+        0x01, 0x00, 0x00, 0x00,                          // flags WAIT
+        0x00, 0x00, 0x00, 0x00,                          // reserved
+    };
+    CHECK(body == expected);
+    CHECK(k_prefetch_wait == 1u);
+    CHECK(k_prefetch_known_flags == k_prefetch_wait);
+    CHECK(fds_expected(Type::PREFETCH) == 0);
+    put_u32(b, k_header_size + 20, 0xdeadbeef);
+    const auto r = decode(b, 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, m.body));
+    // Unknown flag bits are carried for the session to refuse, not dropped.
+    put_u32(b, k_header_size + 16, 0x80000003);
+    const auto f = decode(b, 0);
+    REQUIRE(f.ok());
+    CHECK(std::get<PrefetchRequest>(f->body).flags == 0x80000003);
+}
+
+TEST_CASE("codec: STATUS_REPLY carries pages_prefetched and the histogram before the version", "[codec]")
+{
+    StatusReply s{.pages_prefetched = 0x0102030405060708,
+                  .latency_histogram = sample_histogram<std::uint64_t>(7),
+                  .version = "v"};
+    const Bytes b = encode(Message{1, s});
+    REQUIRE(b.size() == k_header_size + 242 + 1);
+    const auto u64_at = [&](std::size_t off) {
+        std::uint64_t v = 0;
+        for (int i = 0; i < 8; ++i) v |= std::uint64_t{b[k_header_size + off + i]} << (8 * i);
+        return v;
+    };
+    CHECK(u64_at(104) == s.pages_prefetched);
+    for (std::size_t i = 0; i < k_latency_buckets; ++i) {
+        INFO("bucket " << i);
+        CHECK(u64_at(112 + 8 * i) == s.latency_histogram[i]);
+    }
+    CHECK(b[k_header_size + 240] == 1);  // version: count
+    CHECK(b[k_header_size + 241] == 0);
+    CHECK(b[k_header_size + 242] == 'v');
+    for (std::size_t off = 0; off < 104; ++off) CHECK(b[k_header_size + off] == 0);
+    const auto r = decode(b, 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, s));
 }
 
 TEST_CASE("codec: SHARED_MAP carries every tracking value, and no other aliases one", "[codec]")
@@ -530,21 +706,30 @@ TEST_CASE("codec: SHARED_MAP carries every tracking value, and no other aliases 
 
 TEST_CASE("codec: REGIONS_REPLY is laid out byte for byte", "[codec]")
 {
+    RegionEntry first{.client = 0x1112131415161718,
+                      .pid = 0x21222324,
+                      .access = Access::SHARED,
+                      .tracking = Tracking::ASYNC,
+                      .region_id = 0x3132333435363738,
+                      .length = 0x4142434445464748,
+                      .dirty_pages = 0x5152535455565758,
+                      .prefetch = Prefetch::ALL,
+                      .faults = 0x6162636465666768,
+                      .latency_p50_ns = 0x7172737475767778,
+                      .latency_p99_ns = 0x8182838485868788,
+                      .prefetch_pending = 0x9192939495969798};
+    for (std::size_t i = 0; i < k_latency_buckets; ++i)
+        first.latency_histogram[i] = 0xa0a1a2a0 + static_cast<std::uint32_t>(i << 24 | i);
     const Message m{5, RegionsReply{.total = 0x01020304,
                                     .first = 0x05060708,
-                                    .entries = {RegionEntry{.client = 0x1112131415161718,
-                                                            .pid = 0x21222324,
-                                                            .access = Access::SHARED,
-                                                            .tracking = Tracking::ASYNC,
-                                                            .region_id = 0x3132333435363738,
-                                                            .length = 0x4142434445464748,
-                                                            .dirty_pages = 0x5152535455565758},
+                                    .entries = {first,
                                                 RegionEntry{.client = 1,
                                                             .access = Access::PRIVATE_WRITABLE,
-                                                            .tracking = Tracking::NONE}}}};
+                                                            .tracking = Tracking::NONE,
+                                                            .prefetch = Prefetch::NONE}}}};
     Bytes b = encode(m);
     const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
-    const Bytes expected = {
+    Bytes expected = {
         0x04, 0x03, 0x02, 0x01,                          // total
         0x08, 0x07, 0x06, 0x05,                          // first
         0x02, 0x00,                                      // count
@@ -552,26 +737,53 @@ TEST_CASE("codec: REGIONS_REPLY is laid out byte for byte", "[codec]")
         0x24, 0x23, 0x22, 0x21,                          //     pid
         0x02,                                            //     access SHARED
         0x03,                                            //     tracking ASYNC
-        0x00, 0x00,                                      //     reserved
+        0x02, 0x00,                                      //     prefetch ALL, high byte 0
         0x38, 0x37, 0x36, 0x35, 0x34, 0x33, 0x32, 0x31,  //     region_id
         0x48, 0x47, 0x46, 0x45, 0x44, 0x43, 0x42, 0x41,  //     length
         0x58, 0x57, 0x56, 0x55, 0x54, 0x53, 0x52, 0x51,  //     dirty_pages
-        0x01, 0, 0, 0, 0, 0, 0, 0,                       // [1] client
-        0, 0, 0, 0,                                      //     pid
-        0x01,                                            //     access PRIVATE_WRITABLE
-        0x00,                                            //     tracking NONE
-        0, 0,                                            //     reserved
-        0, 0, 0, 0, 0, 0, 0, 0,                          //     region_id
-        0, 0, 0, 0, 0, 0, 0, 0,                          //     length
-        0, 0, 0, 0, 0, 0, 0, 0,                          //     dirty_pages
+        0x68, 0x67, 0x66, 0x65, 0x64, 0x63, 0x62, 0x61,  //     faults
+        0x78, 0x77, 0x76, 0x75, 0x74, 0x73, 0x72, 0x71,  //     latency_p50_ns
+        0x88, 0x87, 0x86, 0x85, 0x84, 0x83, 0x82, 0x81,  //     latency_p99_ns
+        0x98, 0x97, 0x96, 0x95, 0x94, 0x93, 0x92, 0x91,  //     prefetch_pending
     };
+    for (std::uint8_t i = 0; i < k_latency_buckets; ++i) {  //     latency_histogram[i]
+        const Bytes bucket = {static_cast<std::uint8_t>(0xa0 + i), 0xa2, 0xa1,
+                              static_cast<std::uint8_t>(0xa0 + i)};
+        expected.insert(expected.end(), bucket.begin(), bucket.end());
+    }
+    const Bytes second = {
+        0x01, 0, 0, 0, 0, 0, 0, 0,  // [1] client
+        0, 0, 0, 0,                 //     pid
+        0x01,                       //     access PRIVATE_WRITABLE
+        0x00,                       //     tracking NONE
+        0x01, 0x00,                 //     prefetch NONE, high byte 0
+        0, 0, 0, 0, 0, 0, 0, 0,     //     region_id
+        0, 0, 0, 0, 0, 0, 0, 0,     //     length
+        0, 0, 0, 0, 0, 0, 0, 0,     //     dirty_pages
+        0, 0, 0, 0, 0, 0, 0, 0,     //     faults
+        0, 0, 0, 0, 0, 0, 0, 0,     //     latency_p50_ns
+        0, 0, 0, 0, 0, 0, 0, 0,     //     latency_p99_ns
+        0, 0, 0, 0, 0, 0, 0, 0,     //     prefetch_pending
+    };
+    expected.insert(expected.end(), second.begin(), second.end());
+    expected.insert(expected.end(), 4 * k_latency_buckets, 0);  //     latency_histogram
+    REQUIRE(expected.size() == 10 + 2 * 136);
     CHECK(body == expected);
-    // The receiver ignores the reserved bytes of an entry.
-    put_u16(b, k_header_size + 10 + 14, 0xbeef);
-    put_u16(b, k_header_size + 10 + 40 + 14, 0xffff);
     const auto r = decode(b, 0);
     REQUIRE(r.ok());
     CHECK(same_body(r->body, m.body));
+    // The receiver takes the policy from the low byte of the u16 at entry offset 14 and
+    // ignores the high byte.
+    put_u16(b, k_header_size + 10 + 14, 0xbe02);
+    put_u16(b, k_header_size + 10 + 136 + 14, 0xff01);
+    const auto h = decode(b, 0);
+    REQUIRE(h.ok());
+    CHECK(same_body(h->body, m.body));
+    // The encoder never sends a high byte, whatever the entry holds.
+    RegionsReply odd{.total = 1, .entries = {RegionEntry{.prefetch = static_cast<Prefetch>(0xff)}}};
+    const Bytes o = encode(Message{1, odd});
+    CHECK(o[k_header_size + 10 + 14] == 0xff);
+    CHECK(o[k_header_size + 10 + 15] == 0x00);
 }
 
 TEST_CASE("codec: REGIONS_REPLY entries carry every access and tracking value", "[codec]")
@@ -581,7 +793,8 @@ TEST_CASE("codec: REGIONS_REPLY entries carry every access and tracking value", 
         for (const Tracking t : k_trackings) all.entries.push_back(RegionEntry{.access = a, .tracking = t});
     // Values this side does not know are carried, not refused: they are only ever added.
     all.entries.push_back(RegionEntry{.access = static_cast<Access>(0xfe),
-                                      .tracking = static_cast<Tracking>(0xfd)});
+                                      .tracking = static_cast<Tracking>(0xfd),
+                                      .prefetch = static_cast<Prefetch>(0xfc)});
     all.total = static_cast<std::uint32_t>(all.entries.size());
     const Message m{1, all};
     const auto r = decode(encode(m), 0);
@@ -591,42 +804,80 @@ TEST_CASE("codec: REGIONS_REPLY entries carry every access and tracking value", 
     REQUIRE(got.size() == std::size(k_accesses) * std::size(k_trackings) + 1);
     CHECK(static_cast<unsigned>(got.back().access) == 0xfe);
     CHECK(static_cast<unsigned>(got.back().tracking) == 0xfd);
+    CHECK(static_cast<unsigned>(got.back().prefetch) == 0xfc);
+}
+
+TEST_CASE("codec: REGIONS_REPLY entries carry every prefetch value", "[codec]")
+{
+    RegionsReply all;
+    for (const Prefetch p : k_prefetches)
+        for (const Access a : k_accesses) all.entries.push_back(RegionEntry{.access = a, .prefetch = p});
+    all.total = static_cast<std::uint32_t>(all.entries.size());
+    const auto r = decode(encode(Message{1, all}), 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, all));
+    const auto& got = std::get<RegionsReply>(r->body).entries;
+    REQUIRE(got.size() == all.entries.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        INFO("entry " << i);
+        CHECK(got[i].prefetch == k_prefetches[i / std::size(k_accesses)]);
+        CHECK(got[i].access == k_accesses[i % std::size(k_accesses)]);
+    }
 }
 
 TEST_CASE("codec: REGIONS_REPLY holds at most k_max_region_entries entries", "[codec]")
 {
-    constexpr std::size_t entry = 40, fixed = 10;
+    constexpr std::size_t entry = 136, fixed = 10;
+    // k_max_region_entries is the most that fit in one datagram.
+    STATIC_REQUIRE(k_header_size + fixed + entry * k_max_region_entries <= k_max_message_size);
+    STATIC_REQUIRE(k_header_size + fixed + entry * (k_max_region_entries + 1) > k_max_message_size);
     const Message full{3, RegionsReply{.total = 500, .first = 100,
                                        .entries = sample_entries(k_max_region_entries)}};
     const Bytes b = encode(full);
     REQUIRE(b.size() == k_header_size + fixed + entry * k_max_region_entries);
     CHECK(b.size() <= k_max_message_size);
     const std::size_t count_at = k_header_size + 8;
+    const std::string one_too_many = std::to_string(k_max_region_entries + 1) + " entries";
 
-    SECTION("101 entries, hand-encoded, are MALFORMED")
+    SECTION("k_max_region_entries + 1 entries, hand-encoded, are MALFORMED")
     {
+        // They do not fit in a datagram: the decoder refuses the size before the count.
         Bytes more = b;
         const Bytes last(b.end() - static_cast<long>(entry), b.end());
         more.insert(more.end(), last.begin(), last.end());
         put_u16(more, count_at, static_cast<std::uint16_t>(k_max_region_entries + 1));
         fix_length(more);
-        REQUIRE(more.size() <= k_max_message_size);
+        REQUIRE(more.size() > k_max_message_size);
         const auto r = decode(more, 0);
         REQUIRE(fails_with(r, ErrorCode::MALFORMED));
         CHECK(is_framing_error(r.error()));
-        CHECK(r.error().message.find("101 entries") != std::string::npos);
     }
-    SECTION("a count of 101 over 100 entries is MALFORMED")
+    SECTION("a count of k_max_region_entries + 1 over k_max_region_entries entries is MALFORMED")
     {
+        // Judged on the count alone, before any entry is read.
         Bytes more = b;
         put_u16(more, count_at, static_cast<std::uint16_t>(k_max_region_entries + 1));
-        CHECK(fails_with(decode(more, 0), ErrorCode::MALFORMED));
+        const auto r = decode(more, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(is_framing_error(r.error()));
+        CHECK(r.error().message.find(one_too_many) != std::string::npos);
+    }
+    SECTION("a count of k_max_region_entries + 1 over fewer entries is MALFORMED")
+    {
+        Bytes fewer(b.begin(), b.end() - static_cast<long>(entry));
+        put_u16(fewer, count_at, static_cast<std::uint16_t>(k_max_region_entries + 1));
+        fix_length(fewer);
+        const auto r = decode(fewer, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(r.error().message.find(one_too_many) != std::string::npos);
     }
     SECTION("a count of 0xffff is MALFORMED")
     {
         Bytes more = b;
         put_u16(more, count_at, 0xffff);
-        CHECK(fails_with(decode(more, 0), ErrorCode::MALFORMED));
+        const auto r = decode(more, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(r.error().message.find("65535 entries") != std::string::npos);
     }
     SECTION("a count below the entries present leaves trailing bytes")
     {
@@ -646,16 +897,70 @@ TEST_CASE("codec: REGIONS_REPLY holds at most k_max_region_entries entries", "[c
         big.entries.resize(k_max_region_entries);
         CHECK(same_body(r->body, big));
     }
-    SECTION("an entry's fields land 40 bytes apart")
+    SECTION("an entry's fields land 136 bytes apart")
     {
         Bytes edited = b;
-        const std::size_t at = k_header_size + fixed + 57 * entry;  // entry 57's region_id
-        put_u64(edited, at + 16, 0x0123456789abcdef);
+        const std::size_t n = k_max_region_entries / 2;
+        REQUIRE(n + 1 < k_max_region_entries);
+        const std::size_t at = k_header_size + fixed + n * entry;  // entry n's start
+        put_u64(edited, at + 16, 0x0123456789abcdef);              // region_id
+        put_u64(edited, at + 40, 0x1032547698badcfe);              // faults
+        put_u64(edited, at + 48, 0x2143658709badcfe);              // latency_p50_ns
+        put_u64(edited, at + 56, 0x3254769810badcfe);              // latency_p99_ns
+        put_u64(edited, at + 64, 0x4365879821badcfe);              // prefetch_pending
+        put_u32(edited, at + 72, 0x5a5a0001);                      // latency_histogram[0]
+        put_u32(edited, at + 72 + 4 * 15, 0x5a5a000f);             // latency_histogram[15]
+        put_u16(edited, at + 14, 0x0001);                          // prefetch NONE
         const auto r = decode(edited, 0);
         REQUIRE(r.ok());
         const auto& entries = std::get<RegionsReply>(r->body).entries;
-        CHECK(entries[57].region_id == 0x0123456789abcdef);
-        CHECK(fields(entries[56]) == fields(sample_entry(56)));
-        CHECK(fields(entries[58]) == fields(sample_entry(58)));
+        RegionEntry want = sample_entry(n);
+        want.region_id = 0x0123456789abcdef;
+        want.faults = 0x1032547698badcfe;
+        want.latency_p50_ns = 0x2143658709badcfe;
+        want.latency_p99_ns = 0x3254769810badcfe;
+        want.prefetch_pending = 0x4365879821badcfe;
+        want.latency_histogram[0] = 0x5a5a0001;
+        want.latency_histogram[15] = 0x5a5a000f;
+        want.prefetch = Prefetch::NONE;
+        CHECK(fields(entries[n]) == fields(want));
+        CHECK(fields(entries[n - 1]) == fields(sample_entry(n - 1)));
+        CHECK(fields(entries[n + 1]) == fields(sample_entry(n + 1)));
+    }
+}
+
+TEST_CASE("codec: latency_bucket() at the edges of its buckets", "[codec]")
+{
+    STATIC_REQUIRE(k_latency_buckets == 16);
+    CHECK(latency_bucket(0) == 0);
+    CHECK(latency_bucket(1) == 0);
+    CHECK(latency_bucket(999) == 0);
+    CHECK(latency_bucket(1000) == 0);
+    CHECK(latency_bucket(1999) == 0);
+    CHECK(latency_bucket(2000) == 1);
+    CHECK(latency_bucket(3999) == 1);
+    CHECK(latency_bucket(4000) == 2);
+    CHECK(latency_bucket(32000) == 5);  // PROTOCOL.md: bucket 5 is 32-64 us
+    CHECK(latency_bucket(63999) == 5);
+    // Bucket i (1..14) is [2^i, 2^(i+1)) us, both edges of each.
+    for (unsigned i = 1; i <= 14; ++i) {
+        INFO("bucket " << i);
+        const std::uint64_t lo = (std::uint64_t{1} << i) * 1000;
+        CHECK(latency_bucket(lo - 1) == i - 1);
+        CHECK(latency_bucket(lo) == i);
+        CHECK(latency_bucket(2 * lo - 1) == i);
+    }
+    CHECK(latency_bucket(32767999) == 14);
+    CHECK(latency_bucket(32768000) == 15);  // 32768 us
+    CHECK(latency_bucket(65536000) == 15);
+    CHECK(latency_bucket(3600ull * 1000 * 1000 * 1000) == 15);
+    CHECK(latency_bucket(~std::uint64_t{0}) == 15);
+    // Never past the last bucket, and never going down as the time grows.
+    unsigned prev = 0;
+    for (std::uint64_t ns = 1; ns < (std::uint64_t{1} << 62); ns = ns * 3 / 2 + 1) {
+        const unsigned b = latency_bucket(ns);
+        CHECK(b < k_latency_buckets);
+        CHECK(b >= prev);
+        prev = b;
     }
 }

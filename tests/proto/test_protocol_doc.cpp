@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -223,6 +224,7 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(MAP, Map, length),
     NUM(MAP, Map, file_offset),
     NUM(MAP, Map, flags),
+    NUM(MAP, Map, prefetch),
     NUM(MAPPED, Mapped, region_id),
     NUM(UNMAP, Unmap, region_id),
     NUM(STATUS_REPLY, StatusReply, uptime_ms),
@@ -240,6 +242,7 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(STATUS_REPLY, StatusReply, user_mode_only_clients),
     NUM(STATUS_REPLY, StatusReply, requester_flags),
     NUM(STATUS_REPLY, StatusReply, requester_regions),
+    NUM(STATUS_REPLY, StatusReply, pages_prefetched),
     NUM(PING, Ping, nonce),
     NUM(PONG, Pong, nonce),
     NUM(ERROR, ErrorReply, code),
@@ -247,12 +250,16 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(SHARED_MAP, MapShared, length),
     NUM(SHARED_MAP, MapShared, file_offset),
     NUM(SHARED_MAP, MapShared, tracking),
+    NUM(SHARED_MAP, MapShared, prefetch),
     NUM(FLUSH, Flush, region_id),
     NUM(FLUSHED, Flushed, pages),
     NUM(FLUSHED, Flushed, bytes),
     NUM(REGIONS, RegionsRequest, first),
     NUM(REGIONS_REPLY, RegionsReply, total),
     NUM(REGIONS_REPLY, RegionsReply, first),
+    NUM(PREFETCH, PrefetchRequest, addr),
+    NUM(PREFETCH, PrefetchRequest, length),
+    NUM(PREFETCH, PrefetchRequest, flags),
     // The entry count is the size of the vector, at most what the encoder sends.
     {"REGIONS_REPLY.count",
      [](Body& b, std::uint64_t v) -> std::uint64_t {
@@ -267,6 +274,27 @@ const std::map<std::string, Setter> k_strings = {
     STR(STATUS_REPLY, StatusReply, version),
     STR(ERROR, ErrorReply, text),
 };
+
+// Setters for the elements of fixed-size arrays of numbers ("N × uB" in a layout), keyed
+// "TYPE.field": element i set to v, returning what it holds afterwards.
+struct FixedArray {
+    std::size_t count;
+    std::function<std::uint64_t(Body&, std::size_t, std::uint64_t)> set;
+};
+#define FIXED(TYPE, Struct, field)                                                        \
+    {                                                                                     \
+        #TYPE "." #field,                                                                 \
+            FixedArray{std::tuple_size_v<decltype(Struct::field)>,                        \
+                       [](Body& b, std::size_t i, std::uint64_t v) -> std::uint64_t {     \
+                           auto& a = std::get<Struct>(b).field;                          \
+                           a.at(i) = static_cast<typename decltype(Struct::field)::value_type>(v); \
+                           return static_cast<std::uint64_t>(a.at(i));                   \
+                       }}                                                                 \
+    }
+const std::map<std::string, FixedArray> k_fixed_arrays = {
+    FIXED(STATUS_REPLY, StatusReply, latency_histogram),
+};
+#undef FIXED
 #undef NUM
 #undef STR
 
@@ -292,10 +320,25 @@ using EntrySetter = std::function<std::uint64_t(RegionEntry&, std::uint64_t)>;
         }                                                                \
     }
 const std::map<std::string, EntrySetter> k_entry_fields = {
-    ENTRY(client), ENTRY(pid),    ENTRY(access),      ENTRY(tracking),
-    ENTRY(region_id), ENTRY(length), ENTRY(dirty_pages),
+    ENTRY(client),         ENTRY(pid),           ENTRY(access),         ENTRY(tracking),
+    ENTRY(prefetch),       ENTRY(region_id),     ENTRY(length),         ENTRY(dirty_pages),
+    ENTRY(faults),         ENTRY(latency_p50_ns), ENTRY(latency_p99_ns), ENTRY(prefetch_pending),
 };
 #undef ENTRY
+
+// The fixed-size arrays of an entry: element i set to v, returning what it holds.
+struct EntryArray {
+    std::size_t count;
+    std::function<std::uint64_t(RegionEntry&, std::size_t, std::uint64_t)> set;
+};
+const std::map<std::string, EntryArray> k_entry_arrays = {
+    {"latency_histogram",
+     {std::tuple_size_v<decltype(RegionEntry::latency_histogram)>,
+      [](RegionEntry& e, std::size_t i, std::uint64_t v) -> std::uint64_t {
+          e.latency_histogram.at(i) = static_cast<std::uint32_t>(v);
+          return e.latency_histogram.at(i);
+      }}},
+};
 
 // ---- layouts -----------------------------------------------------------------------
 
@@ -308,6 +351,9 @@ struct Field {
     bool string = false;
     bool array = false;       // size "E × count": `count` elements of E bytes
     std::size_t element = 0;  // E
+    // A fixed array of numbers: size in bytes, meaning "N × uB ...": N elements of B bits.
+    std::size_t fixed_count = 0;  // N (0: not one)
+    std::size_t fixed_element = 0;  // B / 8
 };
 
 const std::string k_times = " × ";
@@ -343,6 +389,22 @@ std::vector<Field> layout(const Table& t)
         } else {
             f.size = number(r[2]);
             kind = "u" + std::to_string(8 * f.size);
+            // "N × uB": N numbers of B bits, N × B / 8 bytes in all.
+            const auto n_end = r[3].find(k_times);
+            if (n_end != std::string::npos && n_end > 0 &&
+                r[3].find_first_not_of("0123456789") == n_end) {
+                f.fixed_count = number(r[3].substr(0, n_end));
+                const std::string rest = r[3].substr(n_end + k_times.size());
+                REQUIRE(rest.size() > 1);
+                REQUIRE(rest[0] == 'u');
+                const auto bits_end = rest.find_first_not_of("0123456789", 1);
+                const auto bits = number(rest.substr(1, bits_end - 1));
+                CHECK((bits == 8 || bits == 16 || bits == 32 || bits == 64));
+                f.fixed_element = bits / 8;
+                CHECK(f.fixed_count > 1);
+                CHECK(f.fixed_count * f.fixed_element == f.size);
+                kind = r[3].substr(0, n_end) + k_times + "u" + std::to_string(bits);
+            }
         }
         CHECK(f.offset == next);
         CHECK(r[3].rfind(kind, 0) == 0);
@@ -567,17 +629,39 @@ TEST_CASE("doc: the header layout matches the encoder", "[doc]")
     }
 }
 
-TEST_CASE("doc: an empty REGIONS_REPLY is 10 bytes and each entry adds 40", "[doc]")
+TEST_CASE("doc: an empty REGIONS_REPLY is 10 bytes and each entry adds 136", "[doc]")
 {
     const auto doc =
         by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
     const auto bb = body_bytes(doc.at("REGIONS_REPLY")[4]);
     CHECK(bb.fixed == 10);
-    CHECK(bb.per_entry == 40);
+    CHECK(bb.per_entry == 136);
     CHECK_FALSE(bb.string);
     CHECK(encode(Message{0, RegionsReply{}}).size() == k_header_size + 10);
     CHECK(encode(Message{0, RegionsReply{.entries = {RegionEntry{}}}}).size() ==
-          k_header_size + 10 + 40);
+          k_header_size + 10 + 136);
+    // k_max_region_entries is the most entries one datagram holds, and the document's
+    // worked example of the largest reply agrees.
+    CHECK(k_header_size + 10 + 136 * k_max_region_entries <= k_max_message_size);
+    CHECK(k_header_size + 10 + 136 * (k_max_region_entries + 1) > k_max_message_size);
+    const std::string example = "With " + std::to_string(k_max_region_entries) +
+                                " entries the datagram is 16 + 10 + " +
+                                std::to_string(136 * k_max_region_entries) + " = " +
+                                std::to_string(k_header_size + 10 + 136 * k_max_region_entries) +
+                                " bytes";
+    INFO(example);
+    CHECK(read_doc().find(example) != std::string::npos);
+}
+
+TEST_CASE("doc: STATUS_REPLY is 242 bytes before its version string", "[doc]")
+{
+    const auto doc =
+        by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
+    const auto bb = body_bytes(doc.at("STATUS_REPLY")[4]);
+    CHECK(bb.fixed == 242);
+    CHECK(bb.string);
+    CHECK(encode(Message{0, StatusReply{}}).size() == k_header_size + 242);
+    CHECK(encode(Message{0, StatusReply{.version = "0.1.0"}}).size() == k_header_size + 242 + 5);
 }
 
 TEST_CASE("doc: body bytes in the type table match encoded default messages", "[doc]")
@@ -644,10 +728,31 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
                 Body all = empty;
                 for (const auto& [k, set] : k_numbers)
                     if (k.rfind(t.name + ".", 0) == 0) set(all, ~std::uint64_t{0});
+                for (const auto& [k, arr] : k_fixed_arrays)
+                    if (k.rfind(t.name + ".", 0) == 0)
+                        for (std::size_t i = 0; i < arr.count; ++i) arr.set(all, i, ~std::uint64_t{0});
                 CHECK(little_endian(encode(Message{0, all}), at, f.size) == 0);
                 continue;
             }
             documented.insert(key);
+            if (f.fixed_count > 0) {
+                // Element i at offset + i × its size, each on its own.
+                REQUIRE(k_fixed_arrays.count(key) == 1);
+                const auto& arr = k_fixed_arrays.at(key);
+                CHECK(arr.count == f.fixed_count);
+                for (std::size_t i = 0; i < f.fixed_count; ++i) {
+                    INFO("element " << i);
+                    Body b = empty;
+                    const std::uint64_t held = arr.set(b, i, 0x8877665544332211 + (i << 4));
+                    CHECK(held != 0);
+                    const auto bytes = encode(Message{0, b});
+                    const std::size_t el = at + i * f.fixed_element;
+                    CHECK(little_endian(bytes, el, f.fixed_element) == (held & mask(f.fixed_element)));
+                    for (std::size_t k = k_header_size; k < bytes.size(); ++k)
+                        if (k < el || k >= el + f.fixed_element) CHECK(bytes[k] == 0);
+                }
+                continue;
+            }
             // Every number of the body 0 (MapShared's tracking defaults to UFFD_WP), so
             // that the body is all zeros but for the field under test.
             Body b = empty;
@@ -678,6 +783,10 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
         CHECK(documented.count(key) == 1);
     }
     for (const auto& [key, set] : k_strings) {
+        INFO("field in the code: " << key);
+        CHECK(documented.count(key) == 1);
+    }
+    for (const auto& [key, arr] : k_fixed_arrays) {
         INFO("field in the code: " << key);
         CHECK(documented.count(key) == 1);
     }
@@ -717,6 +826,24 @@ TEST_CASE("doc: every REGIONS_REPLY entry field sits at its documented offset", 
                 continue;
             }
             documented.insert(f.name);
+            if (f.fixed_count > 0) {
+                REQUIRE(k_entry_arrays.count(f.name) == 1);
+                const auto& arr = k_entry_arrays.at(f.name);
+                CHECK(arr.count == f.fixed_count);
+                for (std::size_t e = 0; e < f.fixed_count; ++e) {
+                    INFO("element " << e);
+                    Body one = two;
+                    const std::uint64_t held = arr.set(entries.at(one, i), e, 0x8877665544332211 + (e << 4));
+                    CHECK(held != 0);
+                    const auto bytes = encode(Message{0, one});
+                    REQUIRE(bytes.size() == baseline.size());
+                    const std::size_t el = at + e * f.fixed_element;
+                    CHECK(little_endian(bytes, el, f.fixed_element) == (held & mask(f.fixed_element)));
+                    for (std::size_t k = 0; k < bytes.size(); ++k)
+                        if (k < el || k >= el + f.fixed_element) CHECK(bytes[k] == baseline[k]);
+                }
+                continue;
+            }
             REQUIRE(k_entry_fields.count(f.name) == 1);
             const std::uint64_t held = k_entry_fields.at(f.name)(entries.at(b, i), 0x8877665544332211);
             CHECK(held != 0);
@@ -729,6 +856,10 @@ TEST_CASE("doc: every REGIONS_REPLY entry field sits at its documented offset", 
         }
     }
     for (const auto& [name, set] : k_entry_fields) {
+        INFO("entry field in the code: " << name);
+        CHECK(documented.count(name) == 1);
+    }
+    for (const auto& [name, arr] : k_entry_arrays) {
         INFO("entry field in the code: " << name);
         CHECK(documented.count(name) == 1);
     }
@@ -781,6 +912,71 @@ TEST_CASE("doc: the tracking table matches enum Tracking", "[doc]")
                      });
 }
 
+TEST_CASE("doc: the prefetch table matches enum Prefetch", "[doc]")
+{
+    check_enum_table(table("Region kinds", {"prefetch", "value", "the daemon loads"}),
+                     {
+                         {"SEQUENTIAL", static_cast<unsigned>(Prefetch::SEQUENTIAL)},
+                         {"NONE", static_cast<unsigned>(Prefetch::NONE)},
+                         {"ALL", static_cast<unsigned>(Prefetch::ALL)},
+                     });
+}
+
+TEST_CASE("doc: the latency histogram table matches latency_bucket()", "[doc]")
+{
+    const std::string doc = read_doc();
+    CHECK(doc.find(std::to_string(k_latency_buckets) + " log-scale buckets\n(`k_latency_buckets`") !=
+          std::string::npos);
+    const auto& t = table("Message bodies", {"bucket", "service time"});
+    REQUIRE(t.rows.size() == 3);
+    for (const auto& r : t.rows) REQUIRE(r.size() == 2);
+    const std::string us = " µs";
+
+    // | 0 | under N µs |
+    CHECK(number(t.rows[0][0]) == 0);
+    const std::string under = "under ";
+    REQUIRE(t.rows[0][1].rfind(under, 0) == 0);
+    REQUIRE(t.rows[0][1].size() > under.size() + us.size());
+    REQUIRE(t.rows[0][1].substr(t.rows[0][1].size() - us.size()) == us);
+    const std::uint64_t first_edge_us =
+        number(t.rows[0][1].substr(under.size(), t.rows[0][1].size() - under.size() - us.size()));
+    CHECK(latency_bucket(0) == 0);
+    CHECK(latency_bucket(first_edge_us * 1000 - 1) == 0);
+    CHECK(latency_bucket(first_edge_us * 1000) == 1);
+
+    // | `i` = A … B | 2^`i` µs up to, not including, 2^(`i`+1) µs ... |
+    const std::string range = t.rows[1][0];
+    const std::string lead = "`i` = ", dots = " … ";
+    REQUIRE(range.rfind(lead, 0) == 0);
+    const auto dots_at = range.find(dots);
+    REQUIRE(dots_at != std::string::npos);
+    const auto lo = number(range.substr(lead.size(), dots_at - lead.size()));
+    const auto hi = number(range.substr(dots_at + dots.size()));
+    CHECK(lo == 1);
+    CHECK(hi == k_latency_buckets - 2);
+    CHECK(t.rows[1][1].rfind("2^`i` µs up to, not including, 2^(`i`+1) µs", 0) == 0);
+    for (std::uint64_t i = lo; i <= hi; ++i) {
+        INFO("bucket " << i);
+        CHECK(latency_bucket((std::uint64_t{1} << i) * 1000) == i);
+        CHECK(latency_bucket((std::uint64_t{2} << i) * 1000 - 1) == i);
+    }
+    // The worked example: "(bucket 5: 32–64 µs)".
+    CHECK(t.rows[1][1].find("bucket 5: 32–64 µs") != std::string::npos);
+    CHECK(latency_bucket(32000) == 5);
+    CHECK(latency_bucket(64000 - 1) == 5);
+
+    // | 15 | N µs or more |
+    CHECK(number(t.rows[2][0]) == k_latency_buckets - 1);
+    const std::string more = us + " or more";
+    REQUIRE(t.rows[2][1].size() > more.size());
+    REQUIRE(t.rows[2][1].substr(t.rows[2][1].size() - more.size()) == more);
+    const std::uint64_t last_edge_us = number(t.rows[2][1].substr(0, t.rows[2][1].size() - more.size()));
+    CHECK(last_edge_us == (std::uint64_t{1} << (k_latency_buckets - 1)));
+    CHECK(latency_bucket(last_edge_us * 1000 - 1) == k_latency_buckets - 2);
+    CHECK(latency_bucket(last_edge_us * 1000) == k_latency_buckets - 1);
+    CHECK(latency_bucket(~std::uint64_t{0}) == k_latency_buckets - 1);
+}
+
 TEST_CASE("doc: the flag bits named in the layouts match constants.hpp", "[doc]")
 {
     // Every "bit N `NAME` (`k_constant`)" in a flags field, against the constant; and the
@@ -789,10 +985,12 @@ TEST_CASE("doc: the flag bits named in the layouts match constants.hpp", "[doc]"
         {"k_uffd_user_mode_only", k_uffd_user_mode_only},
         {"k_uffd_async_wp", k_uffd_async_wp},
         {"k_map_private_writable", k_map_private_writable},
+        {"k_prefetch_wait", k_prefetch_wait},
     };
     const std::map<std::string, std::uint32_t> known = {
         {"REGISTER_UFFD", k_uffd_known_flags},
         {"MAP", k_map_known_flags},
+        {"PREFETCH", k_prefetch_known_flags},
     };
     std::set<std::string> seen;
     for (const auto& [type, all] : known) {

@@ -33,7 +33,8 @@ inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
     X(FLUSH, 14, 0)             \
     X(FLUSHED, 15, 0)           \
     X(REGIONS, 16, 0)           \
-    X(REGIONS_REPLY, 17, 0)
+    X(REGIONS_REPLY, 17, 0)     \
+    X(PREFETCH, 18, 0)
 
 enum class Type : std::uint16_t {
 #define PAGERD_X(name, value, fds) name = value,
@@ -70,7 +71,8 @@ enum class ErrorCode : std::uint32_t {
     X(UFFD_EVENTS, 2)            \
     X(STATUS, 3)                 \
     X(SIGBUS_PAST_EOF, 4)        \
-    X(SHARED_WRITABLE, 5)
+    X(SHARED_WRITABLE, 5)        \
+    X(PREFETCH, 6)
 
 namespace cap {
 #define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;
@@ -86,7 +88,27 @@ inline constexpr std::uint32_t k_uffd_known_flags = k_uffd_user_mode_only | k_uf
 enum class Tracking : std::uint8_t { NONE = 0, UFFD_WP = 1, SEGV = 2, ASYNC = 3 };
 // RegionEntry.access
 enum class Access : std::uint8_t { READ_ONLY = 0, PRIVATE_WRITABLE = 1, SHARED = 2 };
-inline constexpr std::size_t k_max_region_entries = 100;  // per REGIONS_REPLY
+inline constexpr std::size_t k_max_region_entries = 29;  // per REGIONS_REPLY
+// MAP.prefetch and SHARED_MAP.prefetch: what the daemon loads beyond the faulting pages.
+// SEQUENTIAL (0, the default) grows a read-ahead window for sequential streams; NONE loads
+// the faulting block only; ALL fills the whole region in the background, faults first.
+enum class Prefetch : std::uint8_t { SEQUENTIAL = 0, NONE = 1, ALL = 2 };
+// PREFETCH.flags
+inline constexpr std::uint32_t k_prefetch_wait = 1u << 0;  // reply once the range is loaded
+inline constexpr std::uint32_t k_prefetch_known_flags = k_prefetch_wait;
+// Fault-latency histograms (STATUS_REPLY, REGIONS_REPLY entries): bucket 0 counts faults
+// served in under 2 µs, bucket i (1..14) those in [2^i, 2^(i+1)) µs, bucket 15 the rest.
+inline constexpr std::size_t k_latency_buckets = 16;
+constexpr unsigned latency_bucket(std::uint64_t ns)
+{
+    std::uint64_t us = ns / 1000;
+    unsigned b = 0;
+    while (us >= 2 && b < k_latency_buckets - 1) {
+        us >>= 1;
+        ++b;
+    }
+    return b;
+}
 // MAP.flags
 inline constexpr std::uint32_t k_map_private_writable = 1u << 0;
 inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable;

@@ -1,5 +1,6 @@
 // Message bodies. Encoding and decoding live in codec.hpp; layouts in proto/PROTOCOL.md.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <variant>
@@ -30,6 +31,7 @@ struct Map {
     std::uint64_t length = 0;
     std::uint64_t file_offset = 0;
     std::uint32_t flags = 0;  // k_map_*
+    Prefetch prefetch = Prefetch::SEQUENTIAL;
 };
 struct Mapped {
     std::uint64_t region_id = 0;
@@ -55,6 +57,8 @@ struct StatusReply {
     std::uint32_t user_mode_only_clients = 0;
     std::uint32_t requester_flags = 0;     // the asking client's REGISTER_UFFD.flags
     std::uint64_t requester_regions = 0;   // regions of the asking client
+    std::uint64_t pages_prefetched = 0;    // pages installed ahead of any fault
+    std::array<std::uint64_t, k_latency_buckets> latency_histogram{};  // see latency_bucket()
     std::string version;
 };
 struct Ping {
@@ -68,6 +72,7 @@ struct MapShared {  // fds: the file (read-write), the region's memfd
     std::uint64_t length = 0;
     std::uint64_t file_offset = 0;
     Tracking tracking = Tracking::UFFD_WP;
+    Prefetch prefetch = Prefetch::SEQUENTIAL;
 };
 struct Flush {
     std::uint64_t region_id = 0;  // 0: every Shared region of the connection
@@ -87,11 +92,22 @@ struct RegionEntry {
     std::uint64_t region_id = 0;
     std::uint64_t length = 0;
     std::uint64_t dirty_pages = 0;
+    Prefetch prefetch = Prefetch::SEQUENTIAL;
+    std::uint64_t faults = 0;  // of the whole region (all its pieces)
+    std::uint64_t latency_p50_ns = 0;
+    std::uint64_t latency_p99_ns = 0;
+    std::uint64_t prefetch_pending = 0;  // bytes the region's prefetches have yet to load
+    std::array<std::uint32_t, k_latency_buckets> latency_histogram{};
 };
 struct RegionsReply {
     std::uint32_t total = 0;  // entries in the whole list
     std::uint32_t first = 0;
     std::vector<RegionEntry> entries;  // at most k_max_region_entries
+};
+struct PrefetchRequest {  // PREFETCH: load [addr, addr + length) of this connection's regions
+    std::uint64_t addr = 0;
+    std::uint64_t length = 0;
+    std::uint32_t flags = 0;  // k_prefetch_*
 };
 struct ErrorReply {
     ErrorCode code = ErrorCode::INTERNAL;
@@ -100,7 +116,7 @@ struct ErrorReply {
 
 using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, Unmap, Ok, StatusRequest,
                           StatusReply, Ping, Pong, ErrorReply, MapShared, Flush, Flushed,
-                          RegionsRequest, RegionsReply>;
+                          RegionsRequest, RegionsReply, PrefetchRequest>;
 
 struct Message {
     std::uint32_t request_id = 0;
