@@ -51,8 +51,12 @@ bool valid_access(int access)
     return access == PAGERD_READ_ONLY || access == PAGERD_PRIVATE_WRITABLE || access == PAGERD_SHARED;
 }
 
-MapOptions options(uint64_t offset, uint64_t length, int access, int tracking = PAGERD_TRACK_AUTO)
+MapOptions options(uint64_t offset, uint64_t length, int access, int tracking = PAGERD_TRACK_AUTO,
+                   int prefetch = PAGERD_PREFETCH_SEQUENTIAL)
 {
+    const Prefetch p = prefetch == PAGERD_PREFETCH_NONE  ? Prefetch::None
+                       : prefetch == PAGERD_PREFETCH_ALL ? Prefetch::All
+                                                         : Prefetch::Sequential;
     const Access a = access == PAGERD_SHARED            ? Access::Shared
                      : access == PAGERD_PRIVATE_WRITABLE ? Access::PrivateWritable
                                                          : Access::ReadOnly;
@@ -60,7 +64,7 @@ MapOptions options(uint64_t offset, uint64_t length, int access, int tracking = 
                        : tracking == PAGERD_TRACK_SIGSEGV ? Tracking::Sigsegv
                        : tracking == PAGERD_TRACK_ASYNC   ? Tracking::Async
                                                           : Tracking::Auto;
-    return MapOptions{offset, length, a, t, nullptr};
+    return MapOptions{offset, length, a, t, nullptr, p};
 }
 
 int flushed(Result<FlushResult> f, uint64_t* pages, uint64_t* bytes)
@@ -124,6 +128,28 @@ int pagerd_map_fd_tracked(pagerd_conn* conn, int fd, uint64_t offset, uint64_t l
         if (!valid_access(access)) return fail(EINVAL, "unknown access mode");
         if (tracking < PAGERD_TRACK_AUTO || tracking > PAGERD_TRACK_ASYNC) return fail(EINVAL, "unknown tracking");
         return map_common(conn, conn->conn->map_fd(fd, options(offset, length, access, tracking)), out);
+    });
+}
+
+int pagerd_map_fd_prefetch(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access, int tracking,
+                           int prefetch, pagerd_region* out)
+{
+    return guarded([&] {
+        if (!conn || !out) return fail(EINVAL, "conn and out must not be NULL");
+        if (!valid_access(access)) return fail(EINVAL, "unknown access mode");
+        if (tracking < PAGERD_TRACK_AUTO || tracking > PAGERD_TRACK_ASYNC) return fail(EINVAL, "unknown tracking");
+        if (prefetch < PAGERD_PREFETCH_SEQUENTIAL || prefetch > PAGERD_PREFETCH_ALL)
+            return fail(EINVAL, "unknown prefetch policy");
+        return map_common(conn, conn->conn->map_fd(fd, options(offset, length, access, tracking, prefetch)), out);
+    });
+}
+
+int pagerd_prefetch(pagerd_conn* conn, const void* addr, uint64_t length, int wait)
+{
+    return guarded([&] {
+        if (!conn) return fail(EINVAL, "conn must not be NULL");
+        auto r = conn->conn->prefetch(addr, length, wait != 0);
+        return r ? 0 : fail(r.error());
     });
 }
 

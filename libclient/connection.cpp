@@ -22,6 +22,7 @@
 namespace pagerd::libclient {
 
 static_assert(std::string_view(k_default_socket) == proto::k_default_socket_path);
+static_assert(k_latency_buckets == proto::k_latency_buckets);
 
 namespace {
 
@@ -201,6 +202,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
         return Error{EINVAL, "unknown access mode"};
     if (o.tracking != Tracking::Auto && o.access != Access::Shared)
         return Error{EINVAL, "tracking applies to Shared regions only"};
+    if (auto p = check_prefetch(o.prefetch, m_impl->daemon_caps); !p) return p.error();
     struct stat st{};
     if (::fstat(fd, &st) != 0) return sys_error("the descriptor to map");
     if (!S_ISREG(st.st_mode)) return Error{EINVAL, "only regular files can be mapped"};
@@ -222,7 +224,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
         return sys_error("UFFDIO_REGISTER", err);
     }
     proto::Map m{reg.range.start, o.length, o.offset,
-                 o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u};
+                 o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u, to_wire(o.prefetch)};
     auto reply = m_impl->request(m, std::span<const int>(&fd, 1));
     const auto* mapped = reply ? std::get_if<proto::Mapped>(&reply->body) : nullptr;
     if (!mapped) {
@@ -333,6 +335,12 @@ Result<std::vector<RegionInfo>> Connection::regions()
                             : e.tracking == proto::Tracking::ASYNC ? Tracking::Async
                                                                    : Tracking::Auto;
             info.dirty_pages = e.dirty_pages;
+            info.prefetch = from_wire(e.prefetch);
+            info.faults = e.faults;
+            info.latency_p50_ns = e.latency_p50_ns;
+            info.latency_p99_ns = e.latency_p99_ns;
+            info.prefetch_pending = e.prefetch_pending;
+            for (std::size_t i = 0; i < k_latency_buckets; ++i) info.latency_histogram[i] = e.latency_histogram[i];
             out.push_back(info);
         }
         if (list->entries.empty() || out.size() >= list->total) return out;
@@ -362,6 +370,8 @@ Result<Status> Connection::status()
     out.user_mode_only_clients = s->user_mode_only_clients;
     out.this_client_user_mode_only = s->requester_flags & proto::k_uffd_user_mode_only;
     out.this_client_regions = s->requester_regions;
+    out.pages_prefetched = s->pages_prefetched;
+    for (std::size_t i = 0; i < k_latency_buckets; ++i) out.latency_histogram[i] = s->latency_histogram[i];
     return out;
 }
 

@@ -13,6 +13,13 @@
 
 namespace pagerd::libclient {
 
+// prefetch.cpp: policy names on the wire
+proto::Prefetch to_wire(Prefetch p);
+Prefetch from_wire(proto::Prefetch p);
+// EINVAL for a value outside the enum; ENOTSUP for a policy other than Sequential when the
+// daemon lacks the PREFETCH capability.
+Result<void> check_prefetch(Prefetch p, std::uint64_t daemon_caps);
+
 // A region and what the library keeps for it.
 struct Mapping {
     Region region;

@@ -122,7 +122,7 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
         return sys_error("UFFDIO_REGISTER of a Shared region", err);
     }
     const int fds[2] = {fd, memfd.get()};
-    auto reply = request(proto::MapShared{reg.range.start, o.length, o.offset, to_wire(*tracking)}, fds);
+    auto reply = request(proto::MapShared{reg.range.start, o.length, o.offset, to_wire(*tracking), to_wire(o.prefetch)}, fds);
     const auto* mapped = reply ? std::get_if<proto::Mapped>(&reply->body) : nullptr;
     if (!mapped) {
         undo();

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -349,18 +350,54 @@ void umap_prefetch(int npages, struct umap_prefetch_item* page_array)
         if (npages <= 0) return 0;
         if (!page_array) return fail_int(EINVAL, "umap_prefetch: page_array is NULL");
         Connection* c = connection(false);
+        const auto page = static_cast<std::uintptr_t>(config().system_page_size);
         int bad = 0;
+        std::optional<Error> failed;  // the first prefetch the daemon did not take
+
+        // The pages of one run [start, end), all in the region `id`: asked for in one
+        // PREFETCH, answered once queued (the daemon loads them in the background).
+        std::uintptr_t start = 0, end = 0;
+        std::uint64_t id = 0;
+        const auto flush_run = [&] {
+            if (start == end) return;
+            const auto length = static_cast<std::size_t>(end - start);
+            auto r = c->prefetch(reinterpret_cast<const void*>(start), length, /*wait=*/false);
+            const bool no_prefetch = !r && !from_daemon(r.error()) && r.error().code == ENOTSUP;
+            const bool queue_full = !r && from_daemon(r.error()) &&
+                                    r.error().code == static_cast<int>(proto::ErrorCode::LIMIT);
+            if (no_prefetch || queue_full) {
+                // A daemon without PREFETCH, or one whose queue for this connection is full:
+                // the first touch of each page loads it (and its fault block) now.
+                for (std::uintptr_t p = start; p < end; p += page)
+                    (void)*reinterpret_cast<const volatile unsigned char*>(p);
+            } else if (!r && !failed) {
+                failed = r.error();
+            }
+            start = end = 0;
+        };
+
         for (int i = 0; i < npages; ++i) {
-            const auto* p = static_cast<const volatile unsigned char*>(page_array[i].page_base_addr);
-            if (!c || !p || !c->find(const_cast<const unsigned char*>(p))) {
+            const auto* p = static_cast<const unsigned char*>(page_array[i].page_base_addr);
+            auto region = c && p ? c->find(p) : Result<Region>(Error{EINVAL, "no region"});
+            if (!region) {
                 ++bad;
                 continue;
             }
-            (void)*p;  // the first touch loads the page (and its neighbours) from the file
+            const auto at = reinterpret_cast<std::uintptr_t>(p) / page * page;
+            if (start != end && region->id == id && at >= start && at <= end) {
+                if (at == end) end += page;  // the next page of the run (a page in it: nothing to add)
+                continue;
+            }
+            flush_run();
+            start = at;
+            end = at + page;
+            id = region->id;
         }
+        flush_run();
         if (bad)
             return fail_int(EINVAL, "umap_prefetch: " + std::to_string(bad) +
                                         " address(es) outside every region made by umap()");
+        if (failed) return fail_int(to_errno(*failed), "umap_prefetch: " + failed->message);
         return 0;
     });
 }

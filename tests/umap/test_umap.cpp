@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <chrono>
 #include <thread>
 #include <vector>
 
@@ -585,6 +586,11 @@ TEST_CASE("umap_prefetch loads the given pages", "[umap][prefetch]")
         std::vector<umap_prefetch_item> items;
         for (std::uint64_t off = 0; off < size; off += size / 8) items.push_back({p + off});
         umap_prefetch(static_cast<int>(items.size()), items.data());
+        // Asynchronous, as in UMap: the daemon reads the pages soon after, untouched.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (daemon.status().bytes_read < before + items.size() * k_page &&
+               std::chrono::steady_clock::now() < deadline)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
         CHILD_REQUIRE(daemon.status().bytes_read >= before + items.size() * k_page);
         CHILD_REQUIRE(std::memcmp(p, expect.data(), size) == 0);
         // An address outside every region is skipped and reported.

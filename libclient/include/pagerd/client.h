@@ -56,6 +56,18 @@ int pagerd_map_fd(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, i
  * be open O_RDWR for PAGERD_SHARED. */
 int pagerd_map_fd_tracked(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access,
                           int tracking, pagerd_region* out);
+/* What the daemon loads besides the faulting pages (see pagerd::libclient::Prefetch). */
+enum pagerd_prefetch {
+    PAGERD_PREFETCH_SEQUENTIAL = 0, /* read-ahead for sequential streams (the default) */
+    PAGERD_PREFETCH_NONE = 1,       /* the faulting block only */
+    PAGERD_PREFETCH_ALL = 2         /* the whole region in the background, faults first */
+};
+/* Like pagerd_map_fd_tracked, with a prefetch policy. */
+int pagerd_map_fd_prefetch(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access,
+                           int tracking, int prefetch, pagerd_region* out);
+/* Loads [addr, addr + length) of the connection's regions in the background; with wait
+ * non-zero, returns once every page of it is loaded. */
+int pagerd_prefetch(pagerd_conn* conn, const void* addr, uint64_t length, int wait);
 /* PAGERD_SHARED regions are flushed before they are unmapped. */
 int pagerd_unmap(pagerd_conn* conn, const pagerd_region* region);
 /* Writes the dirty pages of a PAGERD_SHARED region (or of all of them) to the file, then

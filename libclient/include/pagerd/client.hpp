@@ -2,10 +2,13 @@
 // Every call returns errors as values (pagerd::Result); nothing here throws on bad input,
 // exits or aborts. Thread-safe: one Connection may be used from many threads.
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "pagerd/util/result.hpp"
@@ -34,6 +37,20 @@ enum class Tracking {
 };
 const char* tracking_name(Tracking t);  // "auto", "uffd-wp", "sigsegv", "async"
 
+// What the daemon loads besides the pages a fault needs (chosen per region at map time).
+enum class Prefetch {
+    Sequential,  // read-ahead: a window that grows while faults follow each other (default)
+    None,        // the faulting block only: for random access
+    All,         // the whole region, in the background, faults first (post-copy style)
+};
+const char* prefetch_name(Prefetch p);  // "sequential", "none", "all"
+std::optional<Prefetch> parse_prefetch(std::string_view name);
+
+// Fault service times in log-scale buckets: bucket 0 under 2 µs, bucket i (1..14)
+// [2^i, 2^(i+1)) µs, bucket 15 the rest (proto::latency_bucket()).
+inline constexpr std::size_t k_latency_buckets = 16;
+using LatencyHistogram = std::array<std::uint64_t, k_latency_buckets>;
+
 struct FlushResult {
     std::uint64_t pages = 0;  // pages written to the file
     std::uint64_t bytes = 0;
@@ -54,6 +71,7 @@ struct MapOptions {
     Access access = Access::ReadOnly;
     Tracking tracking = Tracking::Auto;  // Shared regions only
     void* addr = nullptr;  // non-null: map exactly here, replacing what is there (MAP_FIXED)
+    Prefetch prefetch = Prefetch::Sequential;
 };
 
 struct Region {
@@ -73,6 +91,12 @@ struct RegionInfo {
     Access access = Access::ReadOnly;
     Tracking tracking = Tracking::Auto;  // Auto for regions that are not Shared
     std::uint64_t dirty_pages = 0;
+    Prefetch prefetch = Prefetch::Sequential;
+    std::uint64_t faults = 0;  // served in the region (all its pieces)
+    std::uint64_t latency_p50_ns = 0;
+    std::uint64_t latency_p99_ns = 0;
+    std::uint64_t prefetch_pending = 0;  // bytes its fill and prefetches have yet to load
+    LatencyHistogram latency_histogram{};
 };
 
 struct Status {
@@ -92,6 +116,8 @@ struct Status {
     std::uint32_t user_mode_only_clients = 0;
     bool this_client_user_mode_only = false;  // this connection's userfaultfd mode
     std::uint64_t this_client_regions = 0;
+    std::uint64_t pages_prefetched = 0;  // installed ahead of any fault
+    LatencyHistogram latency_histogram{};
 };
 
 class Connection {
@@ -107,6 +133,12 @@ public:
     // Writes the region's dirty pages to its file, then fdatasync. Thread-safe.
     Result<FlushResult> flush(const Region& region);
     Result<FlushResult> flush_all();  // every Shared region of this connection
+    // Loads [addr, addr + length) of this connection's regions in the background (parts
+    // outside every region are ignored; pages already there stay as they are). Returns
+    // once queued, or with `wait` once every page is loaded (an earlier prefetch covering
+    // the range, such as a Prefetch::All fill, is waited for rather than repeated).
+    // addr and length: multiples of the page size. wait_ms: -1 waits as long as it takes.
+    Result<void> prefetch(const void* addr, std::size_t length, bool wait = false, int wait_ms = -1);
     // The regions of this connection, by address (for APIs that know only the address).
     Result<Region> find(const void* addr) const;
     Result<Status> status();

@@ -63,8 +63,8 @@ int umap_flush(void);
 /* 1: PROT_READ | PROT_WRITE regions write back to their files. */
 int umap_has_write_support(void);
 
-/* Loads the pages that hold the given addresses now (each must lie in a region made by
- * umap()); returns when they are loaded. */
+/* Asks the daemon to load the pages that hold the given addresses (each must lie in a
+ * region made by umap()) in the background, as UMap's fillers do; returns once queued. */
 struct umap_prefetch_item {
     void* page_base_addr;
 };
