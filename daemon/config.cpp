@@ -46,8 +46,18 @@ ParsedConfig parse_config(int argc, char** argv)
             const bool pow2 = v && (v & (v - 1)) == 0;
             return pow2 && v >= 4096 && v <= 2u << 20 ? "" : "must be a power of two in [4096, 2097152]";
         });
-    app.add_option("--staging-buffers", c.staging_buffers, "Fault buffers per worker")
-        ->check(CLI::Range(1u, 4096u));
+    app.add_option("--readahead-max", c.readahead_max_bytes,
+                   "Largest read-ahead window of a sequential stream, bytes (0: no read-ahead; at most 64 MiB)")
+        ->check(CLI::Range(std::uint64_t{0}, std::uint64_t{64} << 20));
+    app.add_option("--staging-buffers", c.staging_buffers,
+                   "Staging buffers per worker, 256 KiB each (or --fault-block if larger): the daemon's "
+                   "memory for data in flight")
+        ->check(CLI::Range(4u, 4096u));
+    app.add_option("--poll-us", c.poll_us,
+                   "After serving a fault, poll the userfaultfds for this many microseconds before sleeping "
+                   "(0: sleep at once)")
+        ->check(CLI::Range(0u, 1000000u));
+    app.add_option("--pin-workers", c.pin_workers, "Pin worker i to CPU i (true/false)");
     app.add_option("--fd-store", c.fd_store,
                    "Under systemd (NOTIFY_SOCKET), keep clients in its descriptor store so that a restarted "
                    "daemon serves them on (true/false)");

@@ -15,8 +15,14 @@ struct Config {
     unsigned max_regions_per_client = 1024;
     std::uint64_t max_mapped_bytes_per_client = std::uint64_t{1} << 40;
     unsigned hello_timeout_ms = 5000;
-    std::uint64_t fault_block_bytes = 64 * 1024;  // bytes loaded around a faulting page
-    unsigned staging_buffers = 64;                // per worker, each fault_block_bytes
+    std::uint64_t fault_block_bytes = 16 * 1024;  // bytes loaded around a faulting page
+    std::uint64_t readahead_max_bytes = 4u << 20;  // largest read-ahead window of a stream
+    unsigned staging_buffers = 64;                 // per worker, each staging_buffer_bytes()
+    unsigned poll_us = 0;  // after a fault, keep polling the userfaultfds this long before sleeping
+    bool pin_workers = false;  // worker i runs on CPU i (modulo the CPUs)
+    // Bytes of one staging buffer: one read of the store, installed with one UFFDIO_COPY.
+    std::uint64_t staging_buffer_bytes() const { return fault_block_bytes > k_chunk ? fault_block_bytes : k_chunk; }
+    static constexpr std::uint64_t k_chunk = 256 * 1024;
     bool fd_store = true;  // under systemd: keep clients in the descriptor store across restarts
 };
 

@@ -1,6 +1,7 @@
 // The fault path: read uffd messages, load blocks from the store through io_uring, install
 // them with UFFDIO_COPY, and keep the region table true to the client's address space.
 #include <spdlog/spdlog.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +37,7 @@ bool Worker::read_uffd(Client& c, unsigned slot, bool defer_faults)
         return false;
     }
     const auto count = static_cast<std::size_t>(n) / sizeof(uffd_msg);
+    if (count) ++m_uffd_reads;
     for (std::size_t i = 0; i < count && !c.closing; ++i) on_uffd_message(c, slot, msgs[i], defer_faults);
     return count == k_msgs_per_read;
 }
@@ -47,6 +49,10 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
     case UFFD_EVENT_PAGEFAULT: {
         const auto flags = msg.arg.pagefault.flags;
         Fault f{msg.arg.pagefault.address & page_mask, Clock::now(), (flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0, slot};
+        m_fault_seen = true;
+        if (m_ctx.config.poll_us && m_busy.size() < 16 &&
+            std::find(m_busy.begin(), m_busy.end(), c.serial) == m_busy.end())
+            m_busy.push_back(c.serial);
         if (flags & UFFD_PAGEFAULT_FLAG_WP)
             handle_write_protect_fault(c, f);  // never waits for I/O: no need to defer
         else if (defer_faults)
@@ -109,10 +115,10 @@ void Worker::handle_fault(Client& c, Fault f)
         signal_unservable(c, f.slot, f.page);
         return;
     }
-    const std::uint64_t block = m_ctx.config.fault_block_bytes;
-    const std::uint64_t start = r->start + (f.page - r->start) / block * block;
-    if (auto it = c.inflight.find(start); it != c.inflight.end()) {
-        it->second->faults.push_back(f);  // the load in flight wakes this thread too
+    if (r->state->prefetch != proto::Prefetch::NONE) readahead(c, *r, f.page, inflight_at(c, f.page) != nullptr);
+    if (Load* l = inflight_at(c, f.page)) {
+        if (l->skip == f.page) l->skip = 0;  // a marker page someone waits for goes in too
+        l->faults.push_back(f);  // the load in flight wakes this thread too
         return;
     }
     if (m_free_buffers.empty()) {
@@ -120,27 +126,39 @@ void Worker::handle_fault(Client& c, Fault f)
         ++c.refs;
         return;
     }
-    start_load(c, *r, start, f);
+    const auto [from, to] = fault_range(c, *r, f.page);
+    Load* l = new_load(c, *r, from, to - from, Load::Kind::Fault);
+    l->faults.push_back(f);
+    start_read(*l);
 }
 
-void Worker::start_load(Client& c, const Region& r, std::uint64_t block, Fault f)
+void Worker::start_read(Load& l)
 {
-    auto* l = new Load;
-    l->op.load = l;
-    l->client = &c;
-    l->region_id = r.id;
-    l->addr = block;
-    l->len = std::min<std::uint64_t>(m_ctx.config.fault_block_bytes, r.end() - block);
-    l->file_offset = r.file_offset + (block - r.start);
-    l->file = r.file;
-    l->slot = r.uffd_slot;
-    l->write_protect = r.tracking == proto::Tracking::UFFD_WP || r.tracking == proto::Tracking::ASYNC;
-    l->buf = m_free_buffers.back();
-    m_free_buffers.pop_back();
-    l->faults.push_back(f);
-    c.inflight.emplace(block, l);
-    ++c.refs;
-    submit_read(*l);
+    // Page cache first: hot data goes in without a trip through the ring.
+    iovec iov{l.buf, l.len};
+    const ssize_t n = ::preadv2(l.file->get(), &iov, 1, static_cast<off_t>(l.file_offset), RWF_NOWAIT);
+    if (n >= 0) {
+        l.done = static_cast<std::uint64_t>(n);
+        m_stats.bytes_read.fetch_add(l.done, std::memory_order_relaxed);
+        if (n == 0 || l.done == l.len) {  // all of it, or the end of the file
+            m_ready.push_back(&l);
+            return;
+        }
+    }
+    submit_read(l);  // the rest (or all) through io_uring
+}
+
+void Worker::process_ready()
+{
+    while (!m_ready.empty()) {
+        std::vector<Load*> ready;
+        ready.swap(m_ready);
+        for (Load* l : ready) {
+            Client& c = *l->client;
+            if (!c.closing) install(c, *l);
+            finish_load(l);
+        }
+    }
 }
 
 void Worker::submit_read(Load& l)
@@ -177,7 +195,12 @@ void Worker::install(Client& c, Load& l)
     const std::uint64_t valid = std::min((l.done + page - 1) / page * page, l.len);
     std::memset(l.buf + l.done, 0, valid - l.done);
     std::uint64_t installed = 0;
-    if (valid > 0 && still_backs(c, l, l.addr)) installed = copy_in(c, l, valid);
+    if (valid > 0 && still_backs(c, l, l.addr)) {
+        // A stream's marker page stays out: the fault there says the client got this far.
+        const std::uint64_t skip = l.skip ? l.skip - l.addr : valid;
+        installed = copy_in(c, l, 0, std::min(skip, valid));
+        if (skip + page < valid && !c.closing) installed += copy_in(c, l, skip + page, valid);
+    }
     if (c.closing) return;
     const auto now = Clock::now();
     for (const Fault& f : l.faults) {
@@ -189,12 +212,17 @@ void Worker::install(Client& c, Load& l)
             if (const Region* r = c.regions.find(f.page); r && r->tracking == proto::Tracking::UFFD_WP)
                 mark_written(c, *r, f.page);
         }
-        m_stats.latency.record(static_cast<std::uint64_t>(
-            std::chrono::duration_cast<std::chrono::nanoseconds>(now - f.t0).count()));
+        const auto ns = static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(now - f.t0).count());
+        m_stats.latency.record(ns);
+        l.state->latency.record(ns);
     }
     // Counted before the wake: a woken thread that asks for the status sees its fault.
     m_stats.faults.fetch_add(l.faults.size(), std::memory_order_relaxed);
+    l.state->faults.fetch_add(l.faults.size(), std::memory_order_relaxed);
     m_stats.pages_installed.fetch_add(installed / page, std::memory_order_relaxed);
+    if (l.kind != Load::Kind::Fault)
+        m_stats.pages_prefetched.fetch_add(installed / page, std::memory_order_relaxed);
     util::uffd_wake(c.uffds[l.slot].fd.get(), l.addr, l.len);
 }
 
@@ -206,13 +234,13 @@ bool Worker::still_backs(Client& c, const Load& l, std::uint64_t addr)
            r->file_offset + (addr - r->start) == l.file_offset + (addr - l.addr);
 }
 
-// UFFDIO_COPY of the first `len` bytes of the load; returns the bytes this call installed.
-// One ioctl for the whole block; page by page once the block turns out to span several
+// UFFDIO_COPY of bytes [from, len) of the load; returns the bytes this call installed.
+// One ioctl for the whole run; page by page once the run turns out to span several
 // mappings (the client, or its SIGSEGV tracker, mprotect'ed part of the region).
-std::uint64_t Worker::copy_in(Client& c, Load& l, std::uint64_t len)
+std::uint64_t Worker::copy_in(Client& c, Load& l, std::uint64_t from, std::uint64_t len)
 {
     const std::uint64_t page = m_ctx.page_size;
-    std::uint64_t off = 0, installed = 0;
+    std::uint64_t off = from, installed = 0;
     unsigned retries = 0;
     bool page_by_page = false;
     while (off < len && !c.closing) {
@@ -297,8 +325,18 @@ void Worker::mark_written(Client& c, const Region& r, std::uint64_t page)
 void Worker::finish_load(Load* l)
 {
     Client& c = *l->client;
-    c.inflight.erase(l->addr);
+    if (auto it = c.inflight.find(l->addr); it != c.inflight.end() && it->second == l) c.inflight.erase(it);
     m_free_buffers.push_back(l->buf);
+    if (PrefetchJob* job = l->job) {
+        l->state->prefetch_pending.fetch_sub(l->len, std::memory_order_relaxed);
+        --job->inflight;
+        if (job->next >= job->end && job->inflight == 0)
+            for (auto it = c.jobs.begin(); it != c.jobs.end(); ++it)
+                if (&*it == job) {
+                    end_job(c, it);
+                    break;
+                }
+    }
     delete l;
     std::vector<Fault> deferred;
     deferred.swap(c.deferred);

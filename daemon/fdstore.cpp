@@ -66,7 +66,7 @@ std::string describe(const Client& c)
         o << "region " << r.id << ' ' << r.start << ' ' << r.length << ' ' << r.file_offset << ' '
           << static_cast<unsigned>(r.access) << ' ' << static_cast<unsigned>(r.tracking) << ' ' << r.uffd_slot << ' '
           << r.mem_offset << ' ' << (r.mem ? r.mem->file_base : 0) << ' ' << (r.mem ? r.mem->length : 0) << ' '
-          << (r.mem ? r.mem->mapped : 0) << '\n';
+          << (r.mem ? r.mem->mapped : 0) << ' ' << static_cast<unsigned>(r.state->prefetch) << '\n';
     });
     return o.str();
 }
@@ -155,6 +155,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
         c->uffds[1].fd = take(p + "uffd1");
         std::map<std::uint64_t, std::shared_ptr<util::UniqueFd>> files;
         std::map<std::uint64_t, std::shared_ptr<SharedMemory>> mems;
+        std::map<std::uint64_t, std::shared_ptr<RegionState>> region_states;
         bool ok = c->sock && c->uffds[0].fd;
         while (ok && in >> word && word == "region") {
             Region r;
@@ -162,6 +163,15 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
             std::uint64_t file_base, mem_length, mapped;
             in >> r.id >> r.start >> r.length >> r.file_offset >> access >> tracking >> r.uffd_slot >> r.mem_offset >>
                 file_base >> mem_length >> mapped;
+            std::string rest;  // the prefetch policy, absent in the state of older daemons
+            std::getline(in, rest);
+            unsigned prefetch = 0;
+            std::istringstream(rest) >> prefetch;
+            if (!region_states.count(r.id)) {
+                region_states[r.id] = std::make_shared<RegionState>();
+                region_states[r.id]->prefetch = prefetch <= 2 ? static_cast<proto::Prefetch>(prefetch) : proto::Prefetch::SEQUENTIAL;
+            }
+            r.state = region_states[r.id];
             r.access = static_cast<proto::Access>(access);
             r.tracking = static_cast<proto::Tracking>(tracking);
             const std::string rp = p + "r" + std::to_string(r.id) + ".";

@@ -10,6 +10,7 @@
 #include "pagerd/proto/constants.hpp"
 #include "pagerd/util/dirty_bitmap.hpp"
 #include "pagerd/util/unique_fd.hpp"
+#include "stats.hpp"
 
 namespace pagerd::daemon {
 
@@ -27,6 +28,26 @@ struct SharedMemory {
     ~SharedMemory();
 };
 
+// A sequential stream the read-ahead follows (readahead.cpp).
+struct Stream {
+    std::uint64_t next = 0;    // address just past what the stream has loaded or is loading
+    std::uint64_t marker = 0;  // page held back from the last window: a fault there means the
+                               // client reached that window, time to read the next one
+    std::uint64_t window = 0;  // bytes of the next read-ahead
+    std::uint64_t used = 0;    // last use, for replacing the oldest stream
+};
+
+// What the pieces of one region share: policy, read-ahead state and figures.
+struct RegionState {
+    proto::Prefetch prefetch = proto::Prefetch::SEQUENTIAL;
+    Histogram latency;
+    std::atomic<std::uint64_t> faults{0};
+    std::atomic<std::uint64_t> prefetch_pending{0};  // bytes queued by fills and PREFETCH
+    static constexpr unsigned k_streams = 4;
+    std::array<Stream, k_streams> streams{};  // touched by the client's worker only
+    std::uint64_t stream_clock = 0;
+};
+
 struct Region {
     std::uint64_t id = 0;
     std::uint64_t start = 0;
@@ -38,6 +59,7 @@ struct Region {
     std::shared_ptr<util::UniqueFd> file;  // shared by the pieces of a split region
     std::shared_ptr<SharedMemory> mem;     // Shared regions
     std::uint64_t mem_offset = 0;          // memfd offset of `start`
+    std::shared_ptr<RegionState> state = std::make_shared<RegionState>();  // shared by the pieces
 
     std::uint64_t end() const { return start + length; }
     bool shared() const { return access == proto::Access::SHARED; }

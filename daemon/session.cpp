@@ -30,7 +30,9 @@ struct RequestError {
 
 constexpr std::uint64_t k_daemon_caps = proto::cap::FILE_STORE | proto::cap::PRIVATE_WRITABLE |
                                         proto::cap::UFFD_EVENTS | proto::cap::STATUS |
-                                        proto::cap::SIGBUS_PAST_EOF | proto::cap::SHARED_WRITABLE;
+                                        proto::cap::SIGBUS_PAST_EOF | proto::cap::SHARED_WRITABLE |
+                                        proto::cap::PREFETCH;
+constexpr std::size_t k_max_prefetches = 64;  // queued per connection
 constexpr unsigned k_messages_per_wakeup = 32;  // then other clients get their turn
 
 bool is_userfaultfd(int fd)
@@ -50,11 +52,17 @@ std::string hex(std::uint64_t v)
     return b;
 }
 
+void check_prefetch_policy(proto::Prefetch p)
+{
+    if (p != proto::Prefetch::SEQUENTIAL && p != proto::Prefetch::NONE && p != proto::Prefetch::ALL)
+        reject(proto::ErrorCode::BAD_RANGE, "unknown prefetch policy " + std::to_string(static_cast<unsigned>(p)));
+}
+
 }  // namespace
 
 void Worker::on_socket_readable(Client& c)
 {
-    for (unsigned i = 0; i < k_messages_per_wakeup && !c.closing; ++i) {
+    for (unsigned i = 0; i < k_messages_per_wakeup && !c.closing && !c.paused; ++i) {
         auto got = proto::receive(c.sock.get(), MSG_DONTWAIT);
         if (!got) {
             if (got.error().code != EAGAIN)
@@ -82,10 +90,13 @@ void Worker::on_socket_readable(Client& c)
             if (proto::is_framing_error(e)) close_client(c, "protocol violation: " + e.message);
             continue;  // got->fds close here
         }
-        bool disconnect = false;
+        bool disconnect = false, deferred = false;
         proto::Body reply;
         try {
-            reply = handle_request(c, *msg, got->fds, disconnect);
+            if (auto* p = std::get_if<proto::PrefetchRequest>(&msg->body); p && c.hello_done)
+                reply = on_prefetch(c, *p, msg->request_id, deferred);
+            else
+                reply = handle_request(c, *msg, got->fds, disconnect);
         } catch (const RequestError& e) {
             reply = proto::ErrorReply{e.code, e.text};
         } catch (const std::exception& e) {
@@ -96,7 +107,7 @@ void Worker::on_socket_readable(Client& c)
             spdlog::debug("client {}: {} rejected: {} {}", c.serial,
                           proto::type_name(proto::type_of(msg->body)),
                           proto::error_code_name(err->code), err->text);
-        send_reply(c, msg->request_id, std::move(reply));
+        if (!deferred) send_reply(c, msg->request_id, std::move(reply));
         if (disconnect) close_client(c, "session ended by the daemon");
     }
     // Budget used up with messages possibly left: the re-armed poll fires again at once.
@@ -233,10 +244,14 @@ void Worker::add_region(Client& c, Region r)
     spdlog::debug("client {}: region {} at {} length {} file offset {} ({}{})", c.serial, r.id, hex(r.start),
                   r.length, r.file_offset, r.shared() ? "shared" : r.access == proto::Access::PRIVATE_WRITABLE ? "private-writable" : "read-only",
                   r.shared() ? std::string(", tracking ") + std::to_string(static_cast<int>(r.tracking)) : "");
+    const std::uint64_t start = r.start;
     change_table(c, [&](RegionTable& t) {
         t.insert(std::move(r));
         return 0;
     });
+    const Region* added = c.regions.find(start);
+    if (added && added->state->prefetch == proto::Prefetch::ALL)
+        queue_prefetch(c, *added, added->start, added->end(), nullptr);  // the fill, behind faults
 }
 
 proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
@@ -251,6 +266,7 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
         reject(ErrorCode::BAD_DESCRIPTOR, "the file descriptor is not a regular file");
     if (m.flags & ~proto::k_map_known_flags)
         reject(ErrorCode::BAD_RANGE, "unknown MAP flags " + hex(m.flags & ~proto::k_map_known_flags));
+    check_prefetch_policy(m.prefetch);
     check_map_range(c, m.addr, m.length, m.file_offset, fd.get());
     Region r;
     r.id = c.next_region_id++;
@@ -259,6 +275,7 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
     r.file_offset = m.file_offset;
     r.access = (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE : proto::Access::READ_ONLY;
     r.file = std::make_shared<util::UniqueFd>(std::move(fd));
+    r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));
     return proto::Mapped{c.next_region_id - 1};
 }
@@ -284,6 +301,7 @@ proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::Un
                                           "partial page could not be written back)");
     if (::fcntl(memfd.get(), F_GET_SEALS) < 0)
         reject(ErrorCode::BAD_DESCRIPTOR, "the second descriptor of SHARED_MAP is not a memfd");
+    check_prefetch_policy(m.prefetch);
     check_map_range(c, m.addr, m.length, m.file_offset, file.get());
     const std::uint64_t pages = m.length / page;
     const std::uint64_t need = m.length + (util::DirtyBitmap::bytes(pages) + page - 1) / page * page;
@@ -311,6 +329,7 @@ proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::Un
     r.uffd_slot = slot;
     r.file = mem->file;
     r.mem = std::move(mem);
+    r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));
     return proto::Mapped{c.next_region_id - 1};
 }
@@ -387,8 +406,40 @@ proto::Body Worker::on_status(Client& c)
         std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - m_ctx.started).count());
     s.requester_flags = c.uffd_flags;
     s.requester_regions = c.regions.count();
+    for (const WorkerStats* w : m_ctx.stats) {
+        s.pages_prefetched += w->pages_prefetched.load(std::memory_order_relaxed);
+        for (unsigned b = 0; b < proto::k_latency_buckets; ++b) s.latency_histogram[b] += w->latency.coarse(b);
+    }
     s.version = version_string();
     return s;
+}
+
+proto::Body Worker::on_prefetch(Client& c, const proto::PrefetchRequest& m, std::uint32_t request_id, bool& deferred)
+{
+    using proto::ErrorCode;
+    const std::uint64_t page = m_ctx.page_size;
+    if (m.flags & ~proto::k_prefetch_known_flags)
+        reject(ErrorCode::BAD_RANGE, "unknown PREFETCH flags " + hex(m.flags & ~proto::k_prefetch_known_flags));
+    if (m.length == 0 || m.addr % page || m.length % page)
+        reject(ErrorCode::BAD_RANGE, "PREFETCH address and length must be non-zero multiples of the page size");
+    if (m.addr + m.length < m.addr) reject(ErrorCode::BAD_RANGE, "PREFETCH range overflows");
+    const std::uint64_t end = m.addr + m.length;
+    std::vector<const Region*> pieces;
+    c.regions.for_each([&](const Region& r) {
+        if (r.start < end && m.addr < r.end()) pieces.push_back(&r);
+    });
+    if (pieces.empty()) reject(ErrorCode::NO_SUCH_REGION, "PREFETCH range is outside every region of this connection");
+    if (c.jobs.size() + pieces.size() > k_max_prefetches)
+        reject(ErrorCode::LIMIT, std::to_string(c.jobs.size()) + " prefetches of this connection are queued already (at most " +
+                                     std::to_string(k_max_prefetches) + ")");
+    std::shared_ptr<PrefetchWaiter> waiter;
+    if (m.flags & proto::k_prefetch_wait)
+        waiter = std::make_shared<PrefetchWaiter>(PrefetchWaiter{request_id, static_cast<unsigned>(pieces.size())});
+    for (const Region* r : pieces) queue_prefetch(c, *r, std::max(r->start, m.addr), std::min(r->end(), end), waiter);
+    if (!waiter) return proto::Ok{};
+    deferred = true;  // answered by end_job; no further request is read meanwhile
+    c.paused = true;
+    return proto::Ok{};
 }
 
 }  // namespace pagerd::daemon

@@ -24,6 +24,7 @@ std::uint64_t Histogram::upper_bound_of(unsigned bucket)
 void Histogram::record(std::uint64_t ns)
 {
     m_counts[bucket_of(ns)].fetch_add(1, std::memory_order_relaxed);
+    m_coarse[proto::latency_bucket(ns)].fetch_add(1, std::memory_order_relaxed);
     auto cur = m_max.load(std::memory_order_relaxed);
     while (ns > cur && !m_max.compare_exchange_weak(cur, ns, std::memory_order_relaxed)) {
     }

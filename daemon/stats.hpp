@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "pagerd/proto/constants.hpp"
+
 namespace pagerd::daemon {
 
 class Histogram {
@@ -19,10 +21,13 @@ public:
     static Summary summarize(const Histogram* const* hs, unsigned n);
     static unsigned bucket_of(std::uint64_t ns);
     static std::uint64_t upper_bound_of(unsigned bucket);
+    // The wire's 16 coarse buckets (proto::latency_bucket()), counted exactly.
+    std::uint64_t coarse(unsigned bucket) const { return m_coarse[bucket].load(std::memory_order_relaxed); }
 
 private:
     std::array<std::atomic<std::uint64_t>, k_buckets> m_counts{};
     std::atomic<std::uint64_t> m_max{0};
+    std::array<std::atomic<std::uint64_t>, proto::k_latency_buckets> m_coarse{};
 };
 
 struct WorkerStats {
@@ -34,6 +39,7 @@ struct WorkerStats {
     std::atomic<std::uint64_t> pages_installed{0};
     std::atomic<std::uint64_t> bytes_read{0};
     std::atomic<std::uint64_t> sigbus_faults{0};
+    std::atomic<std::uint64_t> pages_prefetched{0};  // installed by read-ahead and prefetches
     Histogram latency;
 };
 

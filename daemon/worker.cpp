@@ -20,7 +20,7 @@ Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
         throw std::runtime_error(std::string("io_uring_queue_init: ") + std::strerror(-r));
     m_inbox_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!m_inbox_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-    const auto block = ctx.config.fault_block_bytes;
+    const auto block = ctx.config.staging_buffer_bytes();
     m_buffers_bytes = block * ctx.config.staging_buffers;
     void* mem = ::mmap(nullptr, m_buffers_bytes, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -43,6 +43,14 @@ void Worker::start()
     m_thread = std::thread([this] { run(); });
     const std::string name = "pagerd-w" + std::to_string(m_index);
     pthread_setname_np(m_thread.native_handle(), name.c_str());
+    if (m_ctx.config.pin_workers) {
+        const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(static_cast<int>(m_index % static_cast<unsigned>(cpus > 0 ? cpus : 1)), &set);
+        if (int err = pthread_setaffinity_np(m_thread.native_handle(), sizeof set, &set))
+            spdlog::warn("worker {}: cannot pin to a CPU: {}", m_index, std::strerror(err));
+    }
 }
 
 void Worker::stop(bool detach)
@@ -125,6 +133,11 @@ void Worker::run()
         io_uring_cq_advance(&m_ring, n);
         for (const auto& d : done)
             if (d.op) handle_completion(d.op, d.res);
+        process_ready();
+        pump_prefetches();
+        process_ready();
+        if (m_fault_seen && m_ctx.config.poll_us) poll_for_faults();
+        m_fault_seen = false;
         check_deadlines();
     }
     spdlog::debug("worker {} stopped", m_index);
@@ -168,7 +181,7 @@ void Worker::handle_completion(Op* op, int res)
             } else {
                 on_uffd_readable(c, op->slot);
             }
-            if (!c.closing) arm_poll(c, *op, sock ? c.sock.get() : c.uffds[op->slot].fd.get());
+            if (!c.closing && !(sock && c.paused)) arm_poll(c, *op, sock ? c.sock.get() : c.uffds[op->slot].fd.get());
         }
         release(c);
         return;
@@ -216,8 +229,12 @@ void Worker::take_inbox()
         for (auto& u : ref.uffds)
             if (u.fd) arm_poll(ref, u.op, u.fd.get());
         if (ref.restored) {
-            // Faults the previous daemon read but never answered: wake their threads so
-            // that they fault again and are served here.
+            // ALL regions fill again (pages already there are skipped); then faults the
+            // previous daemon read but never answered: wake their threads so that they
+            // fault again and are served here.
+            ref.regions.for_each([&](const Region& r) {
+                if (r.state->prefetch == proto::Prefetch::ALL) queue_prefetch(ref, r, r.start, r.end(), nullptr);
+            });
             ref.regions.for_each([&](const Region& r) { util::uffd_wake(ref.uffds[r.uffd_slot].fd.get(), r.start, r.length); });
         }
     }
@@ -265,6 +282,7 @@ void Worker::close_client(Client& c, const std::string& reason)
 {
     if (c.closing) return;
     c.closing = true;
+    cancel_jobs(c);
     spdlog::info("client {} ({}pid {}) disconnected: {}; freeing {} region(s)", c.serial,
                  c.name.empty() ? "" : c.name + ", ", c.peer.pid, reason, c.regions.count());
     // Dirty pages of Shared regions go to their files before anything is freed (a client
@@ -322,6 +340,16 @@ void Worker::list_regions(std::vector<proto::RegionEntry>& out, long only_uid)
             e.length = r.length;
             if (r.mem)
                 e.dirty_pages = r.mem->bitmap.count_dirty(r.mem_offset / m_ctx.page_size, r.length / m_ctx.page_size);
+            const RegionState& st = *r.state;
+            e.prefetch = st.prefetch;
+            e.faults = st.faults.load(std::memory_order_relaxed);
+            const Histogram* h = &st.latency;
+            const auto lat = Histogram::summarize(&h, 1);
+            e.latency_p50_ns = lat.p50;
+            e.latency_p99_ns = lat.p99;
+            e.prefetch_pending = st.prefetch_pending.load(std::memory_order_relaxed);
+            for (unsigned b = 0; b < proto::k_latency_buckets; ++b)
+                e.latency_histogram[b] = static_cast<std::uint32_t>(std::min<std::uint64_t>(st.latency.coarse(b), UINT32_MAX));
             out.push_back(e);
         });
     }

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -80,11 +81,22 @@ struct Fault {
     unsigned slot = 0;   // the userfaultfd it came from
 };
 
+struct PrefetchJob;
+
+// A WAIT prefetch: answered once every job it waits for has ended.
+struct PrefetchWaiter {
+    std::uint32_t request_id = 0;
+    unsigned remaining = 0;  // jobs still running
+};
+
 // One block being read from the store for a client, and the faults waiting on it.
 struct Load {
+    enum class Kind : std::uint8_t { Fault, Readahead, Prefetch };
     Op op{Op::Kind::Read};
+    Kind kind = Kind::Fault;
     Client* client = nullptr;
     std::uint64_t region_id = 0;
+    std::shared_ptr<RegionState> state;
     std::uint64_t addr = 0;  // client address of the block
     std::uint64_t len = 0;
     std::uint64_t file_offset = 0;
@@ -93,7 +105,18 @@ struct Load {
     bool write_protect = false; // install with UFFDIO_COPY_MODE_WP (uffd-wp and async regions)
     std::uint8_t* buf = nullptr;
     std::uint64_t done = 0;  // bytes read so far
+    std::uint64_t skip = 0;  // a stream's marker page, not installed (0: none)
+    PrefetchJob* job = nullptr;  // Kind::Prefetch: the job it belongs to
     std::vector<Fault> faults;
+};
+
+// A range of one region to load in the background: a PREFETCH request or an ALL fill.
+struct PrefetchJob {
+    std::uint64_t region_id = 0;
+    std::shared_ptr<RegionState> state;
+    std::uint64_t start = 0, next = 0, end = 0;  // next: where the following load starts
+    unsigned inflight = 0;                       // its loads being read
+    std::vector<std::shared_ptr<PrefetchWaiter>> waiters;
 };
 
 struct Client {
@@ -113,7 +136,9 @@ struct Client {
     Clock::time_point hello_deadline;
     RegionTable regions;
     std::uint64_t next_region_id = 1;
-    std::unordered_map<std::uint64_t, Load*> inflight;  // by block address
+    std::map<std::uint64_t, Load*> inflight;  // by address; loads never overlap
+    std::list<PrefetchJob> jobs;              // queued PREFETCH requests and fills, in order
+    bool paused = false;  // a WAIT prefetch is pending: the socket is not read meanwhile
     std::vector<Fault> deferred;  // faults read while draining events inside a copy
     Op sock_op{Op::Kind::SockPoll};
     unsigned refs = 0;  // io_uring ops and queued faults that point at this client
@@ -187,6 +212,7 @@ private:
     proto::Body on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd);
     proto::Body on_flush(Client& c, const proto::Flush& m);
     proto::Body on_regions(Client& c, const proto::RegionsRequest& m);
+    proto::Body on_prefetch(Client& c, const proto::PrefetchRequest& m, std::uint32_t request_id, bool& deferred);
     void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
                          int file_fd);
     void add_region(Client& c, Region r);
@@ -205,15 +231,36 @@ private:
     void drain_events(Client& c);  // reads pending uffd messages now; serves the faults among them
     void handle_write_protect_fault(Client& c, const Fault& f);
     void mark_written(Client& c, const Region& r, std::uint64_t page);
-    void start_load(Client& c, const Region& r, std::uint64_t block, Fault f);
+    void start_read(Load& l);  // from the page cache at once if it holds the data, else io_uring
     void submit_read(Load& l);
     void on_read_done(Load& l, int res);
     void install(Client& c, Load& l);
-    std::uint64_t copy_in(Client& c, Load& l, std::uint64_t len);
+    std::uint64_t copy_in(Client& c, Load& l, std::uint64_t from, std::uint64_t len);
     bool still_backs(Client& c, const Load& l, std::uint64_t addr);
     void signal_unservable(Client& c, unsigned slot, std::uint64_t page);
     void finish_load(Load* l);
     void run_waiting();
+
+    // readahead.cpp: loads beyond the faulting page
+    Load* inflight_at(Client& c, std::uint64_t addr);
+    // Takes a free buffer (the caller checked there is one) for [addr, addr + len) of r.
+    Load* new_load(Client& c, const Region& r, std::uint64_t addr, std::uint64_t len, Load::Kind kind);
+    // The block a fault at `page` loads: its fault block, cut at the region's end and
+    // before any load in flight.
+    std::pair<std::uint64_t, std::uint64_t> fault_range(Client& c, const Region& r, std::uint64_t page);
+    // Follows sequential streams; starts read-ahead loads when a fault continues one.
+    void readahead(Client& c, const Region& r, std::uint64_t page, bool in_flight);
+    // Starts loads over [from, to) that are not in flight yet, while more than `reserve`
+    // buffers are free; returns where it stopped (to, unless buffers ran out).
+    std::uint64_t load_range(Client& c, const Region& r, std::uint64_t from, std::uint64_t to, Load::Kind kind,
+                             PrefetchJob* job, std::uint64_t marker, unsigned reserve);
+    void queue_prefetch(Client& c, const Region& r, std::uint64_t from, std::uint64_t to,
+                        const std::shared_ptr<PrefetchWaiter>& waiter);
+    void process_ready();  // loads whose data came from the page cache at once
+    void pump_prefetches();  // background loads with the buffers faults leave free
+    void end_job(Client& c, std::list<PrefetchJob>::iterator job);
+    void cancel_jobs(Client& c);  // the client goes: its jobs end unanswered
+    void poll_for_faults();    // --poll-us: read the uffds of busy clients before sleeping
 
     Context& m_ctx;
     unsigned m_index;
@@ -232,6 +279,10 @@ private:
     std::size_t m_buffers_bytes = 0;
     std::vector<std::uint8_t*> m_free_buffers;
     std::deque<std::pair<Client*, Fault>> m_waiting;  // faults waiting for a buffer
+    std::vector<Load*> m_ready;  // read at once (start_read): installed by process_ready()
+    std::uint64_t m_uffd_reads = 0;  // uffd reads that brought messages
+    bool m_fault_seen = false;      // a fault arrived since the loop last slept
+    std::vector<std::uint64_t> m_busy;  // clients that faulted lately (serials), for poll_for_faults
     Clock::time_point m_last_deadline_check{};
     std::atomic<Clock::rep> m_last_turn{Clock::now().time_since_epoch().count()};
     std::mutex m_table_mutex;  // held by this worker while it changes m_clients or a region
