@@ -57,7 +57,9 @@ int run_cat(const std::string& socket, const CatOptions& o)
 
     auto conn = libclient::Connection::connect({socket, "pagerctl"});
     if (!conn) return report(conn.error());
-    auto region = conn.value()->map_fd(fd.get(), {map_offset, map_length, libclient::Access::ReadOnly});
+    libclient::MapOptions mo{map_offset, map_length, libclient::Access::ReadOnly};
+    mo.prefetch = o.prefetch;
+    auto region = conn.value()->map_fd(fd.get(), mo);
     if (!region) return report(region.error());
     const auto* base = static_cast<const volatile char*>(region->addr);
 

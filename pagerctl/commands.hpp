@@ -12,6 +12,7 @@ struct CatOptions {
     std::uint64_t length = 0;  // 0: to the end of the file
     bool random = false;
     unsigned threads = 1;
+    libclient::Prefetch prefetch = libclient::Prefetch::Sequential;  // --prefetch
 };
 
 struct WriteOptions {

@@ -34,6 +34,17 @@ int main(int argc, char** argv)
     catcmd->add_option("--length", cat.length, "Bytes (default: to the end of the file)");
     catcmd->add_option("--pattern", pattern, "Order of first touches")->check(CLI::IsMember({"seq", "random"}));
     catcmd->add_option("--threads", cat.threads, "Touching threads")->check(CLI::Range(1u, 1024u));
+    std::string prefetch = "sequential";
+    catcmd
+        ->add_option("--prefetch", prefetch,
+                     "What the daemon loads besides the faulting pages: sequential (read-ahead, the default), "
+                     "none, or all (the whole region in the background)")
+        ->check(
+            [](const std::string& v) -> std::string {
+                if (pagerd::libclient::parse_prefetch(v)) return {};
+                return "unknown prefetch policy \"" + v + "\" (expected sequential, none or all)";
+            },
+            "sequential|none|all");
 
     WriteOptions wr;
     auto* writecmd = app.add_subcommand("write", "Map FILE shared through pagerd, copy stdin into it at --offset, flush");
@@ -46,5 +57,6 @@ int main(int argc, char** argv)
     if (status->parsed()) return run_status(socket, json);
     if (writecmd->parsed()) return run_write(socket, wr);
     cat.random = pattern == "random";
+    cat.prefetch = *pagerd::libclient::parse_prefetch(prefetch);  // checked above
     return run_cat(socket, cat);
 }

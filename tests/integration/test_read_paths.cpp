@@ -326,3 +326,284 @@ TEST_CASE("pages past the end of a file that shrank raise SIGBUS, like mmap", "[
     CHECK(exited_with(st2, 50));
     CHECK(daemon.status().sigbus_faults >= 1);
 }
+
+namespace {
+
+// ---- reading `pagerctl status` and `pagerctl status --json` ----------------------------
+
+// The number after `"key":` in a flat JSON object (fails the test if absent).
+std::uint64_t json_u64(const std::string& obj, const std::string& key)
+{
+    const std::string k = "\"" + key + "\":";
+    const auto at = obj.find(k);
+    INFO("key " << key << " in " << obj);
+    REQUIRE(at != std::string::npos);
+    const auto start = at + k.size();
+    const auto end = obj.find_first_not_of("0123456789", start);
+    REQUIRE(end != std::string::npos);
+    REQUIRE(end > start);
+    return std::stoull(obj.substr(start, end - start));
+}
+
+// The array of numbers after `"key":` (fails the test if absent or not an array).
+std::vector<std::uint64_t> json_u64_array(const std::string& obj, const std::string& key)
+{
+    const std::string k = "\"" + key + "\":[";
+    const auto at = obj.find(k);
+    INFO("key " << key << " in " << obj);
+    REQUIRE(at != std::string::npos);
+    const auto end = obj.find(']', at);
+    REQUIRE(end != std::string::npos);
+    std::vector<std::uint64_t> out;
+    std::string item;
+    for (std::size_t i = at + k.size(); i <= end; ++i) {
+        const char c = obj[i];
+        if (c == ',' || c == ']') {
+            REQUIRE_FALSE(item.empty());
+            REQUIRE(item.find_first_not_of("0123456789") == std::string::npos);
+            out.push_back(std::stoull(item));
+            item.clear();
+        } else {
+            item += c;
+        }
+    }
+    return out;
+}
+
+// The object of region `id` in the `region_list` of `pagerctl status --json`.
+std::string json_region(const std::string& out, std::uint64_t id)
+{
+    const auto list = out.find("\"region_list\":[");
+    REQUIRE(list != std::string::npos);
+    const auto at = out.find(",\"id\":" + std::to_string(id) + ",", list);
+    INFO("region " << id << " in " << out);
+    REQUIRE(at != std::string::npos);
+    const auto begin = out.rfind('{', at);
+    const auto end = out.find('}', at);
+    REQUIRE(begin != std::string::npos);
+    REQUIRE(end != std::string::npos);
+    return out.substr(begin, end - begin + 1);
+}
+
+std::vector<std::string> lines_of(const std::string& text)
+{
+    std::vector<std::string> out;
+    std::string line;
+    for (const char c : text) {
+        if (c == '\n') {
+            out.push_back(line);
+            line.clear();
+        } else {
+            line += c;
+        }
+    }
+    if (!line.empty()) out.push_back(line);
+    return out;
+}
+
+std::vector<std::string> words_of(const std::string& line)
+{
+    std::vector<std::string> out;
+    std::string w;
+    for (const char c : line + " ") {
+        if (c == ' ') {
+            if (!w.empty()) out.push_back(w);
+            w.clear();
+        } else {
+            w += c;
+        }
+    }
+    return out;
+}
+
+// The label pagerctl gives latency bucket i: "<2µs", "2-4µs", ..., ">=32.8ms" (bucket i
+// is [2^i, 2^(i+1)) µs, bucket 15 32768 µs and more).
+std::string bucket_label(std::size_t i)
+{
+    const auto us = [](std::uint64_t v) {
+        char buf[32];
+        if (v < 1000) std::snprintf(buf, sizeof buf, "%lluµs", static_cast<unsigned long long>(v));
+        else std::snprintf(buf, sizeof buf, "%.1fms", static_cast<double>(v) / 1000);
+        return std::string(buf);
+    };
+    if (i == 0) return "<2µs";
+    if (i == 15) return ">=" + us(32768);
+    const std::uint64_t lo = std::uint64_t{1} << i, hi = lo * 2;
+    if (hi < 1000) return std::to_string(lo) + "-" + us(hi);
+    if (lo < 1000) return us(lo) + "-" + us(hi);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f-%.1fms", static_cast<double>(lo) / 1000, static_cast<double>(hi) / 1000);
+    return buf;
+}
+
+std::uint64_t sum(const std::vector<std::uint64_t>& v) { return std::accumulate(v.begin(), v.end(), std::uint64_t{0}); }
+std::uint64_t sum(const libclient::LatencyHistogram& h) { return std::accumulate(h.begin(), h.end(), std::uint64_t{0}); }
+
+}  // namespace
+
+TEST_CASE("pagerctl status shows the latency histogram, and each region's prefetch policy and faults",
+          "[read][pagerctl][status]")
+{
+    using libclient::Prefetch;
+    constexpr std::uint64_t block = 65536;
+    TempDir dir;
+    const std::uint64_t size_none = 4 * 1024 * 1024, size_seq = 8 * 1024 * 1024;
+    make_file(dir.file("data"), size_none + size_seq, 71);
+    const auto expect = read_file(dir.file("data"));
+    Daemon daemon({"--fault-block", std::to_string(block)});
+    auto conn = daemon.connect();
+
+    libclient::MapOptions o_none{0, size_none, Access::ReadOnly};
+    o_none.prefetch = Prefetch::None;
+    auto none = conn->map_file(dir.file("data"), o_none);
+    REQUIRE(none.ok());
+    libclient::MapOptions o_seq{size_none, size_seq, Access::ReadOnly};  // prefetch: the default
+    auto seq = conn->map_file(dir.file("data"), o_seq);
+    REQUIRE(seq.ok());
+    // Every page of both: the NONE region in random order from 4 threads, the default
+    // (sequential) one front to back from one thread.
+    touch_pages(static_cast<const std::uint8_t*>(none->addr), size_none, 4, true);
+    touch_pages(static_cast<const std::uint8_t*>(seq->addr), size_seq, 1, false);
+    REQUIRE(std::memcmp(none->addr, expect.data(), size_none) == 0);
+    REQUIRE(std::memcmp(seq->addr, expect.data() + size_none, size_seq) == 0);
+
+    // The daemon's counters follow the faults it served; give them a moment to settle.
+    const auto settled = [&] {
+        auto list = conn->regions();
+        if (!list) return false;
+        int ok = 0;
+        std::uint64_t region_faults = 0;
+        for (const auto& r : *list)
+            if ((r.id == none->id || r.id == seq->id) && r.faults > 0 && sum(r.latency_histogram) >= r.faults) {
+                ++ok;
+                region_faults += r.faults;
+            }
+        auto s = conn->status();
+        return ok == 2 && s && s->faults >= region_faults && sum(s->latency_histogram) >= s->faults;
+    };
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!settled() && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+
+    // ---- --json ----
+    auto json = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "status", "--json"});
+    INFO(json.err);
+    REQUIRE(exited_with(json.status, 0));
+    INFO(json.out);
+    const std::string& js = json.out;
+    const auto global = json_u64_array(js, "latency_histogram");  // the first one: daemon-wide
+    REQUIRE(js.find("\"latency_histogram\":[") < js.find("\"region_list\":["));
+    REQUIRE(global.size() == 16);
+    const std::uint64_t faults = json_u64(js, "faults");
+    CHECK(faults > 0);
+    CHECK(sum(global) >= faults);
+    // A sequential pass over 8 MiB: read-ahead installs pages before they are touched.
+    CHECK(json_u64(js, "pages_prefetched") > 0);
+
+    const std::string rn = json_region(js, none->id), rs = json_region(js, seq->id);
+    CHECK_THAT(rn, Catch::Contains("\"prefetch\":\"none\""));
+    CHECK_THAT(rs, Catch::Contains("\"prefetch\":\"sequential\""));
+    std::uint64_t region_faults = 0;
+    for (const auto& [obj, size] : {std::pair{rn, size_none}, std::pair{rs, size_seq}}) {
+        INFO(obj);
+        const auto f = json_u64(obj, "faults");
+        const auto hist = json_u64_array(obj, "latency_histogram");
+        REQUIRE(hist.size() == 16);
+        CHECK(f > 0);
+        CHECK(f <= size / 4096);  // at most one fault per page: each loads the page for good
+        CHECK(sum(hist) >= f);
+        const auto p50 = json_u64(obj, "latency_p50_ns"), p99 = json_u64(obj, "latency_p99_ns");
+        CHECK(p50 > 0);
+        CHECK(p99 >= p50);
+        CHECK(json_u64(obj, "prefetch_pending") == 0);  // no ALL fill, no PREFETCH request
+        for (std::size_t i = 0; i < 16; ++i) CHECK(hist[i] <= global[i]);
+        region_faults += f;
+    }
+    CHECK(faults >= region_faults);
+    // NONE loads the faulting block only: covering 4 MiB takes a fault per 64 KiB block.
+    CHECK(json_u64(rn, "faults") >= size_none / block);
+
+    // ---- text ----
+    auto text = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "status"});
+    INFO(text.err);
+    REQUIRE(exited_with(text.status, 0));
+    INFO(text.out);
+    const auto lines = lines_of(text.out);
+    bool prefetched_line = false, histogram_header = false;
+    for (const auto& l : lines) {
+        if (l.rfind("pages prefetched", 0) == 0) {
+            prefetched_line = true;
+            const auto w = words_of(l);
+            REQUIRE(w.size() == 3);
+            CHECK(std::stoull(w[2]) == json_u64(js, "pages_prefetched"));  // nothing ran since
+        }
+        if (l == "fault latency histogram (" + std::to_string(sum(global)) + " faults)") histogram_header = true;
+    }
+    CHECK(prefetched_line);
+    CHECK(histogram_header);
+    // One row per non-empty bucket: label, count, and a bar scaled to the largest bucket.
+    const std::uint64_t largest = *std::max_element(global.begin(), global.end());
+    std::size_t rows = 0;
+    for (const auto& l : lines) {
+        if (l.rfind("  ", 0) != 0) continue;
+        const auto w = words_of(l);
+        if (w.size() != 3) continue;
+        std::size_t bucket = 16;
+        for (std::size_t i = 0; i < 16; ++i)
+            if (w[0] == bucket_label(i)) bucket = i;
+        if (bucket == 16) continue;
+        INFO("histogram row: " << l);
+        ++rows;
+        CHECK(global[bucket] > 0);
+        CHECK(std::stoull(w[1]) == global[bucket]);
+        CHECK(w[2].find_first_not_of('#') == std::string::npos);
+        CHECK(w[2].size() >= 1);
+        CHECK(w[2].size() <= 40);
+        if (global[bucket] == largest) CHECK(w[2].size() == 40);
+    }
+    CHECK(rows == static_cast<std::size_t>(std::count_if(global.begin(), global.end(), [](auto n) { return n > 0; })));
+    // The region rows: client pid region bytes access tracking prefetch dirty faults p50 p99
+    // pending (one or two words) and the region's non-empty buckets as label:count.
+    for (const auto& [id, obj, policy] :
+         {std::tuple{none->id, rn, "none"}, std::tuple{seq->id, rs, "sequential"}}) {
+        INFO("region " << id);
+        const std::string* row = nullptr;
+        for (const auto& l : lines) {
+            const auto w = words_of(l);
+            if (w.size() > 8 && w[2] == std::to_string(id) && w[4] == "read-only") row = &l;
+        }
+        REQUIRE(row != nullptr);
+        INFO(*row);
+        const auto w = words_of(*row);
+        CHECK(w[6] == policy);
+        CHECK(std::stoull(w[8]) == json_u64(obj, "faults"));
+        const auto hist = json_u64_array(obj, "latency_histogram");
+        for (std::size_t i = 0; i < 16; ++i)
+            if (hist[i] > 0)
+                CHECK(std::find(w.begin(), w.end(), bucket_label(i) + ":" + std::to_string(hist[i])) != w.end());
+    }
+
+    REQUIRE(conn->unmap(none.value()).ok());
+    REQUIRE(conn->unmap(seq.value()).ok());
+}
+
+TEST_CASE("pagerctl cat --prefetch takes every policy, and refuses an unknown one", "[read][pagerctl]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), 3 * 1024 * 1024 + 1234, 72);
+    const auto expect = read_file(dir.file("data"));
+    Daemon daemon;
+    for (const char* policy : {"sequential", "none", "all"}) {
+        INFO(policy);
+        auto r = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "cat", dir.file("data"), "--prefetch",
+                              policy, "--pattern", "random", "--threads", "2"});
+        INFO(r.err);
+        REQUIRE(exited_with(r.status, 0));
+        CHECK(r.out == std::string(expect.begin(), expect.end()));
+    }
+    auto bad = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "cat", dir.file("data"), "--prefetch", "some"});
+    CHECK_FALSE(exited_with(bad.status, 0));
+    CHECK(bad.out.empty());
+    CHECK_THAT(bad.err, Catch::Contains("--prefetch") && Catch::Contains("\"some\"") &&
+                            Catch::Contains("sequential, none or all"));
+}
