@@ -15,7 +15,7 @@ struct Config {
     unsigned max_regions_per_client = 1024;
     std::uint64_t max_mapped_bytes_per_client = std::uint64_t{1} << 40;
     unsigned hello_timeout_ms = 5000;
-    std::uint64_t fault_block_bytes = 16 * 1024;  // bytes loaded around a faulting page
+    std::uint64_t fault_block_bytes = 4096;  // bytes loaded for a fault that continues no stream
     std::uint64_t readahead_max_bytes = 4u << 20;  // largest read-ahead window of a stream
     unsigned staging_buffers = 64;                 // per worker, each staging_buffer_bytes()
     unsigned poll_us = 0;  // after a fault, keep polling the userfaultfds this long before sleeping

@@ -38,7 +38,7 @@ constexpr std::uint64_t k_data_size = 64ull << 20;
 constexpr std::uint64_t k_shared_size = 1ull << 20;
 constexpr std::uint32_t k_data_seed = 811;
 constexpr std::uint32_t k_shared_seed = 812;
-// Pacing of the read-only pass: a pause after every 16 pages (one default fault block).
+// Pacing of the read-only pass: a pause after every 16 pages.
 constexpr std::uint64_t k_pages_per_pause = 16;
 constexpr auto k_pause = std::chrono::milliseconds(9);
 // Pages counted from the start of the read-only region before STARTED is created.
