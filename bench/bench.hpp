@@ -1,4 +1,5 @@
-// pagerd-bench: first-touch read throughput of kernel mmap against pagerd, on one file;
+// pagerd-bench: first-touch read throughput of pagerd against baselines (kernel mmap, an
+// in-process userfaultfd loop, pagerd with 1 thread) with target ratios, on one file;
 // write faults and flush throughput of Shared regions against in-process baselines.
 // Declarations shared by the benchmark's sources; see main.cpp for the run itself.
 #pragma once
@@ -60,13 +61,51 @@ struct Measure {
     std::uint64_t checksum = 0;  // sum of every touched byte
 };
 
-// Maps the file fresh with mmap(MAP_PRIVATE, PROT_READ), touches, unmaps.
+// Touches one byte of each page in `pages` of the memory at `addr`, split into `threads`
+// contiguous shares; the clock runs from releasing the (already started) threads to the
+// last one finishing. The same loop for every side of every read case.
+Measure touch(const void* addr, const std::vector<std::uint32_t>& pages, unsigned threads);
+
+// Maps the file fresh with mmap(MAP_PRIVATE, PROT_READ), madvise(advice) unless advice is
+// MADV_NORMAL, touches, unmaps.
 Result<Measure> measure_mmap(int fd, std::uint64_t bytes, const std::vector<std::uint32_t>& pages,
-                             unsigned threads);
-// Maps the file fresh through pagerd (Access::ReadOnly), touches, compares a sample of the
-// touched pages with pread, unmaps. A mismatch is an error whose code is EBADMSG.
-Result<Measure> measure_pagerd(libclient::Connection& conn, int fd, std::uint64_t bytes,
-                               const std::vector<std::uint32_t>& pages, unsigned threads);
+                             unsigned threads, int advice);
+
+// What the daemon said about one pagerd measurement.
+struct PagerdRun {
+    Measure m;
+    double fill_seconds = -1;    // Prefetch::All: map to the return of prefetch(wait=true)
+    bool have_region = false;    // `region` was found in Connection::regions() before unmap
+    libclient::RegionInfo region;
+    std::string region_note;     // why not
+    double cpu_seconds = -1;     // daemon utime+stime over map..touches; negative if unknown
+    bool have_faults = false;    // Status::faults read before and after
+    std::uint64_t faults = 0;    // delta of Status::faults over map..touches
+    std::uint64_t faults_after_fill = 0;  // Prefetch::All: delta over the timed touches only
+    std::uint64_t pages_prefetched = 0;   // delta of Status::pages_prefetched over map..touches
+};
+
+struct PagerdSetup {
+    libclient::Prefetch prefetch = libclient::Prefetch::Sequential;
+    bool fill = false;       // prefetch(region, size, wait=true) before the clock starts
+    pid_t daemon_pid = -1;   // for its CPU time; -1: unknown
+};
+
+// Maps the file fresh through pagerd (Access::ReadOnly, policy s.prefetch), touches,
+// compares a sample of the touched pages with pread, reads the region's figures from
+// Connection::regions(), unmaps. A mismatch is an error whose code is EBADMSG.
+Result<PagerdRun> measure_pagerd(libclient::Connection& conn, int fd, std::uint64_t bytes,
+                                 const std::vector<std::uint32_t>& pages, unsigned threads,
+                                 const PagerdSetup& s);
+
+// ---- uffd_loop.cpp: the in-process userfaultfd baseline ---------------------------------
+
+// The file read into anonymous memory (not timed); a fresh anonymous region registered
+// MISSING with this process's own userfaultfd; one handler thread doing blocking read() of
+// the uffd and UFFDIO_COPY of each faulting 4 KiB page from the copy; touch() over it.
+// `how` receives how the userfaultfd was obtained.
+Result<Measure> measure_uffd_loop(int fd, std::uint64_t bytes, const std::vector<std::uint32_t>& pages,
+                                  unsigned threads, std::string* how = nullptr);
 
 // ---- write.cpp, flush.cpp: write faults and flush throughput of Shared regions ---------
 
@@ -150,6 +189,11 @@ void daemon_emergency_cleanup() noexcept;
 // installed tree), then pagerd on $PATH. Empty if none is found.
 std::string find_pagerd();
 
+// utime+stime of a process in seconds (/proc/<pid>/stat, 1/CLK_TCK resolution); -1 if unknown.
+double process_cpu_seconds(pid_t pid);
+// A "Vm...:" line of /proc/<pid>/status ("VmHWM", "VmRSS") in KiB; -1 if unknown.
+long long process_vm_kib(pid_t pid, const char* field);
+
 // Connection::connect, retried every 20 ms for `wait_ms` while `daemon` (may be null)
 // keeps running.
 Result<std::unique_ptr<libclient::Connection>> connect_with_retry(const std::string& socket,
@@ -157,15 +201,53 @@ Result<std::unique_ptr<libclient::Connection>> connect_with_retry(const std::str
 
 // ---- report.cpp: the table and the JSON object ------------------------------------------
 
+// One read case: a pagerd side against a baseline, measured back to back on the same file.
 struct CaseResult {
-    std::string name;          // e.g. "seq-hot-1t"
+    std::string name;          // of the pagerd side, e.g. "seq-cold-1t"
+    std::string baseline;      // short name of the baseline, e.g. "mmap+MADV_SEQUENTIAL"
+    std::string id;            // unique: name + "/" + baseline id
+    std::string title;         // e.g. "sequential read, cold, 1 thread"
+    std::string baseline_title;  // e.g. "kernel mmap + MADV_SEQUENTIAL"
+    bool target_case = false;  // one of the table of targets (else an extra row)
+    double target = -1;        // pagerd ÷ baseline throughput to reach; negative: none
     std::uint64_t pages = 0;   // pages touched per run
-    double mmap_seconds = -1;  // median over --repeat; negative when the case failed
+    unsigned threads = 1;
+    std::string prefetch;      // policy of the pagerd side
+    double base_seconds = -1;  // median over --repeat; negative when the case failed
     double pagerd_seconds = -1;
+    std::string failure;       // why the case failed (empty: it ran)
+    std::string skipped;       // why it was not run (not an error)
+    // Pagerd side (the median run where a median is meaningful; sums over every run else).
+    bool have_region = false;
+    std::string region_note;               // why the region's figures are missing
+    std::uint64_t region_faults = 0;       // faults of the region (median over runs)
+    double p50_ns = -1, p99_ns = -1;       // per-region fault latency (median over runs)
+    libclient::LatencyHistogram histogram{};  // per-region, summed over runs
+    double cpu_seconds = -1;               // daemon CPU over the pagerd side, summed over runs
+    std::uint64_t daemon_faults = 0;       // Status::faults delta, summed over runs
+    bool have_daemon_faults = false;
+    std::uint64_t pages_prefetched = 0;    // Status::pages_prefetched delta, summed over runs
+    double fill_seconds = -1;              // Prefetch::All: median fill time
+    std::uint64_t faults_after_fill = 0;   // Prefetch::All: max over runs
+    // Baseline, when it is pagerd too: its region's latency.
+    double base_p50_ns = -1, base_p99_ns = -1;
+
+    bool ran() const { return base_seconds > 0 && pagerd_seconds > 0 && pages > 0; }
+    double ratio() const { return ran() ? base_seconds / pagerd_seconds : -1; }
+    bool met() const { return ran() && target > 0 && ratio() >= target; }
+    double cpu_per_fault_us() const
+    {
+        return cpu_seconds >= 0 && have_daemon_faults && daemon_faults > 0
+                   ? cpu_seconds * 1e6 / static_cast<double>(daemon_faults)
+                   : -1;
+    }
 };
 
 struct RunInfo {
-    bool reads = true, writes = false, flushes = false;  // the groups of --cases run
+    std::string kernel;  // uname -r
+    long cpus = 0;
+    std::string date;    // start of the run, UTC, ISO 8601
+    bool reads = true, extras = false, writes = false, flushes = false;  // the groups of --cases run
     std::string file;
     std::uint64_t file_bytes = 0;
     unsigned threads = 1;
@@ -173,8 +255,12 @@ struct RunInfo {
     std::uint64_t random_pages = 0;
     bool cold_possible = false;
     std::string cold_note;
+    std::string uffd_loop;  // how the uffd loop baseline got its userfaultfd
     std::string daemon;  // which daemon served the run
     bool own_daemon = false;
+    pid_t daemon_pid = -1;
+    long long daemon_peak_rss_kib = -1;  // VmHWM at the end
+    long long daemon_rss_kib = -1;       // VmRSS at the end
     bool have_status = false;
     libclient::Status status;
     std::vector<std::string> errors;
@@ -184,15 +270,27 @@ struct RunInfo {
     std::vector<FlushCase> flush_cases;
 };
 
+void set_machine(RunInfo& info);  // kernel, cpus, date
 void print_table(const RunInfo& info, const std::vector<CaseResult>& cases);
 void print_json(const RunInfo& info, const std::vector<CaseResult>& cases);
 
 // report.cpp helpers, also used by report_write.cpp.
 std::string fmt(double v);  // about three significant digits
+std::string target_text(double ratio);  // "2.5x"
 std::string json_string(const std::string& s);
 std::string json_number(double v);  // null if negative or not finite
-// An aligned table: the first column left-aligned, the others right-aligned.
-void print_rows(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows);
+// An aligned table: the first `left` columns left-aligned, the others right-aligned.
+void print_rows(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows,
+                std::size_t left = 1);
+
+double gbps(double seconds, std::uint64_t pages);  // 4 KiB x pages / seconds / 10^9; -1 if not run
+
+// plot.cpp: --plot. gnuplot on $PATH (an error telling to install gnuplot-nox if not).
+Result<std::string> find_gnuplot();
+// One PNG, two panels: GB/s of both sides of every target case, and the pagerd side's
+// fault latency p50/p99 (log scale).
+Result<void> write_plot(const std::string& gnuplot, const std::string& png, const RunInfo& info,
+                        const std::vector<CaseResult>& cases);
 
 // report_write.cpp: the write and flush tables, and their JSON members.
 void print_write_tables(const RunInfo& info);

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -153,6 +155,35 @@ Daemon::~Daemon()
     }
     if (!m_socket.empty()) ::unlink(m_socket.c_str());
     if (!m_dir.empty()) ::rmdir(m_dir.c_str());
+}
+
+double process_cpu_seconds(pid_t pid)
+{
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(in, line)) return -1;
+    // The command name (field 2) may hold spaces and parentheses: fields 3.. follow the last ')'.
+    const std::size_t close = line.rfind(')');
+    if (close == std::string::npos) return -1;
+    std::istringstream rest(line.substr(close + 1));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && rest >> field; ++i) {
+        if (i == 14) utime = std::stoull(field);
+        if (i == 15) stime = std::stoull(field);
+    }
+    if (!rest) return -1;
+    const long hz = ::sysconf(_SC_CLK_TCK);
+    return hz > 0 ? static_cast<double>(utime + stime) / static_cast<double>(hz) : -1;
+}
+
+long long process_vm_kib(pid_t pid, const char* field)
+{
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    const std::string want = std::string(field) + ":";
+    for (std::string line; std::getline(in, line);)
+        if (line.compare(0, want.size(), want) == 0) return std::atoll(line.c_str() + want.size());
+    return -1;
 }
 
 Result<std::unique_ptr<libclient::Connection>> connect_with_retry(const std::string& socket,

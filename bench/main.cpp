@@ -1,7 +1,9 @@
-// pagerd-bench: first-touch reads of one file through kernel mmap and through pagerd,
-// sequential and random, hot and cold page cache, 1 and N threads; write faults and flush
-// throughput of Shared regions against in-process baselines; in one run.
+// pagerd-bench: first-touch reads of one file through pagerd against baselines measured in
+// the same run (kernel mmap with and without madvise, an in-process userfaultfd loop,
+// pagerd with 1 thread), each with a target ratio; write faults and flush throughput of
+// Shared regions against in-process baselines; in one run.
 #include <signal.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -19,7 +21,7 @@ using namespace pagerd::bench;
 
 struct Options {
     std::string file;
-    std::uint64_t size = 256ull << 20;
+    std::uint64_t size = 1ull << 30;
     std::string tmpdir = "/var/tmp";
     unsigned threads = 0;
     std::string socket;
@@ -27,37 +29,87 @@ struct Options {
     std::uint64_t random_pages = 20000;
     unsigned repeat = 1;
     bool json = false;
-    std::vector<std::string> cases = {"read", "write", "flush"};
+    std::string plot;
+    std::vector<std::string> cases = {"read", "extra", "write", "flush"};
     std::uint64_t write_pages = 16384;
 };
 
-struct CaseSpec {
-    std::string name;
+// One read case: the pagerd side and its baseline.
+enum class Base { Mmap, MmapSequential, MmapRandom, UffdLoop, Pagerd1t };
+
+struct ReadSpec {
+    std::string name;            // of the pagerd side
+    std::string baseline;        // short name of the baseline
+    std::string base_id;         // for CaseResult::id
+    std::string title;           // the pagerd side in words
+    std::string baseline_title;  // the baseline in words
+    bool target_case = false;
+    double target = -1;
     bool random = false;
     bool cold = false;
     unsigned threads = 1;
+    Base base = Base::Mmap;
+    libclient::Prefetch prefetch = libclient::Prefetch::Sequential;
+    bool fill = false;  // Prefetch::All: the clock starts once prefetch(wait=true) returned
 };
 
 constexpr const char* k_footer = R"(
-Read cases (--cases read): for each pattern (seq: one byte of every 4 KiB page of the file,
-in order; rand: --random-pages distinct pages drawn by a fixed-seed PRNG, the same set every
-run and for both sides), for a HOT page cache (the file read once first) and a COLD one
-(fdatasync, posix_fadvise(POSIX_FADV_DONTNEED) over the file, then "1" into
-/proc/sys/vm/drop_caches when writable, before every measurement), with 1 thread and with
---threads threads (the pages split into contiguous shares), the file is read through
-  mmap    a fresh mmap(MAP_PRIVATE, PROT_READ) of the whole file, and
-  pagerd  a fresh pagerd region (Connection::map_fd, Access::ReadOnly) of the whole file.
-Every measurement maps anew so every page is really touched first, and unmaps after; the
-clock covers the touches only, not the map and unmap calls. Cold cases run only when a
-drop was checked to work (mincore) at the start; otherwise they are skipped with a note.
+Read cases (--cases read): the table of targets, in this order. Every case measures its
+baseline, then its pagerd side, back to back on the same file, in one run:
+  case  pagerd side (pattern, cache, threads)   baseline                          target
+  1     seq-cold-1t                             mmap (kernel mmap, default)       >= 2.5x
+  2     seq-cold-1t                             mmap+MADV_SEQUENTIAL              >= 1.0x
+  3     rand-cold-1t                            mmap+MADV_RANDOM                  >= 0.9x
+  4     rand-hot-1t                             uffd loop (in-process)            >= 0.7x
+  5     rand-hot-2t                             pagerd rand-hot-1t                >= 1.5x
+  6     seq-prefetch-all-1t (after the fill)    mmap, page cache hot              >= 0.8x
+target: the ratio pagerd / baseline of throughput (higher is better) that meets it.
+- seq: one byte of every 4 KiB page of the file, in order (--size, default 1 GiB); rand:
+  --random-pages distinct pages drawn by a fixed-seed PRNG, the same set every run and for
+  both sides. Threads split the pages into contiguous shares. The same touch loop (one
+  volatile byte read per page) runs on every side.
+- cold: fdatasync, posix_fadvise(POSIX_FADV_DONTNEED) over the file, then "1" into
+  /proc/sys/vm/drop_caches, before each side of each run. Cold cases run only when a drop
+  was checked to work (mincore) at the start; otherwise they are skipped with a note.
+  hot: the file was read once (pread) before.
+- pagerd sides: a fresh region of the whole file, Connection::map_fd with Access::ReadOnly
+  and the default policy Prefetch::Sequential (cases 1-5: one policy whatever the access
+  pattern); case 6 maps with Prefetch::All, page cache hot, calls
+  Connection::prefetch(region, size, wait=true) and starts the clock once it returned
+  (the fill time, from map_fd to that return, and the fill throughput are reported).
+- mmap sides: a fresh mmap(MAP_PRIVATE, PROT_READ) of the whole file, with madvise
+  MADV_SEQUENTIAL or MADV_RANDOM on the whole mapping where named.
+- uffd loop: the file read into anonymous memory (not timed); a fresh anonymous region
+  registered UFFDIO_REGISTER_MODE_MISSING with the process's own userfaultfd
+  (UFFD_USER_MODE_ONLY, else /dev/userfaultfd); one handler thread doing blocking read()
+  of the uffd and UFFDIO_COPY of the faulting 4 KiB page from the copy.
+- case 5's baseline is pagerd's case 4 side measured again in the same case.
+Every measurement maps anew so that every page is really touched first, and unmaps after;
+the clock covers the touches only (not map, fill-wait or unmap).
 
-Figures per case: pages touched, µs per page (wall time / pages), GB/s (4 KiB x pages /
-wall time) for each side, and pagerd/mmap, the ratio of throughput (above 1: pagerd was
-faster). At the end: the daemon's fault latency p50/p99 from its status (cumulative).
+Extra read cases (--cases extra): pagerd with its default policy against kernel mmap
+(default), seq and rand x hot and cold x 1 and --threads threads, no target (seq-cold-1t
+only when the read cases did not run it already).
+
+Figures per read case: GB/s (4 KiB x pages touched / wall time) of both sides, the ratio
+pagerd / baseline, the target and whether it was met; µs per page of both sides; for the
+pagerd side, from the daemon: the region's fault count and fault latency p50/p99
+(Connection::regions(), the region found by its id before it is unmapped), and the
+daemon's CPU time per fault (utime+stime of /proc/<pid>/stat over the pagerd side, map to
+last touch, divided by the change of the status' fault count; clock-tick resolution,
+1/CLK_TCK = 10 ms on Linux; "n/a" with --socket, whose daemon's pid is not known). At the end: the daemon's peak RSS (VmHWM)
+and its RSS now. With --repeat: medians of the times and latencies; CPU per fault over
+all runs. A case the daemon refuses (e.g. a policy or PREFETCH it does not offer yet) is
+reported as FAILED with the reason, and the run goes on.
 
 Checks: the sum of the touched bytes must be equal through both sides, and 64 of the pages
-touched through pagerd are compared with pread of the file. A mismatch or a failed case is
-reported and makes the exit status 1.
+touched through pagerd are compared with pread of the file (every pagerd side). A mismatch
+or a failed case is reported and makes the exit status 1; a missed target does not.
+
+--plot FILE.png: one PNG drawn by gnuplot (package gnuplot-nox) with two panels: GB/s of
+both sides of every case of the table of targets (of the extra cases when only those ran;
+grouped bars, log scale, ratio, target and met above each group), and the pagerd side's
+fault latency p50/p99 (log scale). gnuplot missing is an error before anything runs.
 
 Write cases (--cases write): one byte written in each of the first --write-pages pages of
 the file, in order, per case on a new mapping; the clock covers the writes only:
@@ -83,7 +135,8 @@ error (exit status 1).
 
 The write and flush cases write into the temporary file (never into --file: with --file, or
 when the temporary file is smaller than --write-pages pages, they use a temporary file of
-their own in --tmpdir). Without "read" in --cases the temporary file is --write-pages pages.
+their own in --tmpdir). Without read or extra in --cases the temporary file is
+--write-pages pages.
 
 Daemon: without --socket, pagerd-bench starts its own pagerd on a temporary socket (from
 --pagerd, else ../daemon/pagerd next to pagerd-bench as in the build tree, else pagerd next
@@ -123,21 +176,73 @@ int fail(const std::string& message)
     return 1;
 }
 
+std::vector<ReadSpec> read_specs(bool table, bool extras, unsigned threads)
+{
+    using libclient::Prefetch;
+    std::vector<ReadSpec> v;
+    if (table) {
+        v.push_back({"seq-cold-1t", "mmap", "mmap", "sequential read, cold, 1 thread", "kernel mmap, default",
+                     true, 2.5, false, true, 1, Base::Mmap});
+        v.push_back({"seq-cold-1t", "mmap+MADV_SEQUENTIAL", "mmap-madv-sequential", "sequential read, cold, 1 thread",
+                     "kernel mmap + MADV_SEQUENTIAL", true, 1.0, false, true, 1, Base::MmapSequential});
+        v.push_back({"rand-cold-1t", "mmap+MADV_RANDOM", "mmap-madv-random", "random 4 KiB reads, cold, 1 thread",
+                     "kernel mmap + MADV_RANDOM", true, 0.9, true, true, 1, Base::MmapRandom});
+        v.push_back({"rand-hot-1t", "uffd loop", "uffd-loop", "random 4 KiB reads, page cache hot, 1 thread",
+                     "in-process userfaultfd loop (read() + UFFDIO_COPY of 4 KiB from an in-memory copy)", true, 0.7,
+                     true, false, 1, Base::UffdLoop});
+        v.push_back({"rand-hot-2t", "pagerd rand-hot-1t", "pagerd-1t", "random 4 KiB reads, page cache hot, 2 threads",
+                     "the same pagerd case with 1 thread", true, 1.5, true, false, 2, Base::Pagerd1t});
+        v.push_back({"seq-prefetch-all-1t", "mmap, hot", "mmap-hot",
+                     "sequential read, prefetch=all, after the fill, 1 thread", "kernel mmap, page cache hot", true,
+                     0.8, false, false, 1, Base::Mmap, Prefetch::All, true});
+    }
+    std::vector<unsigned> counts = {1};
+    if (threads > 1) counts.push_back(threads);
+    if (extras)
+        for (const bool random : {false, true})
+            for (const bool cold : {false, true})
+                for (const unsigned t : counts) {
+                    if (table && !random && cold && t == 1) continue;  // case 1 of the table
+                    const std::string name = std::string(random ? "rand" : "seq") + (cold ? "-cold-" : "-hot-") +
+                                             std::to_string(t) + "t";
+                    const std::string title = std::string(random ? "random 4 KiB reads" : "sequential read") +
+                                              (cold ? ", cold, " : ", page cache hot, ") + std::to_string(t) +
+                                              (t == 1 ? " thread" : " threads");
+                    v.push_back({name, "mmap", "mmap", title, "kernel mmap, default", false, -1, random, cold, t,
+                                 Base::Mmap});
+                }
+    return v;
+}
+
 int run(const Options& o)
 {
     ::signal(SIGBUS, on_sigbus);
     for (const int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, on_stop);
     const bool progress = ::isatty(STDERR_FILENO);
     RunInfo info;
+    set_machine(info);
     info.repeat = o.repeat;
     auto wanted = [&o](const char* c) { return std::find(o.cases.begin(), o.cases.end(), c) != o.cases.end(); };
     info.reads = wanted("read");
+    info.extras = wanted("extra");
     info.writes = wanted("write");
     info.flushes = wanted("flush");
+    const bool any_reads = info.reads || info.extras;
     const std::uint64_t write_bytes = o.write_pages * k_page;
 
+    std::string gnuplot;
+    if (!o.plot.empty()) {
+        if (!any_reads) return fail("--plot draws the read cases: add read (or extra) to --cases");
+        auto g = find_gnuplot();
+        if (!g) return fail(g.error().message);
+        gnuplot = g.value();
+        const std::size_t slash = o.plot.rfind('/');
+        const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : o.plot.substr(0, slash);
+        if (::access(dir.c_str(), W_OK) != 0) return fail("--plot: cannot write into " + dir);
+    }
+
     if (progress && o.file.empty()) std::fprintf(stderr, "creating the file...\n");
-    auto file = o.file.empty() ? create_temp_file(o.tmpdir, info.reads ? o.size : write_bytes) : open_file(o.file);
+    auto file = o.file.empty() ? create_temp_file(o.tmpdir, any_reads ? o.size : write_bytes) : open_file(o.file);
     if (!file) return fail(file.error().message);
     const int fd = file->fd.get();
     const std::uint64_t bytes = file->bytes;
@@ -147,7 +252,7 @@ int run(const Options& o)
     const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
     info.threads = o.threads ? o.threads : static_cast<unsigned>(std::max(1L, cpus));
 
-    const ColdProbe cold = info.reads ? probe_cold(fd, bytes) : ColdProbe{};
+    const ColdProbe cold = any_reads ? probe_cold(fd, bytes) : ColdProbe{};
     info.cold_possible = cold.possible;
     info.cold_note = cold.note;
 
@@ -173,10 +278,12 @@ int run(const Options& o)
         if (!started) return fail(started.error().message);
         daemon = std::move(started.value());
         socket = daemon->socket();
-        info.daemon = daemon->exe() + " (started for this run on " + socket + ")";
+        info.daemon = daemon->exe() + " (started for this run on " + socket + ", pid " +
+                      std::to_string(daemon->pid()) + ")";
         info.own_daemon = true;
+        info.daemon_pid = daemon->pid();
     } else {
-        info.daemon = "running daemon at " + socket;
+        info.daemon = "running daemon at " + socket + " (its pid is not known: no CPU time or RSS)";
     }
     auto connected = connect_with_retry(socket, daemon ? 5000 : 0, daemon.get());
     if (!connected) return fail(connected.error().message);
@@ -184,21 +291,8 @@ int run(const Options& o)
 
     const std::vector<std::uint32_t> seq = sequential_pages(bytes / k_page);
     const std::vector<std::uint32_t> rnd = random_pages(bytes / k_page, o.random_pages);
-    info.random_pages = info.reads ? rnd.size() : 0;
-    std::vector<CaseSpec> specs;
-    for (const bool random : {false, true})
-        for (const bool is_cold : {false, true}) {
-            if (is_cold && !cold.possible) continue;
-            for (const unsigned t : {1u, info.threads}) {
-                if (t == 1 && !specs.empty() && specs.back().threads == 1 && specs.back().random == random &&
-                    specs.back().cold == is_cold)
-                    continue;  // --threads 1: the N-thread case would repeat the 1-thread case
-                const std::string name = std::string(random ? "rand" : "seq") + (is_cold ? "-cold-" : "-hot-") +
-                                         std::to_string(t) + "t";
-                specs.push_back({name, random, is_cold, t});
-            }
-        }
-    if (!info.reads) specs.clear();
+    info.random_pages = any_reads ? rnd.size() : 0;
+    const std::vector<ReadSpec> specs = read_specs(info.reads, info.extras, info.threads);
 
     bool hot_now = false;  // probe_cold left the file out of the cache
     auto prepare = [&](bool want_cold) -> Result<void> {
@@ -215,44 +309,122 @@ int run(const Options& o)
         info.errors.push_back(e);
     };
 
+    PagerdSetup plain;
+    plain.daemon_pid = info.daemon_pid;
+
     std::vector<CaseResult> results;
     bool daemon_lost = false;
-    for (std::size_t i = 0; i < specs.size() && !daemon_lost; ++i) {
-        const CaseSpec& s = specs[i];
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        const ReadSpec& s = specs[i];
         const auto& pages = s.random ? rnd : seq;
-        if (progress) std::fprintf(stderr, "[%zu/%zu] %s\n", i + 1, specs.size(), s.name.c_str());
-        CaseResult r{s.name, pages.size()};
-        std::vector<double> mt, pt;
-        for (unsigned rep = 0; rep < o.repeat; ++rep) {
+        CaseResult r;
+        r.name = s.name;
+        r.baseline = s.baseline;
+        r.id = s.name + "/" + s.base_id;
+        r.title = s.title;
+        r.baseline_title = s.baseline_title;
+        r.target_case = s.target_case;
+        r.target = s.target;
+        r.pages = pages.size();
+        r.threads = s.threads;
+        r.prefetch = libclient::prefetch_name(s.prefetch);
+        if (s.cold && !cold.possible) {
+            r.skipped = "cold cases not possible here (" + cold.note + ")";
+            results.push_back(r);
+            continue;
+        }
+        if (daemon_lost) {
+            r.failure = "not run: the connection to pagerd was lost";
+            results.push_back(r);
+            continue;
+        }
+        if (progress) std::fprintf(stderr, "[%zu/%zu] %s vs %s\n", i + 1, specs.size(), s.name.c_str(), s.baseline.c_str());
+        std::vector<double> bt, pt, p50, p99, bp50, bp99, fills, rfaults;
+        auto failed = [&](const std::string& why) {
+            r.failure = why;
+            error(r.id + ": " + why);
+        };
+        for (unsigned rep = 0; rep < o.repeat && r.failure.empty(); ++rep) {
+            // The baseline.
             if (auto p = prepare(s.cold); !p) {
-                error(s.name + ": " + p.error().message);
+                failed(p.error().message);
                 break;
             }
-            auto m = measure_mmap(fd, bytes, pages, s.threads);
+            Result<Measure> b = Error{};
+            switch (s.base) {
+            case Base::Mmap: b = measure_mmap(fd, bytes, pages, s.threads, MADV_NORMAL); break;
+            case Base::MmapSequential: b = measure_mmap(fd, bytes, pages, s.threads, MADV_SEQUENTIAL); break;
+            case Base::MmapRandom: b = measure_mmap(fd, bytes, pages, s.threads, MADV_RANDOM); break;
+            case Base::UffdLoop: b = measure_uffd_loop(fd, bytes, pages, s.threads, &info.uffd_loop); break;
+            case Base::Pagerd1t:
+                if (auto d1 = measure_pagerd(conn, fd, bytes, pages, 1, plain)) {
+                    b = d1->m;
+                    if (d1->have_region && d1->region.faults) {
+                        bp50.push_back(static_cast<double>(d1->region.latency_p50_ns));
+                        bp99.push_back(static_cast<double>(d1->region.latency_p99_ns));
+                    }
+                } else {
+                    b = Error{d1.error().code, d1.error().message};
+                }
+                break;
+            }
+            if (!b) {
+                failed("baseline " + s.baseline + ": " + b.error().message);
+                break;
+            }
+            // The pagerd side.
             if (auto p = prepare(s.cold); !p) {
-                error(s.name + ": " + p.error().message);
+                failed(p.error().message);
                 break;
             }
             if (!conn.daemon_alive()) {
-                error("the connection to pagerd was lost; remaining cases not run");
+                failed("the connection to pagerd was lost; remaining cases not run");
                 daemon_lost = true;
                 break;
             }
-            auto d = measure_pagerd(conn, fd, bytes, pages, s.threads);
-            if (!m) error(s.name + " mmap: " + m.error().message);
-            if (!d) error(s.name + " pagerd: " + d.error().message);
-            if (!m || !d) break;
-            if (m->checksum != d->checksum) {
-                error(s.name + ": the bytes touched through pagerd differ from those through mmap (sum " +
-                      std::to_string(d->checksum) + " instead of " + std::to_string(m->checksum) + ")");
+            PagerdSetup ps = plain;
+            ps.prefetch = s.prefetch;
+            ps.fill = s.fill;
+            auto d = measure_pagerd(conn, fd, bytes, pages, s.threads, ps);
+            if (!d) {
+                failed("pagerd side: " + d.error().message);
                 break;
             }
-            mt.push_back(m->seconds);
-            pt.push_back(d->seconds);
+            if (b->checksum != d->m.checksum) {
+                failed("the bytes touched through pagerd differ from those through the baseline (sum " +
+                       std::to_string(d->m.checksum) + " instead of " + std::to_string(b->checksum) + ")");
+                break;
+            }
+            bt.push_back(b->seconds);
+            pt.push_back(d->m.seconds);
+            if (d->fill_seconds >= 0) fills.push_back(d->fill_seconds);
+            if (!d->have_region) r.region_note = d->region_note;
+            if (d->have_region) {
+                r.have_region = true;
+                rfaults.push_back(static_cast<double>(d->region.faults));
+                for (std::size_t k = 0; k < r.histogram.size(); ++k) r.histogram[k] += d->region.latency_histogram[k];
+                if (d->region.faults) {
+                    p50.push_back(static_cast<double>(d->region.latency_p50_ns));
+                    p99.push_back(static_cast<double>(d->region.latency_p99_ns));
+                }
+            }
+            if (d->cpu_seconds >= 0) r.cpu_seconds = std::max(0.0, r.cpu_seconds) + d->cpu_seconds;
+            if (d->have_faults) {
+                r.have_daemon_faults = true;
+                r.daemon_faults += d->faults;
+                r.pages_prefetched += d->pages_prefetched;
+            }
+            r.faults_after_fill = std::max(r.faults_after_fill, d->faults_after_fill);
         }
-        if (mt.size() == o.repeat) {
-            r.mmap_seconds = median(mt);
+        if (r.failure.empty() && bt.size() == o.repeat) {
+            r.base_seconds = median(bt);
             r.pagerd_seconds = median(pt);
+            r.p50_ns = median(p50);
+            r.p99_ns = median(p99);
+            r.base_p50_ns = median(bp50);
+            r.base_p99_ns = median(bp99);
+            r.fill_seconds = median(fills);
+            r.region_faults = rfaults.empty() ? 0 : static_cast<std::uint64_t>(median(rfaults));
         }
         results.push_back(r);
     }
@@ -273,6 +445,13 @@ int run(const Options& o)
     } else {
         error("pagerd status: " + st.error().message);
     }
+    if (info.daemon_pid > 0) {
+        info.daemon_peak_rss_kib = process_vm_kib(info.daemon_pid, "VmHWM");
+        info.daemon_rss_kib = process_vm_kib(info.daemon_pid, "VmRSS");
+    }
+    if (!o.plot.empty()) {
+        if (auto p = write_plot(gnuplot, o.plot, info, results); !p) error("--plot: " + p.error().message);
+    }
     if (o.json)
         print_json(info, results);
     else
@@ -287,21 +466,24 @@ int main(int argc, char** argv)
 {
     Options o;
     CLI::App app{"pagerd-bench: how fast first touches of one file are through pagerd compared "
-                 "with kernel mmap, for sequential and random 4 KiB pages, hot and cold page "
-                 "cache, 1 and N threads; how much a first write to a Shared region costs with "
-                 "each tracking strategy, and how fast Connection::flush writes, against "
-                 "in-process baselines. Prints aligned tables (or --json)."};
+                 "with a baseline measured in the same run (kernel mmap with and without madvise, "
+                 "an in-process userfaultfd loop, pagerd itself with 1 thread), each against a "
+                 "target ratio; how much a first write to a Shared region costs with each "
+                 "tracking strategy, and how fast Connection::flush writes, against in-process "
+                 "baselines. Prints aligned tables (or --json), optionally a PNG (--plot)."};
     app.footer(k_footer);
     auto* file_opt = app.add_option("--file", o.file,
                                     "File to read (default: a temporary file of --size bytes of non-zero "
                                     "pseudo-random data in --tmpdir, removed at the end)")
                          ->check(CLI::ExistingFile);
-    app.add_option("--size", o.size, "Size of the temporary file of the read cases, e.g. 256MiB, 1GiB (default 256 MiB)")
+    app.add_option("--size", o.size, "Size of the temporary file of the read cases, e.g. 64MiB, 1GiB (default 1 GiB)")
         ->transform(CLI::AsSizeValue(false))
         ->excludes(file_opt);
     app.add_option("--tmpdir", o.tmpdir, "Directory of the temporary file(s) (default /var/tmp)")
         ->check(CLI::ExistingDirectory);
-    app.add_option("--threads", o.threads, "Threads of the N-thread cases (default: number of CPUs)")
+    app.add_option("--threads", o.threads,
+                   "Threads of the N-thread extra read and write cases (default: number of CPUs; "
+                   "the table's 2-thread case always uses 2)")
         ->check(CLI::Range(1u, 1024u));
     app.add_option("--random-pages", o.random_pages,
                    "Distinct 4 KiB pages touched by the random cases (default 20000; at most the file's pages)")
@@ -314,14 +496,18 @@ int main(int argc, char** argv)
     app.add_option("--repeat", o.repeat, "Runs of every case; the median is shown (default 1)")
         ->check(CLI::Range(1u, 1000u));
     app.add_option("--cases", o.cases,
-                   "Groups to run, comma-separated: read (mmap against pagerd), write (write faults), "
-                   "flush (flush throughput) (default read,write,flush)")
+                   "Groups to run, comma-separated: read (the table of targets), extra (more pagerd "
+                   "against mmap read cases, no target), write (write faults), flush (flush "
+                   "throughput) (default read,extra,write,flush)")
         ->delimiter(',')
-        ->check(CLI::IsMember({"read", "write", "flush"}));
+        ->check(CLI::IsMember({"read", "extra", "write", "flush"}));
     app.add_option("--write-pages", o.write_pages,
                    "4 KiB pages written by each write and flush case (default 16384 = 64 MiB)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 28));
     app.add_flag("--json", o.json, "Print one JSON object with every figure instead of the table");
+    app.add_option("--plot", o.plot,
+                   "Also draw the read cases into this PNG file with gnuplot (GB/s of both sides; "
+                   "fault latency p50/p99)");
     CLI11_PARSE(app, argc, argv);
     try {
         return run(o);

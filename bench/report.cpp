@@ -1,7 +1,11 @@
 // Output of pagerd-bench: an aligned table for people, or one JSON object for scripts.
+#include <sys/utsname.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 
 #include "bench.hpp"
 
@@ -9,8 +13,6 @@ namespace pagerd::bench {
 namespace {
 
 double us_per_page(double seconds, std::uint64_t pages) { return seconds * 1e6 / static_cast<double>(pages); }
-double gbps(double seconds, std::uint64_t pages) { return static_cast<double>(pages * k_page) / seconds / 1e9; }
-bool valid(const CaseResult& c) { return c.mmap_seconds > 0 && c.pagerd_seconds > 0 && c.pages > 0; }
 
 std::string fmt_side(double seconds, std::uint64_t pages, bool per_page)
 {
@@ -33,22 +35,132 @@ void cell(const std::string& s, std::size_t width, bool left)
 }
 
 std::string us(std::uint64_t ns) { return fmt(static_cast<double>(ns) / 1000.0) + " µs"; }
-
-void print_read_table(const std::vector<CaseResult>& cases)
+std::string us_or_dash(double ns) { return ns >= 0 ? fmt(ns / 1000.0) : "-"; }
+std::string json_ns(double ns)  // whole nanoseconds, or null
 {
-    const std::vector<std::string> head = {"case", "pages", "mmap µs/page", "pagerd µs/page",
-                                           "mmap GB/s", "pagerd GB/s", "pagerd/mmap"};
+    if (!(ns >= 0) || !std::isfinite(ns)) return "null";
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.0f", ns);
+    return buf;
+}
+std::string kib(long long k) { return k >= 0 ? fmt(static_cast<double>(k) / 1024.0) + " MiB" : "n/a"; }
+
+std::string met_cell(const CaseResult& c)
+{
+    if (!c.skipped.empty()) return "skipped";
+    if (!c.failure.empty()) return "FAILED";
+    if (c.target <= 0) return "-";
+    return c.met() ? "yes" : "NO";
+}
+
+std::string ratio_cell(const CaseResult& c)
+{
+    if (!c.ran()) return "-";
+    return fmt(c.ratio()) + "x";
+}
+
+std::string cpu_cell(const RunInfo& info, const CaseResult& c)
+{
+    if (info.daemon_pid <= 0) return "n/a";
+    const double v = c.cpu_per_fault_us();
+    if (v >= 0) return fmt(v);
+    return c.have_daemon_faults && c.daemon_faults == 0 && c.ran() ? "0 faults" : "-";
+}
+
+void print_read_tables(const RunInfo& info, const std::vector<CaseResult>& cases)
+{
+    std::vector<std::string> notes;
+    auto main_rows = [&](bool target_cases) {
+        std::vector<std::vector<std::string>> rows;
+        int n = 0;
+        for (const auto& c : cases) {
+            if (c.target_case != target_cases) continue;
+            ++n;
+            const std::string num = target_cases ? std::to_string(n) : "x" + std::to_string(n);
+            rows.push_back({num, c.name, c.baseline, std::to_string(c.pages), fmt_side(c.base_seconds, c.pages, false),
+                            fmt_side(c.pagerd_seconds, c.pages, false), ratio_cell(c),
+                            c.target > 0 ? ">= " + target_text(c.target) : "-", met_cell(c)});
+            if (!c.failure.empty()) notes.push_back(num + " " + c.id + " FAILED: " + c.failure);
+            if (!c.skipped.empty()) notes.push_back(num + " " + c.id + " skipped: " + c.skipped);
+            if (c.failure.empty() && c.skipped.empty() && !c.region_note.empty())
+                notes.push_back(num + " " + c.id + ": no per-region figures: " + c.region_note);
+            if (c.fill_seconds > 0)
+                notes.push_back(num + " " + c.id + ": fill (map_fd to the return of prefetch(wait=true)) " +
+                                fmt(c.fill_seconds * 1e3) + " ms, " +
+                                fmt(static_cast<double>(info.file_bytes) / c.fill_seconds / 1e9) +
+                                " GB/s; daemon faults during the timed touches: " +
+                                std::to_string(c.faults_after_fill));
+        }
+        return rows;
+    };
+    const std::vector<std::string> head = {"#", "pagerd side", "baseline", "pages", "baseline GB/s",
+                                           "pagerd GB/s", "ratio", "target", "met"};
+    const auto targets = main_rows(true);
+    if (!targets.empty()) {
+        std::printf("read cases with a target (ratio = pagerd / baseline throughput, higher is better)\n\n");
+        print_rows(head, targets, 3);
+        int met = 0, failed = 0, skipped = 0, total = 0;
+        for (const auto& c : cases) {
+            if (!c.target_case) continue;
+            ++total;
+            met += c.met();
+            failed += !c.failure.empty();
+            skipped += !c.skipped.empty();
+        }
+        std::printf("\ntargets met: %d of %d", met, total);
+        if (failed) std::printf(" (%d FAILED)", failed);
+        if (skipped) std::printf(" (%d skipped)", skipped);
+        std::printf("\n");
+    }
+    const auto extras = main_rows(false);
+    if (!extras.empty()) {
+        std::printf("%sextra read cases (no target)\n\n", targets.empty() ? "" : "\n");
+        print_rows(head, extras, 3);
+    }
+
+    // The pagerd side in detail.
     std::vector<std::vector<std::string>> rows;
-    for (const auto& c : cases)
-        rows.push_back({c.name, std::to_string(c.pages), fmt_side(c.mmap_seconds, c.pages, true),
-                        fmt_side(c.pagerd_seconds, c.pages, true), fmt_side(c.mmap_seconds, c.pages, false),
-                        fmt_side(c.pagerd_seconds, c.pages, false),
-                        valid(c) ? fmt(c.mmap_seconds / c.pagerd_seconds) : "-"});
-    print_rows(head, rows);
-    std::printf("\npagerd/mmap is the ratio of throughput: above 1 means pagerd was faster.\n");
+    int nt = 0, nx = 0;
+    for (const auto& c : cases) {
+        const std::string num = c.target_case ? std::to_string(++nt) : "x" + std::to_string(++nx);
+        rows.push_back({num, c.name, c.prefetch, fmt_side(c.base_seconds, c.pages, true),
+                        fmt_side(c.pagerd_seconds, c.pages, true), c.have_region ? std::to_string(c.region_faults) : "-",
+                        us_or_dash(c.p50_ns), us_or_dash(c.p99_ns), cpu_cell(info, c)});
+    }
+    std::printf("\n");
+    print_rows({"#", "pagerd side", "policy", "baseline µs/page", "pagerd µs/page", "region faults", "p50 µs",
+                "p99 µs", "daemon CPU µs/fault"},
+               rows, 3);
+    std::printf("\nµs/page: wall time / pages touched. region faults, p50, p99: the pagerd region's own figures\n"
+                "(Connection::regions() before unmap). daemon CPU: utime+stime of the daemon over the pagerd side\n"
+                "(map to last touch) / faults it served meanwhile (status).\n");
+    for (const auto& n : notes) std::printf("note: %s\n", n.c_str());
 }
 
 }  // namespace
+
+void set_machine(RunInfo& info)
+{
+    struct utsname u{};
+    if (::uname(&u) == 0) info.kernel = u.release;
+    info.cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+    const std::time_t now = std::time(nullptr);
+    struct tm tm{};
+    char buf[32];
+    if (::gmtime_r(&now, &tm) && std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm)) info.date = buf;
+}
+
+double gbps(double seconds, std::uint64_t pages)
+{
+    return seconds > 0 ? static_cast<double>(pages * k_page) / seconds / 1e9 : -1;
+}
+
+std::string target_text(double t)
+{
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1fx", t);
+    return buf;
+}
 
 // About three significant digits, never in exponent form.
 std::string fmt(double v)
@@ -85,7 +197,8 @@ std::string json_number(double v)
     return buf;
 }
 
-void print_rows(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows)
+void print_rows(const std::vector<std::string>& head, const std::vector<std::vector<std::string>>& rows,
+                std::size_t left)
 {
     std::vector<std::size_t> width(head.size());
     for (std::size_t i = 0; i < head.size(); ++i) {
@@ -95,7 +208,7 @@ void print_rows(const std::vector<std::string>& head, const std::vector<std::vec
     auto line = [&](const std::vector<std::string>& r) {
         for (std::size_t i = 0; i < r.size(); ++i) {
             if (i) std::printf("  ");
-            cell(r[i], width[i], i == 0);
+            cell(r[i], width[i], i < left);
         }
         std::printf("\n");
     };
@@ -109,67 +222,109 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
                 static_cast<double>(info.file_bytes) / (1 << 20),
                 static_cast<unsigned long long>(info.file_bytes / k_page));
     std::printf("daemon:  %s\n", info.daemon.c_str());
+    std::printf("machine: kernel %s, %ld CPUs, %s\n", info.kernel.c_str(), info.cpus, info.date.c_str());
+    const bool any_reads = info.reads || info.extras;
     const std::string threads = info.threads == 1 ? "1" : "1 and " + std::to_string(info.threads);
-    const std::string random = info.reads ? "; random cases touch " + std::to_string(info.random_pages) + " pages" : "";
+    const std::string random = any_reads ? "; random cases touch " + std::to_string(info.random_pages) + " pages" : "";
     std::printf("threads: %s%s; figures are the median of %u run%s\n", threads.c_str(), random.c_str(),
                 info.repeat, info.repeat == 1 ? "" : "s");
-    if (info.reads) {
-        std::printf("cold:    %s (%s)\n\n", info.cold_possible ? "possible" : "NOT possible, cold cases skipped",
+    if (any_reads) {
+        std::printf("cold:    %s (%s)\n", info.cold_possible ? "possible" : "NOT possible, cold cases skipped",
                     info.cold_note.c_str());
-        print_read_table(cases);
+        if (!info.uffd_loop.empty()) std::printf("uffd loop: its userfaultfd from %s\n", info.uffd_loop.c_str());
+        std::printf("\n");
+        print_read_tables(info, cases);
     }
     print_write_tables(info);
 
     if (info.have_status) {
         const auto& s = info.status;
-        std::printf("daemon fault latency: p50 %s, p99 %s, max %s over %llu faults, %llu pages installed\n",
-                    us(s.latency_p50_ns).c_str(), us(s.latency_p99_ns).c_str(), us(s.latency_max_ns).c_str(),
-                    static_cast<unsigned long long>(s.faults),
-                    static_cast<unsigned long long>(s.pages_installed));
+        std::printf("%sdaemon fault latency: p50 %s, p99 %s, max %s over %llu faults, %llu pages installed, "
+                    "%llu prefetched\n",
+                    info.writes || info.flushes ? "" : "\n", us(s.latency_p50_ns).c_str(),
+                    us(s.latency_p99_ns).c_str(), us(s.latency_max_ns).c_str(),
+                    static_cast<unsigned long long>(s.faults), static_cast<unsigned long long>(s.pages_installed),
+                    static_cast<unsigned long long>(s.pages_prefetched));
         const char* over = !info.own_daemon ? "since that daemon started, including its other clients"
-                           : !info.writes && !info.flushes ? "over every pagerd case of this run, hot and cold together"
-                           : info.reads ? "over every pagerd case of this run: reads hot and cold, loads and write faults"
-                                        : "over every pagerd case of this run: loads and write faults";
+                           : !info.writes && !info.flushes ? "over every pagerd case of this run"
+                           : any_reads ? "over every pagerd case of this run: reads, loads and write faults"
+                                       : "over every pagerd case of this run: loads and write faults";
         std::printf("  (the daemon's counters are cumulative: %s)\n", over);
     }
+    if (info.daemon_pid > 0)
+        std::printf("daemon memory: peak RSS (VmHWM) %s, RSS now %s\n", kib(info.daemon_peak_rss_kib).c_str(),
+                    kib(info.daemon_rss_kib).c_str());
+    else
+        std::printf("daemon memory: n/a (a running daemon: its pid is not known)\n");
     for (const auto& e : info.errors) std::printf("ERROR: %s\n", e.c_str());
 }
 
 void print_json(const RunInfo& info, const std::vector<CaseResult>& cases)
 {
-    std::printf("{\"file\":%s,\"file_bytes\":%llu,\"threads\":%u,\"repeat\":%u,\"random_pages\":%llu,",
-                json_string(info.file).c_str(), static_cast<unsigned long long>(info.file_bytes), info.threads,
-                info.repeat, static_cast<unsigned long long>(info.random_pages));
-    std::printf("\"cold_possible\":%s,\"cold_note\":%s,\"cases\":[", info.cold_possible ? "true" : "false",
-                json_string(info.cold_note).c_str());
+    auto u = [](std::uint64_t v) { return static_cast<unsigned long long>(v); };
+    std::printf("{\"kernel\":%s,\"cpus\":%ld,\"date\":%s,", json_string(info.kernel).c_str(), info.cpus,
+                json_string(info.date).c_str());
+    std::printf("\"file\":%s,\"file_bytes\":%llu,\"threads\":%u,\"repeat\":%u,\"random_pages\":%llu,",
+                json_string(info.file).c_str(), u(info.file_bytes), info.threads, info.repeat, u(info.random_pages));
+    std::printf("\"cold_possible\":%s,\"cold_note\":%s,\"uffd_loop\":%s,\"cases\":[",
+                info.cold_possible ? "true" : "false", json_string(info.cold_note).c_str(),
+                info.uffd_loop.empty() ? "null" : json_string(info.uffd_loop).c_str());
     for (std::size_t i = 0; i < cases.size(); ++i) {
         const auto& c = cases[i];
-        const double nan = std::nan("");
-        const double mu = c.mmap_seconds > 0 ? us_per_page(c.mmap_seconds, c.pages) : nan;
-        const double pu = c.pagerd_seconds > 0 ? us_per_page(c.pagerd_seconds, c.pages) : nan;
-        const double mg = c.mmap_seconds > 0 ? gbps(c.mmap_seconds, c.pages) : nan;
-        const double pg = c.pagerd_seconds > 0 ? gbps(c.pagerd_seconds, c.pages) : nan;
-        std::printf("%s{\"name\":%s,\"pages\":%llu,\"mmap_us_per_page\":%s,\"pagerd_us_per_page\":%s,"
-                    "\"mmap_gbps\":%s,\"pagerd_gbps\":%s,\"ratio\":%s}",
-                    i ? "," : "", json_string(c.name).c_str(), static_cast<unsigned long long>(c.pages),
-                    json_number(mu).c_str(), json_number(pu).c_str(), json_number(mg).c_str(),
-                    json_number(pg).c_str(), json_number(valid(c) ? c.mmap_seconds / c.pagerd_seconds : nan).c_str());
+        auto side = [&](double seconds) {
+            const bool ok = seconds > 0 && c.ran();
+            return std::string("\"seconds\":") + json_number(ok ? seconds : -1) +
+                   ",\"us_per_page\":" + json_number(ok ? us_per_page(seconds, c.pages) : -1) +
+                   ",\"gbps\":" + json_number(ok ? gbps(seconds, c.pages) : -1);
+        };
+        std::string hist;
+        for (std::size_t k = 0; k < c.histogram.size(); ++k) hist += (k ? "," : "") + std::to_string(c.histogram[k]);
+        const double cpu = info.daemon_pid > 0 ? c.cpu_seconds : -1;
+        std::printf("%s{\"id\":%s,\"name\":%s,\"title\":%s,\"target_case\":%s,\"pages\":%llu,\"threads\":%u,"
+                    "\"baseline\":{\"name\":%s,\"title\":%s,%s,\"latency_p50_ns\":%s,\"latency_p99_ns\":%s},"
+                    "\"pagerd\":{\"prefetch\":%s,%s,\"region_found\":%s,\"region_note\":%s,\"region_faults\":%llu,"
+                    "\"latency_p50_ns\":%s,\"latency_p99_ns\":%s,\"latency_histogram\":[%s],"
+                    "\"daemon_cpu_seconds\":%s,\"daemon_faults\":%s,\"daemon_cpu_us_per_fault\":%s,"
+                    "\"pages_prefetched\":%llu,\"fill_seconds\":%s,\"fill_gbps\":%s,\"faults_after_fill\":%s},"
+                    "\"ratio\":%s,\"target\":%s,\"met\":%s,\"failure\":%s,\"skipped\":%s}",
+                    i ? "," : "", json_string(c.id).c_str(), json_string(c.name).c_str(), json_string(c.title).c_str(),
+                    c.target_case ? "true" : "false", u(c.pages), c.threads, json_string(c.baseline).c_str(),
+                    json_string(c.baseline_title).c_str(), side(c.base_seconds).c_str(),
+                    json_ns(c.base_p50_ns).c_str(), json_ns(c.base_p99_ns).c_str(),
+                    json_string(c.prefetch).c_str(), side(c.pagerd_seconds).c_str(), c.have_region ? "true" : "false",
+                    c.region_note.empty() ? "null" : json_string(c.region_note).c_str(),
+                    u(c.region_faults), json_ns(c.p50_ns).c_str(), json_ns(c.p99_ns).c_str(), hist.c_str(),
+                    json_number(cpu).c_str(), c.have_daemon_faults ? std::to_string(c.daemon_faults).c_str() : "null",
+                    json_number(info.daemon_pid > 0 ? c.cpu_per_fault_us() : -1).c_str(), u(c.pages_prefetched),
+                    json_number(c.fill_seconds).c_str(),
+                    json_number(c.fill_seconds > 0 ? static_cast<double>(info.file_bytes) / c.fill_seconds / 1e9 : -1)
+                        .c_str(),
+                    c.fill_seconds > 0 ? std::to_string(c.faults_after_fill).c_str() : "null",
+                    json_number(c.ratio()).c_str(), json_number(c.target).c_str(),
+                    c.target > 0 && c.skipped.empty() ? (c.met() ? "true" : "false") : "null",
+                    c.failure.empty() ? "null" : json_string(c.failure).c_str(),
+                    c.skipped.empty() ? "null" : json_string(c.skipped).c_str());
     }
     std::printf("]");
     print_write_json(info);
-    std::printf(",\"daemon\":");
+    std::printf(",\"daemon\":{\"description\":%s,\"pid\":%s,\"peak_rss_kib\":%s,\"rss_kib\":%s,\"status\":",
+                json_string(info.daemon).c_str(), info.daemon_pid > 0 ? std::to_string(info.daemon_pid).c_str() : "null",
+                info.daemon_peak_rss_kib >= 0 ? std::to_string(info.daemon_peak_rss_kib).c_str() : "null",
+                info.daemon_rss_kib >= 0 ? std::to_string(info.daemon_rss_kib).c_str() : "null");
     if (info.have_status) {
         const auto& s = info.status;
-        std::printf("{\"p50_ns\":%llu,\"p99_ns\":%llu,\"max_ns\":%llu,\"faults\":%llu,\"pages_installed\":%llu,"
-                    "\"cumulative\":%s}",
-                    static_cast<unsigned long long>(s.latency_p50_ns), static_cast<unsigned long long>(s.latency_p99_ns),
-                    static_cast<unsigned long long>(s.latency_max_ns), static_cast<unsigned long long>(s.faults),
-                    static_cast<unsigned long long>(s.pages_installed),
+        std::string hist;
+        for (std::size_t k = 0; k < s.latency_histogram.size(); ++k)
+            hist += (k ? "," : "") + std::to_string(s.latency_histogram[k]);
+        std::printf("{\"version\":%s,\"workers\":%u,\"p50_ns\":%llu,\"p99_ns\":%llu,\"max_ns\":%llu,\"faults\":%llu,"
+                    "\"pages_installed\":%llu,\"pages_prefetched\":%llu,\"latency_histogram\":[%s],\"cumulative\":%s}",
+                    json_string(s.version).c_str(), s.workers, u(s.latency_p50_ns), u(s.latency_p99_ns),
+                    u(s.latency_max_ns), u(s.faults), u(s.pages_installed), u(s.pages_prefetched), hist.c_str(),
                     json_string(info.own_daemon ? "this run" : "since the daemon started").c_str());
     } else {
         std::printf("null");
     }
-    std::printf(",\"errors\":[");
+    std::printf("},\"errors\":[");
     for (std::size_t i = 0; i < info.errors.size(); ++i)
         std::printf("%s%s", i ? "," : "", json_string(info.errors[i]).c_str());
     std::printf("]}\n");

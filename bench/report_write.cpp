@@ -93,6 +93,7 @@ void print_write_json(const RunInfo& info)
         if (on) run += std::string(run.empty() ? "\"" : ",\"") + name + "\"";
     };
     add(info.reads, "read");
+    add(info.extras, "extra");
     add(info.writes, "write");
     add(info.flushes, "flush");
     std::printf(",\"cases_run\":[%s],\"write_pages\":%llu,\"write_file\":%s,\"write_cases\":[", run.c_str(),

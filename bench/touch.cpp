@@ -18,8 +18,8 @@ namespace {
 // The byte touched in page p: it moves with p so that the checksum covers more than byte 0.
 std::uint64_t touch_offset(std::uint32_t p) { return std::uint64_t{p} * k_page + (p * 97u) % k_page; }
 
-// Touches one byte of each page in `pages`, split into `threads` contiguous shares; the
-// clock runs from releasing the (already started) threads to the last one finishing.
+}  // namespace
+
 Measure touch(const void* addr, const std::vector<std::uint32_t>& pages, unsigned threads)
 {
     const auto* base = static_cast<const volatile unsigned char*>(addr);
@@ -51,6 +51,8 @@ Measure touch(const void* addr, const std::vector<std::uint32_t>& pages, unsigne
     for (unsigned t = 0; t < threads; ++t) m.checksum += sums[t * stride];
     return m;
 }
+
+namespace {
 
 // Compares up to 64 of the touched pages, spread over the set, with pread of the file.
 std::string verify_sample(const void* addr, int fd, const std::vector<std::uint32_t>& pages)
@@ -116,26 +118,75 @@ std::vector<std::uint32_t> random_pages(std::uint64_t pages, std::uint64_t count
 }
 
 Result<Measure> measure_mmap(int fd, std::uint64_t bytes, const std::vector<std::uint32_t>& pages,
-                             unsigned threads)
+                             unsigned threads, int advice)
 {
     void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
     if (p == MAP_FAILED) return Error{errno, std::string("mmap of the file: ") + std::strerror(errno)};
+    if (advice != MADV_NORMAL && ::madvise(p, bytes, advice) != 0) {
+        const int e = errno;
+        ::munmap(p, bytes);
+        return Error{e, std::string("madvise of the mapping: ") + std::strerror(e)};
+    }
     const Measure m = touch(p, pages, threads);
     ::munmap(p, bytes);
     return m;
 }
 
-Result<Measure> measure_pagerd(libclient::Connection& conn, int fd, std::uint64_t bytes,
-                               const std::vector<std::uint32_t>& pages, unsigned threads)
+Result<PagerdRun> measure_pagerd(libclient::Connection& conn, int fd, std::uint64_t bytes,
+                                 const std::vector<std::uint32_t>& pages, unsigned threads,
+                                 const PagerdSetup& s)
 {
-    auto region = conn.map_fd(fd, {0, bytes, libclient::Access::ReadOnly});
-    if (!region) return Error{region.error().code, "pagerd map_fd: " + region.error().message};
-    const Measure m = touch(region->addr, pages, threads);
+    using Clock = std::chrono::steady_clock;
+    PagerdRun run;
+    const auto st0 = conn.status();
+    const double cpu0 = s.daemon_pid > 0 ? process_cpu_seconds(s.daemon_pid) : -1;
+    libclient::MapOptions mo{0, bytes, libclient::Access::ReadOnly};
+    mo.prefetch = s.prefetch;
+    const auto t0 = Clock::now();
+    auto region = conn.map_fd(fd, mo);
+    if (!region)
+        return Error{region.error().code, std::string("map_fd (prefetch=") + libclient::prefetch_name(s.prefetch) +
+                                              "): " + region.error().message};
+    Result<libclient::Status> st_filled = Error{};
+    if (s.fill) {
+        // 10 minutes: a daemon that never finishes the fill fails the case, not the run.
+        auto f = conn.prefetch(region->addr, region->size, true, 600000);
+        run.fill_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+        if (!f) {
+            const Error e{f.error().code, "prefetch(region, " + std::to_string(region->size) +
+                                              ", wait=true): " + f.error().message};
+            [[maybe_unused]] auto u = conn.unmap(region.value());
+            return e;
+        }
+        st_filled = conn.status();
+    }
+    run.m = touch(region->addr, pages, threads);
+    const double cpu1 = cpu0 >= 0 ? process_cpu_seconds(s.daemon_pid) : -1;
+    const auto st1 = conn.status();
+    if (cpu0 >= 0 && cpu1 >= 0) run.cpu_seconds = cpu1 - cpu0;
+    if (st0 && st1) {
+        run.have_faults = true;
+        run.faults = st1->faults - st0->faults;
+        run.pages_prefetched = st1->pages_prefetched - st0->pages_prefetched;
+    }
+    if (st_filled && st1) run.faults_after_fill = st1->faults - st_filled->faults;
+    if (auto regions = conn.regions()) {
+        const auto me = static_cast<std::uint32_t>(::getpid());
+        for (const auto& r : regions.value())
+            if (r.id == region->id && r.pid == me) {
+                run.region = r;
+                run.have_region = true;
+            }
+        if (!run.have_region)
+            run.region_note = "region " + std::to_string(region->id) + " is not in the daemon's list of regions";
+    } else {
+        run.region_note = "Connection::regions() failed: " + regions.error().message;
+    }
     const std::string mismatch = verify_sample(region->addr, fd, pages);
     auto unmapped = conn.unmap(region.value());
-    if (!mismatch.empty()) return Error{EBADMSG, "pagerd data differs from the file: " + mismatch};
-    if (!unmapped) return Error{unmapped.error().code, "pagerd unmap: " + unmapped.error().message};
-    return m;
+    if (!mismatch.empty()) return Error{EBADMSG, "the data differs from the file: " + mismatch};
+    if (!unmapped) return Error{unmapped.error().code, "unmap: " + unmapped.error().message};
+    return run;
 }
 
 }  // namespace pagerd::bench

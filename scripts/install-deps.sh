@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages pagerd needs to build and test, if any is missing.
+# Installs the Debian 12 packages pagerd needs to build and test (and gnuplot-nox for
+# pagerd-bench --plot), if any is missing.
 set -euo pipefail
 packages=(g++ make cmake pkg-config binutils liburing-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev systemd
-  systemd-container debootstrap)
+  systemd-container debootstrap gnuplot-nox)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
