@@ -1,6 +1,7 @@
 // Loads beyond the faulting page: read-ahead of sequential streams, ALL fills and PREFETCH
 // requests. All of it goes through the same staging buffers as faults, and faults come
 // first: read-ahead leaves a few buffers free for them, background prefetches a quarter.
+#include <fcntl.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -84,6 +85,9 @@ void Worker::readahead(Client& c, const Region& r, std::uint64_t page, bool in_f
     const std::uint64_t half = (to - from) / 2 / m_ctx.page_size * m_ctx.page_size;
     const std::uint64_t marker = marker_hit ? from : (half ? from + half : 0);
     const unsigned reserve = std::max(1u, m_ctx.config.staging_buffers / 8);
+    // The whole window to the block layer at once (deep queue), then the loads read it.
+    ::posix_fadvise(r.file->get(), static_cast<off_t>(r.file_offset + (from - r.start)),
+                    static_cast<off_t>(to - from), POSIX_FADV_WILLNEED);
     const std::uint64_t stopped = load_range(c, r, from, to, Load::Kind::Readahead, nullptr, marker, reserve);
     s->next = stopped;
     s->marker = marker && marker < stopped && marker != page ? marker : 0;
@@ -137,15 +141,15 @@ void Worker::queue_prefetch(Client& c, const Region& r, std::uint64_t from, std:
     c.jobs.push_back(std::move(j));
 }
 
-void Worker::pump_prefetches()
+bool Worker::pump_prefetches()
 {
-    if (m_stopping || !m_waiting.empty()) return;
+    if (m_stopping || !m_waiting.empty()) return false;
     const unsigned reserve = std::max(2u, m_ctx.config.staging_buffers / 4);
     const std::uint64_t chunk = m_ctx.config.staging_buffer_bytes();
     std::vector<std::uint64_t> serials;
     for (const auto& [serial, c] : m_clients)
         if (!c->jobs.empty() && !c->closing) serials.push_back(serial);
-    bool progress = true;
+    bool progress = true, started = false;
     while (progress && m_free_buffers.size() > reserve) {
         progress = false;
         for (const std::uint64_t serial : serials) {  // one load per client per round
@@ -163,12 +167,15 @@ void Worker::pump_prefetches()
                 j.next = j.end;
             } else {
                 const std::uint64_t to = std::min({j.end, r->end(), j.next + chunk});
-                j.next = load_range(c, *r, j.next, to, Load::Kind::Prefetch, &j, 0, reserve);
+                const std::uint64_t from = j.next;
+                j.next = load_range(c, *r, from, to, Load::Kind::Prefetch, &j, 0, reserve);
+                started = started || j.next > from;
             }
             progress = true;
             if (j.next >= j.end && j.inflight == 0) end_job(c, it);
         }
     }
+    return started;
 }
 
 void Worker::end_job(Client& c, std::list<PrefetchJob>::iterator job)

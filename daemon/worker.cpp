@@ -133,9 +133,11 @@ void Worker::run()
         io_uring_cq_advance(&m_ring, n);
         for (const auto& d : done)
             if (d.op) handle_completion(d.op, d.res);
-        process_ready();
-        pump_prefetches();
-        process_ready();
+        // Loads whose data was in the page cache went in at once and freed their buffers:
+        // background prefetches take them again until the buffers run out or I/O is due.
+        do
+            process_ready();
+        while (pump_prefetches());
         if (m_fault_seen && m_ctx.config.poll_us) poll_for_faults();
         m_fault_seen = false;
         check_deadlines();

@@ -257,7 +257,7 @@ private:
     void queue_prefetch(Client& c, const Region& r, std::uint64_t from, std::uint64_t to,
                         const std::shared_ptr<PrefetchWaiter>& waiter);
     void process_ready();  // loads whose data came from the page cache at once
-    void pump_prefetches();  // background loads with the buffers faults leave free
+    bool pump_prefetches();  // background loads with the buffers faults leave free; false: none started
     void end_job(Client& c, std::list<PrefetchJob>::iterator job);
     void cancel_jobs(Client& c);  // the client goes: its jobs end unanswered
     void poll_for_faults();    // --poll-us: read the uffds of busy clients before sleeping
