@@ -145,12 +145,14 @@ bool Worker::pump_prefetches()
 {
     if (m_stopping || !m_waiting.empty()) return false;
     const unsigned reserve = std::max(2u, m_ctx.config.staging_buffers / 4);
+    constexpr unsigned k_loads_per_turn = 8;  // 2 MiB: the most a fault waits behind a turn
     const std::uint64_t chunk = m_ctx.config.staging_buffer_bytes();
     std::vector<std::uint64_t> serials;
     for (const auto& [serial, c] : m_clients)
         if (!c->jobs.empty() && !c->closing) serials.push_back(serial);
-    bool progress = true, started = false;
-    while (progress && m_free_buffers.size() > reserve) {
+    bool progress = true;
+    unsigned started = 0;
+    while (progress && m_free_buffers.size() > reserve && started < k_loads_per_turn) {
         progress = false;
         for (const std::uint64_t serial : serials) {  // one load per client per round
             auto found = m_clients.find(serial);
@@ -169,13 +171,15 @@ bool Worker::pump_prefetches()
                 const std::uint64_t to = std::min({j.end, r->end(), j.next + chunk});
                 const std::uint64_t from = j.next;
                 j.next = load_range(c, *r, from, to, Load::Kind::Prefetch, &j, 0, reserve);
-                started = started || j.next > from;
+                started += j.next > from;
             }
             progress = true;
             if (j.next >= j.end && j.inflight == 0) end_job(c, it);
         }
     }
-    return started;
+    // More to do at once: loads remain to start and buffers are free (those of loads that
+    // came from the page cache are free again once process_ready() installed them).
+    return started > 0;
 }
 
 void Worker::end_job(Client& c, std::list<PrefetchJob>::iterator job)

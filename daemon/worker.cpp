@@ -116,11 +116,13 @@ void Worker::run()
         int res;
     };
     std::vector<Done> done;
+    bool more = false;  // background prefetches could go on at once: do not sleep
     while (!(m_stopping && m_clients.empty())) {
         m_last_turn.store(Clock::now().time_since_epoch().count());
         __kernel_timespec tick{0, 200 * 1000 * 1000};
         io_uring_cqe* cqe = nullptr;
-        const int r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &tick, nullptr);
+        const int r = more ? io_uring_submit_and_get_events(&m_ring)
+                           : io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &tick, nullptr);
         if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY)
             spdlog::error("worker {}: io_uring wait failed: {}", m_index, std::strerror(-r));
         done.clear();
@@ -133,11 +135,11 @@ void Worker::run()
         io_uring_cq_advance(&m_ring, n);
         for (const auto& d : done)
             if (d.op) handle_completion(d.op, d.res);
-        // Loads whose data was in the page cache went in at once and freed their buffers:
-        // background prefetches take them again until the buffers run out or I/O is due.
-        do
-            process_ready();
-        while (pump_prefetches());
+        // Faults first: a turn gives background prefetches one slice, then looks at the
+        // userfaultfds and sockets again (at once, without sleeping, while more is due).
+        process_ready();
+        more = pump_prefetches();
+        process_ready();
         if (m_fault_seen && m_ctx.config.poll_us) poll_for_faults();
         m_fault_seen = false;
         check_deadlines();

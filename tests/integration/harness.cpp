@@ -313,6 +313,15 @@ void reset_fatal_signals()
     for (int sig : {SIGSEGV, SIGBUS, SIGABRT, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
 }
 
+std::uint64_t proc_status_bytes(pid_t pid, const std::string& field)
+{
+    std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/status"));
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind(field + ":", 0) == 0) return std::stoull(line.substr(field.size() + 1)) * 1024;  // "kB"
+    return 0;
+}
+
 bool exited_with(int status, int code) { return WIFEXITED(status) && WEXITSTATUS(status) == code; }
 bool killed_by(int status, int signo) { return WIFSIGNALED(status) && WTERMSIG(status) == signo; }
 

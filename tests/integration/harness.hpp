@@ -90,6 +90,9 @@ std::string slurp(const std::string& path);
 std::unique_ptr<libclient::Connection> connect_within(const std::string& socket,
                                                       std::chrono::milliseconds timeout = std::chrono::seconds(5));
 
+// A "Name:   N kB" field of /proc/<pid>/status (VmRSS, VmHWM, ...), in bytes; 0 if absent.
+std::uint64_t proc_status_bytes(pid_t pid, const std::string& field);
+
 bool exited_with(int status, int code);
 bool killed_by(int status, int signo);
 

@@ -417,3 +417,195 @@ TEST_CASE_METHOD(Fixture, "clients that vanish at awkward moments leak nothing",
     }
     check_unharmed();
 }
+
+namespace {
+
+// Pages of [addr, addr + len) present in this process's memory (mincore).
+std::uint64_t resident_pages(std::uint64_t addr, std::uint64_t len)
+{
+    std::vector<unsigned char> v(len / 4096);
+    REQUIRE(::mincore(reinterpret_cast<void*>(addr), len, v.data()) == 0);
+    std::uint64_t n = 0;
+    for (const auto b : v) n += b & 1;
+    return n;
+}
+
+// The daemon's REGIONS entry for region `id` of this process, listed through c.
+std::optional<proto::RegionEntry> raw_region(RawClient& c, std::uint64_t id)
+{
+    c.send(proto::RegionsRequest{0});
+    const auto list = c.expect<proto::RegionsReply>();
+    for (const auto& e : list.entries)
+        if (e.pid == static_cast<std::uint32_t>(::getpid()) && e.region_id == id) return e;
+    return std::nullopt;
+}
+
+}  // namespace
+
+TEST_CASE_METHOD(Fixture, "PREFETCH checks flags, alignment, overflow and regions, MAP checks the policy", "[bad-input][prefetch]")
+{
+    auto c_owner = std::make_unique<RawClient>(daemon.socket());
+    RawClient& c = *c_owner;
+    c.hello();
+    auto uffd = make_uffd();
+    c.send(proto::RegisterUffd{UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_POISON, 0}, {uffd.get()});
+    c.expect<proto::Ok>();
+    util::UniqueFd file(::open(dir.file("data").c_str(), O_RDONLY | O_CLOEXEC));
+    const std::uint64_t mem = registered_memory(uffd.get(), 1024 * 1024);
+    std::uint64_t nonce = 100;
+    // After every refusal the connection still answers.
+    auto still_usable = [&] {
+        c.send(proto::Ping{++nonce});
+        CHECK(c.expect<proto::Pong>().nonce == nonce);
+    };
+    auto prefetch = [&](std::uint64_t addr, std::uint64_t len, std::uint32_t flags) {
+        c.send(proto::PrefetchRequest{addr, len, flags});
+    };
+    const std::uint32_t wait = proto::k_prefetch_wait;
+
+    prefetch(mem, 65536, wait);  // no region yet
+    c.expect_error(ErrorCode::NO_SUCH_REGION);
+    still_usable();
+    c.send(proto::Map{mem, 65536, 0, 0, proto::Prefetch::SEQUENTIAL}, {file.get()});
+    const auto id = c.expect<proto::Mapped>().region_id;
+
+    SECTION("unknown flags")
+    {
+        for (std::uint32_t flags : {2u, 4u, 0x80000000u, wait | 0x100u}) {
+            INFO("flags " << flags);
+            prefetch(mem, 65536, flags);
+            c.expect_error(ErrorCode::BAD_RANGE);
+            still_usable();
+        }
+    }
+    SECTION("unaligned, empty, overflowing")
+    {
+        prefetch(mem + 1, 4096, wait);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(mem, 4095, 0);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(mem + 2048, 8192, 0);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(mem, 0, wait);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(mem, 0, 0);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(~std::uint64_t{0} - 4095, 8192, wait);
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(mem, ~std::uint64_t{0} - 4095, 0);  // aligned, but the end wraps
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        prefetch(0x1001, 4096, 0);  // unaligned and outside every region: the range check comes first
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+    }
+    SECTION("outside every region")
+    {
+        prefetch(mem + 65536, 65536, wait);  // right after the region
+        c.expect_error(ErrorCode::NO_SUCH_REGION);
+        still_usable();
+        prefetch(mem - 65536, 65536, 0);  // right before it
+        c.expect_error(ErrorCode::NO_SUCH_REGION);
+        still_usable();
+        prefetch(0x10000, 4096, wait);
+        c.expect_error(ErrorCode::NO_SUCH_REGION);
+        still_usable();
+        // Overlapping the region is enough: the rest is ignored.
+        prefetch(mem - 65536, 3 * 65536, wait);
+        c.expect<proto::Ok>();
+        prefetch(mem, 65536, 0);
+        c.expect<proto::Ok>();
+        prefetch(mem, 65536, wait);
+        c.expect<proto::Ok>();
+        // The waited prefetch loaded the region: its pages are there and read as the file.
+        CHECK(resident_pages(mem, 65536) == 16);
+        const auto* p = reinterpret_cast<const std::uint8_t*>(mem);
+        for (std::uint64_t i = 0; i < 65536; i += 1009) REQUIRE(p[i] == pattern_byte(i, 5));
+        // Once the region is gone, so is its range.
+        c.send(proto::Unmap{id});
+        c.expect<proto::Ok>();
+        prefetch(mem, 65536, wait);
+        c.expect_error(ErrorCode::NO_SUCH_REGION);
+        still_usable();
+    }
+    SECTION("MAP with an unknown policy")
+    {
+        c.send(proto::Map{mem + 131072, 65536, 0, 0, static_cast<proto::Prefetch>(3)}, {file.get()});
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        // 0x100 on the wire (the codec's Prefetch is one byte): written into MAP.prefetch,
+        // body offset 28.
+        auto bytes = proto::encode(proto::Message{500, proto::Map{mem + 131072, 65536, 0, 0, proto::Prefetch::NONE}});
+        REQUIRE(bytes.size() == proto::k_header_size + 32);
+        const std::uint32_t v = 0x100;
+        std::memcpy(bytes.data() + proto::k_header_size + 28, &v, sizeof v);
+        c.send_raw(bytes, {file.get()});
+        c.expect_error(ErrorCode::BAD_RANGE);
+        still_usable();
+        // The three policies are taken.
+        for (std::uint64_t k = 0; k < 3; ++k) {
+            c.send(proto::Map{mem + (2 + k) * 65536, 65536, 0, 0, static_cast<proto::Prefetch>(k)}, {file.get()});
+            c.expect<proto::Mapped>();
+        }
+    }
+    still_usable();
+    c_owner.reset();
+    uffd.reset();
+    check_unharmed();
+}
+
+
+TEST_CASE("the 65th queued PREFETCH of a connection gets LIMIT, and once they drain prefetches work again", "[bad-input][prefetch][limit]")
+{
+    TempDir dir;
+    const std::uint64_t size = 8 * 1024 * 1024;
+    make_file(dir.file("data"), size, 9);
+    // Few staging buffers, and a file read with O_DIRECT: every load of a prefetch goes to
+    // the disk through io_uring (nothing comes from the page cache at once), so a
+    // prefetch of the region takes many turns of the daemon's loop, and 65 requests sent
+    // at once find the first 64 still queued.
+    Daemon daemon({"--staging-buffers", "4", "--workers", "1"});
+    RawClient c(daemon.socket());
+    c.hello();
+    auto uffd = make_uffd();
+    c.send(proto::RegisterUffd{UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_POISON, 0}, {uffd.get()});
+    c.expect<proto::Ok>();
+    util::UniqueFd file(::open(dir.file("data").c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+    REQUIRE(file);
+    const std::uint64_t mem = registered_memory(uffd.get(), size);
+    c.send(proto::Map{mem, size, 0, 0, proto::Prefetch::NONE}, {file.get()});
+    const auto id = c.expect<proto::Mapped>().region_id;
+
+    // 65 prefetches of the whole region, none waiting, sent before reading a reply.
+    for (int i = 0; i < 65; ++i) c.send(proto::PrefetchRequest{mem, size, 0});
+    for (int i = 0; i < 64; ++i) {
+        INFO("prefetch " << i);
+        c.expect<proto::Ok>();
+    }
+    CHECK_THAT(c.expect_error(ErrorCode::LIMIT).text, Catch::Contains("prefetch"));
+    c.send(proto::Ping{7});
+    CHECK(c.expect<proto::Pong>().nonce == 7);
+
+    // They drain: nothing pending any more, and a new prefetch is taken (and waited for).
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    std::optional<proto::RegionEntry> e;
+    while ((e = raw_region(c, id)) && e->prefetch_pending > 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(20ms);
+    REQUIRE(e.has_value());
+    CHECK(e->prefetch_pending == 0);
+    CHECK(e->faults == 0);
+    CHECK(resident_pages(mem, size) == size / 4096);  // the prefetches loaded the region
+    c.send(proto::PrefetchRequest{mem, size, proto::k_prefetch_wait});
+    c.expect<proto::Ok>();
+    const auto* p = reinterpret_cast<const std::uint8_t*>(mem);
+    for (std::uint64_t off = 0; off < size; off += 4099) REQUIRE(p[off] == pattern_byte(off, 9));
+    c.send(proto::Ping{8});
+    CHECK(c.expect<proto::Pong>().nonce == 8);
+    ::munmap(reinterpret_cast<void*>(mem), size);
+}
