@@ -164,7 +164,7 @@ class Daemon {
 public:
     // Starts `exe` (empty: look for it, see find_pagerd) on a socket in a new temporary
     // directory.
-    static Result<std::unique_ptr<Daemon>> start(const std::string& exe);
+    static Result<std::unique_ptr<Daemon>> start(const std::string& exe, const std::vector<std::string>& extra_args = {});
     ~Daemon();  // SIGTERM, wait (SIGKILL after 5 s), remove the socket directory
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;

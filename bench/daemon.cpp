@@ -80,7 +80,7 @@ std::string find_pagerd()
     return {};
 }
 
-Result<std::unique_ptr<Daemon>> Daemon::start(const std::string& exe)
+Result<std::unique_ptr<Daemon>> Daemon::start(const std::string& exe, const std::vector<std::string>& extra_args)
 {
     std::unique_ptr<Daemon> d(new Daemon);
     d->m_exe = exe.empty() ? find_pagerd() : exe;
@@ -94,6 +94,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const std::string& exe)
     d->m_socket = dir + "/pagerd.sock";
 
     std::vector<std::string> args = {d->m_exe, "--socket", d->m_socket, "--log-level", "warn"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);

@@ -26,6 +26,7 @@ struct Options {
     unsigned threads = 0;
     std::string socket;
     std::string pagerd;
+    std::vector<std::string> daemon_args;  // passed on to the pagerd it starts
     std::uint64_t random_pages = 20000;
     unsigned repeat = 1;
     bool json = false;
@@ -274,11 +275,13 @@ int run(const Options& o)
     std::unique_ptr<Daemon> daemon;
     std::string socket = o.socket;
     if (socket.empty()) {
-        auto started = Daemon::start(o.pagerd);
+        auto started = Daemon::start(o.pagerd, o.daemon_args);
         if (!started) return fail(started.error().message);
         daemon = std::move(started.value());
         socket = daemon->socket();
-        info.daemon = daemon->exe() + " (started for this run on " + socket + ", pid " +
+        std::string args;
+        for (const auto& a : o.daemon_args) args += " " + a;
+        info.daemon = daemon->exe() + args + " (started for this run on " + socket + ", pid " +
                       std::to_string(daemon->pid()) + ")";
         info.own_daemon = true;
         info.daemon_pid = daemon->pid();
@@ -493,6 +496,10 @@ int main(int argc, char** argv)
                                       "pagerd executable to start (default: ../daemon/pagerd next to "
                                       "pagerd-bench, else pagerd next to it, else on $PATH)");
     pagerd_opt->excludes("--socket");
+    app.add_option("--daemon-arg", o.daemon_args,
+                   "An option for the pagerd it starts, e.g. --daemon-arg=--poll-us=50 (repeatable)")
+        ->excludes("--socket")
+        ->allow_extra_args(false);
     app.add_option("--repeat", o.repeat, "Runs of every case; the median is shown (default 1)")
         ->check(CLI::Range(1u, 1000u));
     app.add_option("--cases", o.cases,
