@@ -166,6 +166,9 @@ void Worker::submit_read(Load& l)
     io_uring_sqe* s = sqe();
     io_uring_prep_read(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
                        l.file_offset + l.done);
+    // Loads no thread waits for yet are read by io_uring's own workers, on the other CPU if
+    // it is free: the worker keeps its CPU for UFFDIO_COPY and faults.
+    if (l.kind != Load::Kind::Fault) io_uring_sqe_set_flags(s, IOSQE_ASYNC);
     io_uring_sqe_set_data(s, &l.op);
 }
 
