@@ -138,6 +138,7 @@ public:
     // once queued, or with `wait` once every page is loaded (an earlier prefetch covering
     // the range, such as a Prefetch::All fill, is waited for rather than repeated).
     // addr and length: multiples of the page size. wait_ms: -1 waits as long as it takes.
+    // While a prefetch waits, the connection's other requests (map, unmap, status) wait too.
     Result<void> prefetch(const void* addr, std::size_t length, bool wait = false, int wait_ms = -1);
     // The regions of this connection, by address (for APIs that know only the address).
     Result<Region> find(const void* addr) const;
