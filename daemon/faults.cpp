@@ -134,9 +134,10 @@ void Worker::handle_fault(Client& c, Fault f)
 
 void Worker::start_read(Load& l)
 {
-    // Page cache first: hot data goes in without a trip through the ring.
+    // Page cache first: hot data goes in without a trip through the ring. (Not for
+    // O_DIRECT files: there RWF_NOWAIT still waits for the disk.)
     iovec iov{l.buf, l.len};
-    const ssize_t n = ::preadv2(l.file->get(), &iov, 1, static_cast<off_t>(l.file_offset), RWF_NOWAIT);
+    const ssize_t n = l.direct_io ? -1 : ::preadv2(l.file->get(), &iov, 1, static_cast<off_t>(l.file_offset), RWF_NOWAIT);
     if (n >= 0) {
         l.done = static_cast<std::uint64_t>(n);
         m_stats.bytes_read.fetch_add(l.done, std::memory_order_relaxed);
@@ -164,8 +165,12 @@ void Worker::process_ready()
 void Worker::submit_read(Load& l)
 {
     io_uring_sqe* s = sqe();
-    io_uring_prep_read(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
-                       l.file_offset + l.done);
+    if (m_fixed_buffers)  // registered: the kernel need not pin the pages for every read
+        io_uring_prep_read_fixed(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
+                                 l.file_offset + l.done, 0);
+    else
+        io_uring_prep_read(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
+                           l.file_offset + l.done);
     // Loads no thread waits for yet are read by io_uring's own workers, on the other CPU if
     // it is free: the worker keeps its CPU for UFFDIO_COPY and faults.
     if (l.kind != Load::Kind::Fault) io_uring_sqe_set_flags(s, IOSQE_ASYNC);

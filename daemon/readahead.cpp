@@ -32,6 +32,7 @@ Load* Worker::new_load(Client& c, const Region& r, std::uint64_t addr, std::uint
     l->file = r.file;
     l->slot = r.uffd_slot;
     l->write_protect = r.tracking == proto::Tracking::UFFD_WP || r.tracking == proto::Tracking::ASYNC;
+    l->direct_io = r.direct_io;
     l->buf = m_free_buffers.back();
     m_free_buffers.pop_back();
     c.inflight.emplace(addr, l);

@@ -57,6 +57,7 @@ struct Region {
     proto::Tracking tracking = proto::Tracking::NONE;
     unsigned uffd_slot = 0;  // which of the client's userfaultfds the memory is registered with
     std::shared_ptr<util::UniqueFd> file;  // shared by the pieces of a split region
+    bool direct_io = false;                // the file was opened O_DIRECT: no page cache to try
     std::shared_ptr<SharedMemory> mem;     // Shared regions
     std::uint64_t mem_offset = 0;          // memfd offset of `start`
     std::shared_ptr<RegionState> state = std::make_shared<RegionState>();  // shared by the pieces

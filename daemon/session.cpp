@@ -274,6 +274,7 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
     r.length = m.length;
     r.file_offset = m.file_offset;
     r.access = (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE : proto::Access::READ_ONLY;
+    r.direct_io = (fl & O_DIRECT) != 0;
     r.file = std::make_shared<util::UniqueFd>(std::move(fd));
     r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));

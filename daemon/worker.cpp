@@ -28,6 +28,11 @@ Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
     m_buffers = static_cast<std::uint8_t*>(mem);
     for (unsigned i = 0; i < ctx.config.staging_buffers; ++i)
         m_free_buffers.push_back(m_buffers + i * block);
+    const iovec all{m_buffers, m_buffers_bytes};
+    if (int r = io_uring_register_buffers(&m_ring, &all, 1); r == 0)
+        m_fixed_buffers = true;
+    else  // RLIMIT_MEMLOCK too low for them, most likely: plain reads work as well
+        spdlog::debug("worker {}: staging buffers not registered with io_uring: {}", index, std::strerror(-r));
     m_writeback = std::make_unique<Writeback>(ctx.page_size);
 }
 

@@ -103,6 +103,7 @@ struct Load {
     std::shared_ptr<util::UniqueFd> file;
     unsigned slot = 0;          // userfaultfd the region is registered with
     bool write_protect = false; // install with UFFDIO_COPY_MODE_WP (uffd-wp and async regions)
+    bool direct_io = false;     // the file is O_DIRECT: a read would wait for the disk
     std::uint8_t* buf = nullptr;
     std::uint64_t done = 0;  // bytes read so far
     std::uint64_t skip = 0;  // a stream's marker page, not installed (0: none)
@@ -232,6 +233,7 @@ private:
     void handle_write_protect_fault(Client& c, const Fault& f);
     void mark_written(Client& c, const Region& r, std::uint64_t page);
     void start_read(Load& l);  // from the page cache at once if it holds the data, else io_uring
+    bool m_fixed_buffers = false;  // the staging buffers are registered with the ring
     void submit_read(Load& l);
     void on_read_done(Load& l, int res);
     void install(Client& c, Load& l);
