@@ -40,7 +40,7 @@ ParsedConfig parse_config(int argc, char** argv)
                    "Disconnect a connection that sends no HELLO within this time")
         ->check(CLI::Range(1u, 3600000u));
     app.add_option("--fault-block", c.fault_block_bytes,
-                   "Bytes loaded per fault (a power of two, 4096 to 2097152)")
+                   "Bytes loaded for a fault that continues no sequential stream (a power of two, 4096 to 2097152)")
         ->check([](const std::string& s) -> std::string {
             const auto v = std::stoull(s);
             const bool pow2 = v && (v & (v - 1)) == 0;
