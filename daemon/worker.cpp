@@ -267,6 +267,15 @@ void Worker::detach_client(Client& c)
     std::vector<Region> all;
     c.regions.for_each([&](const Region& r) { all.push_back(r); });
     forget(c, std::move(all), false, "daemon restarting");
+    // The next daemon knows nothing of a WAIT prefetch in progress: answer it now rather
+    // than leave the client waiting for a reply that would never come.
+    std::set<PrefetchWaiter*> answered;
+    for (PrefetchJob& j : c.jobs)
+        for (const auto& w : j.waiters)
+            if (answered.insert(w.get()).second)
+                send_reply(c, w->request_id, proto::ErrorReply{proto::ErrorCode::INTERNAL,
+                                                                "pagerd restarted before the prefetch finished; "
+                                                                "the range may be partly loaded (ask again)"});
     fdstore::save(c);
     c.stored.clear();  // release() must not remove them from the store
     close_client(c, "daemon restarting; kept in the descriptor store");
