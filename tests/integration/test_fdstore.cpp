@@ -217,3 +217,75 @@ TEST_CASE("the daemon dies or stops while a client faults and the next daemon se
     ::close(progress[0]);
     ::close(progress[1]);
 }
+
+TEST_CASE("a waiting prefetch is answered when the daemon restarts, not left hanging", "[fdstore][restart][prefetch]")
+{
+    TempDir dir;
+    const std::uint64_t size = 1ull << 30;  // sparse: the prefetch reads zeros from the page cache
+    {
+        util::UniqueFd f(::open(dir.file("data").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+        REQUIRE(f);
+        REQUIRE(::ftruncate(f.get(), static_cast<off_t>(size)) == 0);
+    }
+    const std::string sock = dir.file("pagerd.sock");
+    ServiceManager sm(dir.file("notify"));
+    pid_t daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+    REQUIRE(sm.pump("READY=1", 10s));
+
+    int progress[2];
+    REQUIRE(::pipe(progress) == 0);
+    const pid_t client = ::fork();
+    REQUIRE(client >= 0);
+    if (client == 0) {
+        reset_fatal_signals();
+        auto c = libclient::Connection::connect({sock, "prefetcher"});
+        if (!c) _exit(3);
+        auto r = c.value()->map_file(dir.file("data"), {0, size, Access::ReadOnly});
+        if (!r) _exit(4);
+        (void)!::write(progress[1], "a", 1);
+        auto p = c.value()->prefetch(r->addr, size, /*wait=*/true, /*wait_ms=*/-1);
+        if (p || p.error().code != 11 || p.error().message.find("restarted") == std::string::npos) _exit(5);
+        const auto* bytes = static_cast<const volatile std::uint8_t*>(r->addr);
+        for (std::uint64_t off = 0; off < size; off += 64ull << 20)  // served by the next daemon
+            if (bytes[off] != 0) _exit(6);
+        _exit(0);
+    }
+    char stage;
+    REQUIRE(::read(progress[0], &stage, 1) == 1);
+    // Stop the daemon once it is loading the range, i.e. the request is its, not the next one's.
+    auto watcher = libclient::Connection::connect({sock, "watcher"});
+    REQUIRE(watcher);
+    bool loading = false;
+    for (int i = 0; i < 5000 && !loading; ++i) {
+        auto list = watcher.value()->regions();
+        REQUIRE(list);
+        for (const auto& e : list.value()) loading = loading || (e.pid == static_cast<std::uint32_t>(client) && e.prefetch_pending > 0);
+        if (!loading) std::this_thread::sleep_for(1ms);
+    }
+    REQUIRE(loading);
+    watcher.value().reset();
+    ::kill(daemon, SIGTERM);
+    int st;
+    ::waitpid(daemon, &st, 0);
+    sm.pump("", 200ms);
+    daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+    REQUIRE(sm.pump("READY=1", 10s));
+    int cst = 0;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (::waitpid(client, &cst, WNOHANG) == 0) {
+        sm.pump();
+        if (std::chrono::steady_clock::now() > deadline) {
+            ::kill(client, SIGKILL);
+            ::waitpid(client, &cst, 0);
+            FAIL("the client is still waiting for its prefetch after the restart");
+        }
+        std::this_thread::sleep_for(10ms);
+    }
+    INFO(slurp(dir.file("log")));
+    CHECK(exited_with(cst, 0));
+    ::kill(daemon, SIGTERM);
+    ::waitpid(daemon, &st, 0);
+    CHECK(exited_with(st, 0));
+    ::close(progress[0]);
+    ::close(progress[1]);
+}
