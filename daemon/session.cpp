@@ -93,10 +93,7 @@ void Worker::on_socket_readable(Client& c)
         bool disconnect = false, deferred = false;
         proto::Body reply;
         try {
-            if (auto* p = std::get_if<proto::PrefetchRequest>(&msg->body); p && c.hello_done)
-                reply = on_prefetch(c, *p, msg->request_id, deferred);
-            else
-                reply = handle_request(c, *msg, got->fds, disconnect);
+            reply = handle_request(c, *msg, got->fds, disconnect, deferred);
         } catch (const RequestError& e) {
             reply = proto::ErrorReply{e.code, e.text};
         } catch (const std::exception& e) {
@@ -124,8 +121,8 @@ void Worker::send_reply(Client& c, std::uint32_t request_id, proto::Body body)
         close_client(c, std::string("send failed: ") + std::strerror(err));
 }
 
-proto::Body Worker::handle_request(Client& c, proto::Message& msg,
-                                   std::vector<util::UniqueFd>& fds, bool& disconnect)
+proto::Body Worker::handle_request(Client& c, proto::Message& msg, std::vector<util::UniqueFd>& fds,
+                                   bool& disconnect, bool& deferred)
 {
     using namespace proto;
     if (!c.hello_done && !std::holds_alternative<Hello>(msg.body)) {
@@ -142,6 +139,7 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg,
     if (std::holds_alternative<StatusRequest>(msg.body)) return on_status(c);
     if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(c, *m);
     if (auto* m = std::get_if<Ping>(&msg.body)) return Pong{m->nonce};
+    if (auto* m = std::get_if<PrefetchRequest>(&msg.body)) return on_prefetch(c, *m, msg.request_id, deferred);
     reject(ErrorCode::UNKNOWN_TYPE,
            std::string(type_name(type_of(msg.body))) + " is sent by the daemon, not to it");
 }

@@ -202,8 +202,9 @@ private:
 
     // session.cpp: control messages
     void on_socket_readable(Client& c);
+    // deferred: the reply is sent later (a WAIT prefetch), not by the caller.
     proto::Body handle_request(Client& c, proto::Message& msg, std::vector<util::UniqueFd>& fds,
-                               bool& disconnect);
+                               bool& disconnect, bool& deferred);
     void send_reply(Client& c, std::uint32_t request_id, proto::Body body);
     proto::Body on_hello(Client& c, const proto::Hello& m, bool& disconnect);
     proto::Body on_register(Client& c, const proto::RegisterUffd& m, util::UniqueFd fd);
