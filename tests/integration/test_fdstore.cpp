@@ -126,6 +126,42 @@ private:
     std::map<std::string, util::UniqueFd> m_store;
 };
 
+// Waits for the daemon to exit while reading what it sends to NOTIFY_SOCKET: a stopping
+// daemon sends many messages (FDSTORE=1, FDSTOREREMOVE=1, STOPPING=1), and blocks in
+// sendmsg once the socket's queue is full, as it would if systemd stopped reading.
+int wait_daemon(pid_t pid, ServiceManager& sm, std::chrono::seconds timeout = 30s)
+{
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    int st = 0;
+    while (::waitpid(pid, &st, WNOHANG) == 0) {
+        sm.pump();
+        if (std::chrono::steady_clock::now() > deadline) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, &st, 0);
+            FAIL("the daemon did not exit in time");
+        }
+        std::this_thread::sleep_for(5ms);
+    }
+    sm.pump();
+    return st;
+}
+
+// Reads one progress byte from a client, pumping NOTIFY_SOCKET meanwhile (the daemon serving
+// the client must never block on it); false if none came in time.
+bool read_stage(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
+{
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        sm.pump();
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 5) == 1) {
+            char stage;
+            return ::read(fd, &stage, 1) == 1;
+        }
+    }
+    return false;
+}
+
 // A client process that keeps faulting through a restart and writes to a Shared region.
 // Reports progress through `progress` (one byte per stage) and exits 0 when every byte it
 // read was right and its writes are in the file.
@@ -180,12 +216,10 @@ TEST_CASE("the daemon dies or stops while a client faults and the next daemon se
         reset_fatal_signals();
         _exit(restart_client(sock, dir.file("data"), dir.file("shared"), progress[1]));
     }
-    char stage;
-    REQUIRE(::read(progress[0], &stage, 1) == 1);
-    REQUIRE(::read(progress[0], &stage, 1) == 1);  // in the middle of faulting
+    REQUIRE(read_stage(progress[0], sm));
+    REQUIRE(read_stage(progress[0], sm));  // in the middle of faulting
     ::kill(daemon, how == "SIGKILL" ? SIGKILL : SIGTERM);
-    int st;
-    ::waitpid(daemon, &st, 0);
+    int st = wait_daemon(daemon, sm);
     sm.pump("", 200ms);
     INFO(slurp(dir.file("log")));
     CHECK(sm.stored_with_prefix("c") >= 6);  // state, socket, uffd, files and memfd of the client
@@ -212,7 +246,7 @@ TEST_CASE("the daemon dies or stops while a client faults and the next daemon se
     sm.pump("", 500ms);
     CHECK(sm.stored_with_prefix("c") == 0);
     ::kill(daemon, SIGTERM);
-    ::waitpid(daemon, &st, 0);
+    st = wait_daemon(daemon, sm);
     CHECK(exited_with(st, 0));
     ::close(progress[0]);
     ::close(progress[1]);
@@ -250,8 +284,7 @@ TEST_CASE("a waiting prefetch is answered when the daemon restarts, not left han
             if (bytes[off] != 0) _exit(6);
         _exit(0);
     }
-    char stage;
-    REQUIRE(::read(progress[0], &stage, 1) == 1);
+    REQUIRE(read_stage(progress[0], sm));
     // Stop the daemon once it is loading the range, i.e. the request is its, not the next one's.
     auto watcher = libclient::Connection::connect({sock, "watcher"});
     REQUIRE(watcher);
@@ -260,13 +293,15 @@ TEST_CASE("a waiting prefetch is answered when the daemon restarts, not left han
         auto list = watcher.value()->regions();
         REQUIRE(list);
         for (const auto& e : list.value()) loading = loading || (e.pid == static_cast<std::uint32_t>(client) && e.prefetch_pending > 0);
-        if (!loading) std::this_thread::sleep_for(1ms);
+        if (!loading) {
+            sm.pump();
+            std::this_thread::sleep_for(1ms);
+        }
     }
     REQUIRE(loading);
     watcher.value().reset();
     ::kill(daemon, SIGTERM);
-    int st;
-    ::waitpid(daemon, &st, 0);
+    int st = wait_daemon(daemon, sm);
     sm.pump("", 200ms);
     daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
     REQUIRE(sm.pump("READY=1", 10s));
@@ -284,7 +319,7 @@ TEST_CASE("a waiting prefetch is answered when the daemon restarts, not left han
     INFO(slurp(dir.file("log")));
     CHECK(exited_with(cst, 0));
     ::kill(daemon, SIGTERM);
-    ::waitpid(daemon, &st, 0);
+    st = wait_daemon(daemon, sm);
     CHECK(exited_with(st, 0));
     ::close(progress[0]);
     ::close(progress[1]);
