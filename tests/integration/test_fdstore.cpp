@@ -126,10 +126,11 @@ private:
     std::map<std::string, util::UniqueFd> m_store;
 };
 
-// Waits for the daemon to exit while reading what it sends to NOTIFY_SOCKET: a stopping
-// daemon sends many messages (FDSTORE=1, FDSTOREREMOVE=1, STOPPING=1), and blocks in
-// sendmsg once the socket's queue is full, as it would if systemd stopped reading.
-int wait_daemon(pid_t pid, ServiceManager& sm, std::chrono::seconds timeout = 30s)
+// Waits for a process (the daemon, or a client it serves) to exit while reading what the
+// daemon sends to NOTIFY_SOCKET: a stopping daemon sends many messages (FDSTORE=1,
+// FDSTOREREMOVE=1, STOPPING=1) and blocks in sendmsg once the socket's queue is full, as it
+// would if systemd stopped reading. Kills the process and fails with `late` after `timeout`.
+int wait_exit_pumping(pid_t pid, ServiceManager& sm, std::chrono::seconds timeout, const char* late)
 {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     int st = 0;
@@ -138,13 +139,15 @@ int wait_daemon(pid_t pid, ServiceManager& sm, std::chrono::seconds timeout = 30
         if (std::chrono::steady_clock::now() > deadline) {
             ::kill(pid, SIGKILL);
             ::waitpid(pid, &st, 0);
-            FAIL("the daemon did not exit in time");
+            FAIL(late);
         }
         std::this_thread::sleep_for(5ms);
     }
     sm.pump();
     return st;
 }
+
+int wait_daemon(pid_t pid, ServiceManager& sm) { return wait_exit_pumping(pid, sm, 30s, "the daemon did not exit in time"); }
 
 // Reads one progress byte from a client, pumping NOTIFY_SOCKET meanwhile (the daemon serving
 // the client must never block on it); false if none came in time.
@@ -227,17 +230,7 @@ TEST_CASE("the daemon dies or stops while a client faults and the next daemon se
 
     daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
     REQUIRE(sm.pump("READY=1", 10s));
-    int cst = 0;
-    const auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (::waitpid(client, &cst, WNOHANG) == 0) {
-        sm.pump();
-        if (std::chrono::steady_clock::now() > deadline) {
-            ::kill(client, SIGKILL);
-            ::waitpid(client, &cst, 0);
-            FAIL("the client did not finish after the restart");
-        }
-        std::this_thread::sleep_for(10ms);
-    }
+    const int cst = wait_exit_pumping(client, sm, 60s, "the client did not finish after the restart");
     INFO(slurp(dir.file("log")));
     CHECK(exited_with(cst, 0));
     CHECK(read_file(dir.file("shared")) == expect_shared);
@@ -305,17 +298,7 @@ TEST_CASE("a waiting prefetch is answered when the daemon restarts, not left han
     sm.pump("", 200ms);
     daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
     REQUIRE(sm.pump("READY=1", 10s));
-    int cst = 0;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (::waitpid(client, &cst, WNOHANG) == 0) {
-        sm.pump();
-        if (std::chrono::steady_clock::now() > deadline) {
-            ::kill(client, SIGKILL);
-            ::waitpid(client, &cst, 0);
-            FAIL("the client is still waiting for its prefetch after the restart");
-        }
-        std::this_thread::sleep_for(10ms);
-    }
+    const int cst = wait_exit_pumping(client, sm, 30s, "the client is still waiting for its prefetch after the restart");
     INFO(slurp(dir.file("log")));
     CHECK(exited_with(cst, 0));
     ::kill(daemon, SIGTERM);
