@@ -47,12 +47,20 @@ std::string hex(const std::string& s)
     return out.empty() ? "-" : out;
 }
 
-std::string unhex(const std::string& s)
+// Reads what hex() wrote; false for anything else (std::stoi threw on a non-hex digit, which
+// ended the daemon at start, and took "-1" or " f" for bytes).
+bool unhex(const std::string& s, std::string& out)
 {
-    std::string out;
-    if (s == "-") return out;
-    for (std::size_t i = 0; i + 1 < s.size(); i += 2) out += static_cast<char>(std::stoi(s.substr(i, 2), nullptr, 16));
-    return out;
+    out.clear();
+    if (s == "-") return true;
+    auto digit = [](char ch) { return ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1; };
+    if (s.size() % 2) return false;
+    for (std::size_t i = 0; i < s.size(); i += 2) {
+        const int hi = digit(s[i]), lo = digit(s[i + 1]);
+        if (hi < 0 || lo < 0) return false;
+        out += static_cast<char>(hi << 4 | lo);
+    }
+    return true;
 }
 
 std::string describe(const Client& c)
@@ -72,6 +80,28 @@ std::string describe(const Client& c)
 }
 
 }  // namespace
+
+std::optional<StoredClient> parse_state(const std::string& text)
+{
+    StoredClient s;
+    std::istringstream in(text);
+    std::string word, name_hex;
+    in >> word >> word;  // header
+    in >> word >> s.serial >> s.pid >> s.uid >> s.gid >> name_hex >> s.hello_done >> s.uffd_flags >> s.features[0] >>
+        s.features[1] >> s.next_region_id;
+    if (!in || word != "client" || !unhex(name_hex, s.name)) return std::nullopt;
+    while (in >> word && word == "region") {
+        StoredRegion& r = s.regions.emplace_back();
+        in >> r.id >> r.start >> r.length >> r.file_offset >> r.access >> r.tracking >> r.uffd_slot >> r.mem_offset >>
+            r.file_base >> r.mem_length >> r.mapped;
+        // A cut line is no region, and values save() never writes would index past arrays.
+        if (!in || r.access > 2 || r.tracking > 3 || r.uffd_slot > 1) return std::nullopt;
+        std::string rest;  // the prefetch policy, absent in the state of older daemons
+        std::getline(in, rest);
+        std::istringstream(rest) >> r.prefetch;
+    }
+    return s;
+}
 
 bool enabled() { return g_enabled; }
 void set_enabled(bool on)
@@ -140,16 +170,21 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
         ::fstat(c->state.get(), &st);
         std::string text(static_cast<std::size_t>(st.st_size), '\0');
         if (::pread(c->state.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) continue;
-        std::istringstream in(text);
-        std::string word, name_hex;
-        in >> word >> word;  // header
-        in >> word >> c->serial >> c->peer.pid >> c->peer.uid >> c->peer.gid >> name_hex >> c->hello_done >>
-            c->uffd_flags >> c->uffds[0].features >> c->uffds[1].features >> c->next_region_id;
-        if (!in || word != "client") {
+        const auto parsed = parse_state(text);
+        if (!parsed) {
             spdlog::warn("descriptor store: unreadable state {}; dropping that client", state_name);
             continue;
         }
-        c->name = unhex(name_hex);
+        c->serial = parsed->serial;
+        c->peer.pid = parsed->pid;
+        c->peer.uid = parsed->uid;
+        c->peer.gid = parsed->gid;
+        c->name = parsed->name;
+        c->hello_done = parsed->hello_done;
+        c->uffd_flags = parsed->uffd_flags;
+        c->uffds[0].features = parsed->features[0];
+        c->uffds[1].features = parsed->features[1];
+        c->next_region_id = parsed->next_region_id;
         c->sock = take(p + "sock");
         c->uffds[0].fd = take(p + "uffd0");
         c->uffds[1].fd = take(p + "uffd1");
@@ -157,16 +192,17 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
         std::map<std::uint64_t, std::shared_ptr<SharedMemory>> mems;
         std::map<std::uint64_t, std::shared_ptr<RegionState>> region_states;
         bool ok = c->sock && c->uffds[0].fd;
-        while (ok && in >> word && word == "region") {
+        for (const StoredRegion& sr : parsed->regions) {
+            if (!ok) break;
             Region r;
-            unsigned access, tracking;
-            std::uint64_t file_base, mem_length, mapped;
-            in >> r.id >> r.start >> r.length >> r.file_offset >> access >> tracking >> r.uffd_slot >> r.mem_offset >>
-                file_base >> mem_length >> mapped;
-            std::string rest;  // the prefetch policy, absent in the state of older daemons
-            std::getline(in, rest);
-            unsigned prefetch = 0;
-            std::istringstream(rest) >> prefetch;
+            r.id = sr.id;
+            r.start = sr.start;
+            r.length = sr.length;
+            r.file_offset = sr.file_offset;
+            r.uffd_slot = sr.uffd_slot;
+            r.mem_offset = sr.mem_offset;
+            const unsigned access = sr.access, tracking = sr.tracking, prefetch = sr.prefetch;
+            const std::uint64_t file_base = sr.file_base, mem_length = sr.mem_length;
             if (!region_states.count(r.id)) {
                 region_states[r.id] = std::make_shared<RegionState>();
                 region_states[r.id]->prefetch = prefetch <= 2 ? static_cast<proto::Prefetch>(prefetch) : proto::Prefetch::SEQUENTIAL;
@@ -183,8 +219,8 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
                 mem->file = r.file;
                 mem->file_base = file_base;
                 mem->length = mem_length;
-                mem->mapped = mapped;
-                void* base = ::mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_SHARED, mem->memfd.get(), 0);
+                mem->mapped = sr.mapped;
+                void* base = ::mmap(nullptr, sr.mapped, PROT_READ | PROT_WRITE, MAP_SHARED, mem->memfd.get(), 0);
                 if (base == MAP_FAILED) {
                     ok = false;
                     break;

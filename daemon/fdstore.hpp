@@ -3,9 +3,12 @@
 // a small memfd per client that describes its regions. A new daemon gets them back through
 // LISTEN_FDS / LISTEN_FDNAMES and serves on; clients never notice more than a pause.
 #pragma once
+#include <sys/types.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,6 +36,30 @@ using Passed = std::map<std::string, util::UniqueFd>;
 // Rebuilds the clients stored by an earlier daemon; what cannot be used is closed and
 // logged. `page` is the page size; the clients come with regions, uffds and socket.
 std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page);
+
+// What a client's state memfd says (the text save() writes), read by restore() before it
+// touches any descriptor. A pure function of the text, so that it can be fuzzed alone
+// (fuzz/fuzz_fdstore.cpp).
+struct StoredRegion {
+    std::uint64_t id = 0, start = 0, length = 0, file_offset = 0;
+    unsigned access = 0, tracking = 0, uffd_slot = 0;
+    std::uint64_t mem_offset = 0, file_base = 0, mem_length = 0, mapped = 0;
+    unsigned prefetch = 0;  // absent in the state of older daemons: 0
+};
+struct StoredClient {
+    std::uint64_t serial = 0;
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::string name;
+    bool hello_done = false;
+    std::uint32_t uffd_flags = 0;
+    std::uint64_t features[2] = {0, 0};
+    std::uint64_t next_region_id = 0;
+    std::vector<StoredRegion> regions;
+};
+// Never throws; nullopt when the text is not a state save() could have written.
+std::optional<StoredClient> parse_state(const std::string& text);
 
 }  // namespace fdstore
 }  // namespace pagerd::daemon
