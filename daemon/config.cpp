@@ -42,8 +42,10 @@ ParsedConfig parse_config(int argc, char** argv)
     app.add_option("--fault-block", c.fault_block_bytes,
                    "Bytes loaded for a fault that continues no sequential stream (a power of two, 4096 to 2097152)")
         ->check([](const std::string& s) -> std::string {
-            const auto v = std::stoull(s);
-            const bool pow2 = v && (v & (v - 1)) == 0;
+            // Read as CLI11 reads the option itself (strtoull, base 0): with std::stoull,
+            // "065536" passed as 65536 and became 27486 (octal), a fault block of no power of two.
+            std::uint64_t v = 0;
+            const bool pow2 = CLI::detail::lexical_cast(s, v) && v && (v & (v - 1)) == 0;
             return pow2 && v >= 4096 && v <= 2u << 20 ? "" : "must be a power of two in [4096, 2097152]";
         });
     app.add_option("--readahead-max", c.readahead_max_bytes,
