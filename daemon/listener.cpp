@@ -13,7 +13,7 @@ namespace {
 
 Error sys_error(const std::string& what)
 {
-    return Error{errno, what + ": " + std::strerror(errno)};
+    return Error::system(errno, what + ": " + std::strerror(errno));
 }
 
 bool someone_listens(const sockaddr_un& addr)
@@ -41,8 +41,8 @@ Result<Listener> open_listener(const std::string& path, unsigned mode)
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.empty() || path.size() >= sizeof addr.sun_path)
-        return Error{ENAMETOOLONG, "socket path '" + path + "' is empty or longer than " +
-                                       std::to_string(sizeof addr.sun_path - 1) + " bytes"};
+        return Error::system(ENAMETOOLONG, "socket path '" + path + "' is empty or longer than " +
+                                               std::to_string(sizeof addr.sun_path - 1) + " bytes");
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
 
     if (const auto slash = path.rfind('/'); slash != std::string::npos && slash > 0) {
@@ -53,9 +53,9 @@ Result<Listener> open_listener(const std::string& path, unsigned mode)
     struct stat st{};
     if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode))
-            return Error{EEXIST, path + " exists and is not a socket; not touching it"};
+            return Error::system(EEXIST, path + " exists and is not a socket; not touching it");
         if (someone_listens(addr))
-            return Error{EADDRINUSE, "another pagerd is already serving " + path};
+            return Error::system(EADDRINUSE, "another pagerd is already serving " + path);
         ::unlink(path.c_str());  // stale socket of a daemon that died
     }
     util::UniqueFd fd(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));

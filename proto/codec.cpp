@@ -301,7 +301,7 @@ void get(Reader& r, RegionsReply& m)
 
 Error fail(ErrorCode code, std::string text)
 {
-    return Error{static_cast<int>(code), std::move(text)};
+    return Error::protocol(code, std::move(text));
 }
 
 // Body alternative for a known type (index matches the order in Body).

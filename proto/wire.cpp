@@ -51,7 +51,7 @@ Result<Received> receive(int sock, int flags)
     for (;;) {
         n = ::recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | flags);
         if (n >= 0) break;
-        if (errno != EINTR) return Error{errno, std::strerror(errno)};
+        if (errno != EINTR) return Error::system(errno, std::strerror(errno));
     }
     for (cmsghdr* c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;

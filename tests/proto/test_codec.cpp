@@ -559,7 +559,7 @@ TEST_CASE("codec: ERROR carries codes this side does not know", "[codec]")
 TEST_CASE("codec: only MALFORMED is a framing error", "[codec]")
 {
 #define PAGERD_X(name, value)                                                          \
-    CHECK(is_framing_error(Error{value, ""}) == (ErrorCode::name == ErrorCode::MALFORMED));
+    CHECK(is_framing_error(Error::protocol(ErrorCode::name, "")) == (ErrorCode::name == ErrorCode::MALFORMED));
     PAGERD_ERROR_CODES(PAGERD_X)
 #undef PAGERD_X
 }
