@@ -28,7 +28,7 @@ namespace {
 
 Error sys_error(const std::string& what, int err = errno)
 {
-    return Error{err, what + ": " + std::strerror(err)};
+    return Error::system(err, what + ": " + std::strerror(err));
 }
 
 constexpr std::uint64_t k_required_caps = proto::cap::FILE_STORE | proto::cap::UFFD_EVENTS;
@@ -49,15 +49,15 @@ Result<util::UniqueFd> dial(const std::string& path)
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     if (path.empty() || path.size() >= sizeof addr.sun_path)
-        return Error{ENAMETOOLONG, "socket path '" + path + "' is empty or too long"};
+        return Error::system(ENAMETOOLONG, "socket path '" + path + "' is empty or too long");
     std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
     util::UniqueFd s(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
     if (!s) return sys_error("socket");
     if (::connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
         const int err = errno;
         if (err == ENOENT || err == ECONNREFUSED)
-            return Error{err, "cannot connect to pagerd at " + path + ": " + std::strerror(err) +
-                                  " (is pagerd running? set PAGERD_SOCKET or pass the socket path)"};
+            return Error::system(err, "cannot connect to pagerd at " + path + ": " + std::strerror(err) +
+                                          " (is pagerd running? set PAGERD_SOCKET or pass the socket path)");
         return sys_error("cannot connect to pagerd at " + path, err);
     }
     return s;
@@ -82,7 +82,7 @@ static Error closed_reason(int sock, Error fallback)
         auto msg = proto::decode(got->bytes, got->fds.size());
         if (!msg) break;
         if (auto* e = std::get_if<proto::ErrorReply>(&msg->body))
-            return Error{static_cast<int>(e->code), "pagerd: " + e->text};
+            return Error::daemon(e->code, "pagerd: " + e->text);
     }
     return fallback;
 }
@@ -90,7 +90,7 @@ static Error closed_reason(int sock, Error fallback)
 Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds, int wait_ms)
 {
     std::lock_guard lock(request_mutex);
-    if (!alive.load()) return Error{ENOTCONN, "the connection to pagerd was lost"};
+    if (!alive.load()) return Error::system(ENOTCONN, "the connection to pagerd was lost");
     const std::uint32_t id = next_request_id++;
     const auto type = proto::type_of(body);
     if (int err = proto::send_message(sock.get(), proto::Message{id, std::move(body)}, fds))
@@ -105,15 +105,16 @@ Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<con
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) return sys_error("poll");
         if (r == 0)
-            return Error{ETIMEDOUT, std::string("pagerd did not answer ") + proto::type_name(type) +
-                                        " within " + std::to_string(timeout_ms) + " ms"};
+            return Error::system(ETIMEDOUT, std::string("pagerd did not answer ") + proto::type_name(type) +
+                                                " within " + std::to_string(timeout_ms) + " ms");
         auto got = proto::receive(sock.get());
         if (!got) return closed_reason(sock.get(), sys_error("receiving from pagerd", got.error().code));
-        if (got->closed) return Error{ECONNRESET, "pagerd closed the connection"};
+        if (got->closed) return Error::system(ECONNRESET, "pagerd closed the connection");
         auto msg = proto::decode(got->bytes, got->fds.size());
-        if (!msg) return Error{EPROTO, "bad reply from pagerd: " + msg.error().message};
+        // The decoder says what is wrong with the reply (MALFORMED, UNKNOWN_TYPE, BAD_DESCRIPTOR).
+        if (!msg) return Error(ErrorDomain::Protocol, msg.error().code, "bad reply from pagerd: " + msg.error().message);
         if (auto* e = std::get_if<proto::ErrorReply>(&msg->body); e && (msg->request_id == id || msg->request_id == 0))
-            return Error{static_cast<int>(e->code), "pagerd: " + e->text};
+            return Error::daemon(e->code, "pagerd: " + e->text);
         if (msg->request_id == id) return std::move(msg).value();
         // A stale reply to an earlier request that timed out: skip it.
     }
@@ -124,7 +125,7 @@ Result<Mapping> Connection::Impl::lookup(const Region& region)
     std::lock_guard lock(regions_mutex);
     auto it = regions.find(region.id);
     if (it == regions.end() || it->second.region.addr != region.addr)
-        return Error{EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection"};
+        return Error::system(EINVAL, "region " + std::to_string(region.id) + " is not mapped on this connection");
     return it->second;
 }
 
@@ -157,10 +158,10 @@ Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& op
     auto welcome = impl->request(hello);
     if (!welcome) return welcome.error();
     const auto* w = std::get_if<proto::Welcome>(&welcome->body);
-    if (!w) return Error{EPROTO, "pagerd answered HELLO with something other than WELCOME"};
+    if (!w) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered HELLO with something other than WELCOME");
     if (const auto missing = required & ~w->caps)
-        return Error{static_cast<int>(proto::ErrorCode::CAPABILITY),
-                     "pagerd (" + w->version + ") lacks required capabilities: " + missing_caps(missing)};
+        return Error::daemon(proto::ErrorCode::CAPABILITY,
+                             "pagerd (" + w->version + ") lacks required capabilities: " + missing_caps(missing));
     impl->daemon_caps = w->caps;
 
     auto uffd = create_uffd();
@@ -195,17 +196,17 @@ Connection::~Connection()
 Result<Region> Connection::map_fd(int fd, const MapOptions& o)
 {
     const std::uint64_t page = m_impl->page_size;
-    if (o.length == 0) return Error{EINVAL, "region length is zero"};
+    if (o.length == 0) return Error::system(EINVAL, "region length is zero");
     if (o.length % page || o.offset % page || reinterpret_cast<std::uintptr_t>(o.addr) % page)
-        return Error{EINVAL, "address, offset and length must be multiples of the page size (" + std::to_string(page) + ")"};
+        return Error::system(EINVAL, "address, offset and length must be multiples of the page size (" + std::to_string(page) + ")");
     if (o.access != Access::ReadOnly && o.access != Access::PrivateWritable && o.access != Access::Shared)
-        return Error{EINVAL, "unknown access mode"};
+        return Error::system(EINVAL, "unknown access mode");
     if (o.tracking != Tracking::Auto && o.access != Access::Shared)
-        return Error{EINVAL, "tracking applies to Shared regions only"};
+        return Error::system(EINVAL, "tracking applies to Shared regions only");
     if (auto p = check_prefetch(o.prefetch, m_impl->daemon_caps); !p) return p.error();
     struct stat st{};
     if (::fstat(fd, &st) != 0) return sys_error("the descriptor to map");
-    if (!S_ISREG(st.st_mode)) return Error{EINVAL, "only regular files can be mapped"};
+    if (!S_ISREG(st.st_mode)) return Error::system(EINVAL, "only regular files can be mapped");
     std::lock_guard layout(m_impl->layout_mutex);
     if (o.access == Access::Shared) return m_impl->map_shared(fd, o);
     const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
@@ -229,7 +230,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     const auto* mapped = reply ? std::get_if<proto::Mapped>(&reply->body) : nullptr;
     if (!mapped) {
         ::munmap(addr, o.length);
-        return reply ? Error{EPROTO, "pagerd answered MAP with something other than MAPPED"} : reply.error();
+        return reply ? Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered MAP with something other than MAPPED") : reply.error();
     }
     Region r{mapped->region_id, addr, o.length, o.access, Tracking::Auto};
     std::lock_guard lock(m_impl->regions_mutex);
@@ -310,7 +311,7 @@ Result<Region> Connection::find(const void* addr) const
         const auto start = reinterpret_cast<std::uintptr_t>(m.region.addr);
         if (a >= start && a < start + m.region.size) return m.region;
     }
-    return Error{EINVAL, "no region of this connection contains that address"};
+    return Error::system(EINVAL, "no region of this connection contains that address");
 }
 
 Result<std::vector<RegionInfo>> Connection::regions()
@@ -320,7 +321,7 @@ Result<std::vector<RegionInfo>> Connection::regions()
         auto reply = m_impl->request(proto::RegionsRequest{static_cast<std::uint32_t>(out.size())});
         if (!reply) return reply.error();
         const auto* list = std::get_if<proto::RegionsReply>(&reply->body);
-        if (!list) return Error{EPROTO, "pagerd answered REGIONS with something else"};
+        if (!list) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered REGIONS with something else");
         for (const auto& e : list->entries) {
             RegionInfo info;
             info.client = e.client;
@@ -352,7 +353,7 @@ Result<Status> Connection::status()
     auto reply = m_impl->request(proto::StatusRequest{});
     if (!reply) return reply.error();
     const auto* s = std::get_if<proto::StatusReply>(&reply->body);
-    if (!s) return Error{EPROTO, "pagerd answered STATUS with something else"};
+    if (!s) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered STATUS with something else");
     Status out;
     out.version = s->version;
     out.uptime_ms = s->uptime_ms;
@@ -381,7 +382,7 @@ Result<void> Connection::ping()
     auto reply = m_impl->request(proto::Ping{nonce});
     if (!reply) return reply.error();
     const auto* p = std::get_if<proto::Pong>(&reply->body);
-    if (!p || p->nonce != nonce) return Error{EPROTO, "pagerd answered PING wrongly"};
+    if (!p || p->nonce != nonce) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered PING wrongly");
     return {};
 }
 

@@ -45,10 +45,10 @@ Prefetch from_wire(proto::Prefetch p)
 Result<void> check_prefetch(Prefetch p, std::uint64_t daemon_caps)
 {
     if (p != Prefetch::Sequential && p != Prefetch::None && p != Prefetch::All)
-        return Error{EINVAL, "unknown prefetch policy"};
+        return Error::system(EINVAL, "unknown prefetch policy");
     if (p != Prefetch::Sequential && !(daemon_caps & proto::cap::PREFETCH))
-        return Error{ENOTSUP, std::string("this pagerd has no prefetch policies (asked for \"") +
-                                  prefetch_name(p) + "\")"};
+        return Error::system(ENOTSUP, std::string("this pagerd has no prefetch policies (asked for \"") +
+                                          prefetch_name(p) + "\")");
     return {};
 }
 
@@ -56,14 +56,14 @@ Result<void> Connection::prefetch(const void* addr, std::size_t length, bool wai
 {
     const auto a = reinterpret_cast<std::uintptr_t>(addr);
     if (length == 0 || a % m_impl->page_size || length % m_impl->page_size)
-        return Error{EINVAL, "prefetch: the address and the length must be non-zero multiples of the page size"};
+        return Error::system(EINVAL, "prefetch: the address and the length must be non-zero multiples of the page size");
     if (!(m_impl->daemon_caps & proto::cap::PREFETCH))
-        return Error{ENOTSUP, "this pagerd does not take prefetch requests"};
+        return Error::system(ENOTSUP, "this pagerd does not take prefetch requests");
     proto::PrefetchRequest m{a, length, wait ? proto::k_prefetch_wait : 0u};
     auto reply = m_impl->request(m, {}, wait ? wait_ms : 0);
     if (!reply) return reply.error();
     if (!std::holds_alternative<proto::Ok>(reply->body))
-        return Error{EPROTO, "pagerd answered PREFETCH with something other than OK"};
+        return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered PREFETCH with something other than OK");
     return {};
 }
 

@@ -135,7 +135,7 @@ Result<void> install()
     act.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;  // no SA_NODEFER: a fault inside us dies
     sigemptyset(&act.sa_mask);
     g_previous = current;  // before ours can run
-    if (::sigaction(SIGSEGV, &act, nullptr) != 0) return Error{errno, "cannot install the SIGSEGV handler"};
+    if (::sigaction(SIGSEGV, &act, nullptr) != 0) return Error::system(errno, "cannot install the SIGSEGV handler");
     return {};
 }
 
@@ -153,7 +153,7 @@ Result<int> add(std::uintptr_t start, std::uint64_t length, void* bitmap)
         s.start.store(start, std::memory_order_release);
         return i;
     }
-    return Error{ENOMEM, "at most " + std::to_string(k_slots) + " regions with SIGSEGV tracking per process"};
+    return Error::system(ENOMEM, "at most " + std::to_string(k_slots) + " regions with SIGSEGV tracking per process");
 }
 
 void remove(int slot)

@@ -17,7 +17,7 @@
 namespace pagerd::libclient {
 namespace {
 
-Error sys_error(const std::string& what, int err = errno) { return Error{err, what + ": " + std::strerror(err)}; }
+Error sys_error(const std::string& what, int err = errno) { return Error::system(err, what + ": " + std::strerror(err)); }
 
 proto::Tracking to_wire(Tracking t)
 {
@@ -52,14 +52,14 @@ Result<Tracking> Connection::Impl::choose_tracking(Tracking wanted)
     switch (wanted) {
     case Tracking::Auto: return async_ok ? Tracking::Async : wp_ok ? Tracking::UffdWp : Tracking::Sigsegv;
     case Tracking::UffdWp:
-        if (!wp_ok) return Error{ENOTSUP, "uffd-wp tracking needs userfaultfd write-protection of shared memory (kernel 5.19+)"};
+        if (!wp_ok) return Error::system(ENOTSUP, "uffd-wp tracking needs userfaultfd write-protection of shared memory (kernel 5.19+)");
         return wanted;
     case Tracking::Async:
-        if (!async_ok) return Error{ENOTSUP, "async tracking needs UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN (kernel 6.7+)"};
+        if (!async_ok) return Error::system(ENOTSUP, "async tracking needs UFFD_FEATURE_WP_ASYNC and PAGEMAP_SCAN (kernel 6.7+)");
         return wanted;
     case Tracking::Sigsegv: return wanted;
     }
-    return Error{EINVAL, "unknown tracking"};
+    return Error::system(EINVAL, "unknown tracking");
 }
 
 Result<void> Connection::Impl::ensure_async_uffd()
@@ -83,9 +83,9 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
 {
     const int fl = ::fcntl(fd, F_GETFL);
     if (fl < 0 || (fl & O_ACCMODE) != O_RDWR)
-        return Error{EBADF, "a Shared region needs its file open for reading and writing (O_RDWR)"};
+        return Error::system(EBADF, "a Shared region needs its file open for reading and writing (O_RDWR)");
     if (fl & O_DIRECT)
-        return Error{EINVAL, "a Shared region's file must not be open with O_DIRECT (open it without)"};
+        return Error::system(EINVAL, "a Shared region's file must not be open with O_DIRECT (open it without)");
     auto tracking = choose_tracking(o.tracking);
     if (!tracking) return tracking.error();
     if (*tracking == Tracking::Async)
@@ -126,7 +126,7 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
     const auto* mapped = reply ? std::get_if<proto::Mapped>(&reply->body) : nullptr;
     if (!mapped) {
         undo();
-        return reply ? Error{EPROTO, "pagerd answered SHARED_MAP with something other than MAPPED"} : reply.error();
+        return reply ? Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered SHARED_MAP with something other than MAPPED") : reply.error();
     }
     Mapping m{Region{mapped->region_id, addr, o.length, Access::Shared, *tracking}, bitmap, bitmap_bytes, -1};
     if (*tracking == Tracking::Sigsegv) {
@@ -182,7 +182,7 @@ Result<FlushResult> Connection::Impl::flush_mapping(const Mapping& m)
     auto reply = request(proto::Flush{r.id}, {}, -1);  // as long as the writing takes
     if (!reply) return reply.error();
     const auto* f = std::get_if<proto::Flushed>(&reply->body);
-    if (!f) return Error{EPROTO, "pagerd answered FLUSH with something other than FLUSHED"};
+    if (!f) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered FLUSH with something other than FLUSHED");
     return FlushResult{f->pages, f->bytes};
 }
 

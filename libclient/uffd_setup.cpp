@@ -42,7 +42,7 @@ Result<std::uint64_t> api(int fd, std::uint64_t features)
     a.api = UFFD_API;
     a.features = features;
     if (::ioctl(fd, UFFDIO_API, &a) != 0)
-        return Error{errno, std::string("UFFDIO_API failed: ") + std::strerror(errno)};
+        return Error::system(errno, std::string("UFFDIO_API failed: ") + std::strerror(errno));
     return static_cast<std::uint64_t>(a.features);
 }
 
@@ -63,9 +63,9 @@ Result<Uffd> create_uffd(bool async_wp)
         u.user_mode_only = true;
     }
     if (!u.fd)
-        return Error{errno, std::string("cannot create a userfaultfd: ") + std::strerror(saved ? saved : errno) +
-                                " (needs /dev/userfaultfd access, CAP_SYS_PTRACE, or "
-                                "vm.unprivileged_userfaultfd=1)"};
+        return Error::system(errno, std::string("cannot create a userfaultfd: ") + std::strerror(saved ? saved : errno) +
+                                        " (needs /dev/userfaultfd access, CAP_SYS_PTRACE, or "
+                                        "vm.unprivileged_userfaultfd=1)");
     // Probe what this kernel offers on a throw-away descriptor: UFFDIO_API runs once per fd.
     util::UniqueFd probe(open_uffd(u.user_mode_only));
     std::uint64_t available = 0;
@@ -76,7 +76,7 @@ Result<Uffd> create_uffd(bool async_wp)
     u.available = available;
     const std::uint64_t requested = (k_wanted | (async_wp ? UFFD_FEATURE_WP_ASYNC : 0)) & available;
     if (async_wp && !(requested & UFFD_FEATURE_WP_ASYNC))
-        return Error{ENOTSUP, "this kernel has no UFFD_FEATURE_WP_ASYNC (needs 6.7 or newer)"};
+        return Error::system(ENOTSUP, "this kernel has no UFFD_FEATURE_WP_ASYNC (needs 6.7 or newer)");
     auto granted = api(u.fd.get(), requested);
     if (!granted) return granted.error();
     u.features = requested;  // UFFDIO_API answers with every available feature, not the enabled ones

@@ -43,45 +43,17 @@ int fail_int(int err, const std::string& message)
     return -1;
 }
 
-// The daemon's refusals reach us as Error{proto::ErrorCode, "pagerd: <its text>"}; local
-// failures as Error{errno, text}. The prefix tells the two apart (connection.cpp makes
-// every daemon ERROR reply into exactly that form).
-bool from_daemon(const Error& e) { return e.message.rfind("pagerd: ", 0) == 0; }
-
-int daemon_errno(std::uint32_t code)
-{
-    using proto::ErrorCode;
-    switch (static_cast<ErrorCode>(code)) {
-    case ErrorCode::MALFORMED:
-    case ErrorCode::BAD_RANGE:
-    case ErrorCode::OVERLAP:
-    case ErrorCode::PAST_EOF:
-    case ErrorCode::NO_SUCH_REGION: return EINVAL;
-    case ErrorCode::BAD_DESCRIPTOR: return EBADF;
-    case ErrorCode::LIMIT: return ENOMEM;
-    case ErrorCode::UNKNOWN_TYPE: return ENOSYS;  // a daemon older than this library
-    case ErrorCode::NOT_READY:
-    case ErrorCode::CAPABILITY:
-    case ErrorCode::INTERNAL:
-    case ErrorCode::TIMEOUT:
-    default: break;  // codes added later: the daemon failed
-    }
-    return EIO;
-}
-
-int to_errno(const Error& e)
-{
-    if (from_daemon(e)) return daemon_errno(static_cast<std::uint32_t>(e.code));
-    return e.code > 0 ? e.code : EIO;
-}
+// Errors from the C++ API become errno by the one table both C APIs share (to_errno in
+// client.hpp, docs/umap.md#errno); Error::domain says which numbering a code is in.
 
 // A failed connect: "no daemon there" or "that daemon will not have us" becomes
 // ECONNREFUSED; reasons the caller can act on otherwise (permissions, resources, no
 // userfaultfd) stay as they are.
 int connect_errno(const Error& e)
 {
-    if (from_daemon(e))  // the daemon refused us: its client limit, or anything else
-        return e.code == static_cast<int>(proto::ErrorCode::LIMIT) ? ENOMEM : ECONNREFUSED;
+    if (e.domain == ErrorDomain::Daemon)  // the daemon refused us: its client limit, or anything else
+        return e.is_daemon(proto::ErrorCode::LIMIT) ? ENOMEM : ECONNREFUSED;
+    if (e.domain != ErrorDomain::System) return ECONNREFUSED;  // not a pagerd that we understand
     switch (e.code) {
     case EACCES:
     case EPERM:
@@ -323,7 +295,7 @@ int uunmap(void* addr, size_t length)
     (void)length;  // as in UMap: the region is known by its address
     return guarded(-1, [&] {
         Connection* c = connection(false);
-        auto r = c ? c->find(addr) : Result<Region>(Error{EINVAL, "no region"});
+        auto r = c ? c->find(addr) : Result<Region>(Error::system(EINVAL, "no region"));
         if (!r || r->addr != addr) return fail_int(EINVAL, "uunmap: no region made by umap() starts at this address");
         auto u = c->unmap(r.value());  // writes the dirty pages of a writable region first
         if (!u) return fail_int(to_errno(u.error()), "uunmap: " + u.error().message);
@@ -362,9 +334,8 @@ void umap_prefetch(int npages, struct umap_prefetch_item* page_array)
             if (start == end) return;
             const auto length = static_cast<std::size_t>(end - start);
             auto r = c->prefetch(reinterpret_cast<const void*>(start), length, /*wait=*/false);
-            const bool no_prefetch = !r && !from_daemon(r.error()) && r.error().code == ENOTSUP;
-            const bool queue_full = !r && from_daemon(r.error()) &&
-                                    r.error().code == static_cast<int>(proto::ErrorCode::LIMIT);
+            const bool no_prefetch = !r && r.error().is_errno(ENOTSUP);
+            const bool queue_full = !r && r.error().is_daemon(proto::ErrorCode::LIMIT);
             if (no_prefetch || queue_full) {
                 // A daemon without PREFETCH, or one whose queue for this connection is full:
                 // the first touch of each page loads it (and its fault block) now.
@@ -378,7 +349,7 @@ void umap_prefetch(int npages, struct umap_prefetch_item* page_array)
 
         for (int i = 0; i < npages; ++i) {
             const auto* p = static_cast<const unsigned char*>(page_array[i].page_base_addr);
-            auto region = c && p ? c->find(p) : Result<Region>(Error{EINVAL, "no region"});
+            auto region = c && p ? c->find(p) : Result<Region>(Error::system(EINVAL, "no region"));
             if (!region) {
                 ++bad;
                 continue;

@@ -1,6 +1,24 @@
 // libclient C++ API: connect to pagerd, map file regions that are paged in on first touch.
 // Every call returns errors as values (pagerd::Result); nothing here throws on bad input,
 // exits or aborts. Thread-safe: one Connection may be used from many threads.
+//
+// Errors: an Error (pagerd/util/result.hpp) is a domain, a code in that domain's numbering
+// and a message. The numberings overlap (2 is ENOENT and UNKNOWN_TYPE), so test with
+// error.is_errno(ENOENT) or error.is_daemon(DaemonError::PAST_EOF), never the code alone.
+//   ErrorDomain::System    an errno value: a system call failed (map_file of a missing file:
+//                          ENOENT; no daemon at the socket: ENOENT or ECONNREFUSED), or the
+//                          library refused the arguments (EINVAL, EBADF, ENOTSUP, ...). Also:
+//                          ETIMEDOUT (no answer within ConnectOptions::timeout_ms),
+//                          ENOTCONN once the connection is lost (the call that first meets
+//                          the closed connection may get ECONNRESET or EPIPE instead).
+//   ErrorDomain::Daemon    a DaemonError: the daemon refused the request (its ERROR reply;
+//                          the message is "pagerd: " + its text), e.g. PAST_EOF, OVERLAP,
+//                          LIMIT, NO_SUCH_REGION; CAPABILITY also when its WELCOME lacks a
+//                          capability the caller requires.
+//   ErrorDomain::Protocol  a DaemonError naming what is wrong with a reply that makes no
+//                          sense (MALFORMED, UNKNOWN_TYPE, BAD_DESCRIPTOR): a daemon speaking
+//                          another protocol.
+// to_errno() is the errno the C API and the UMap API report for each of them.
 #pragma once
 #include <array>
 #include <cstddef>
@@ -14,6 +32,36 @@
 #include "pagerd/util/result.hpp"
 
 namespace pagerd::libclient {
+
+// Error::code in ErrorDomain::Daemon and ErrorDomain::Protocol: the protocol's error codes
+// (proto::ErrorCode, proto/PROTOCOL.md#error-codes), same names, same values.
+enum class DaemonError : std::uint32_t {
+    MALFORMED = 1,
+    UNKNOWN_TYPE = 2,
+    BAD_DESCRIPTOR = 3,
+    NOT_READY = 4,
+    BAD_RANGE = 5,
+    OVERLAP = 6,
+    PAST_EOF = 7,
+    LIMIT = 8,
+    NO_SUCH_REGION = 9,
+    CAPABILITY = 10,
+    INTERNAL = 11,
+    TIMEOUT = 12,
+    IO_ERROR = 13,
+};
+const char* daemon_error_name(DaemonError code);  // "PAST_EOF", ... or "?"
+
+// The errno the C API (pagerd_last_error_code) and the UMap API report for an error:
+//   System                                                        its code (EIO if not > 0)
+//   Daemon MALFORMED, BAD_RANGE, OVERLAP, PAST_EOF, NO_SUCH_REGION EINVAL
+//   Daemon BAD_DESCRIPTOR                                         EBADF
+//   Daemon LIMIT                                                  ENOMEM
+//   Daemon UNKNOWN_TYPE (a daemon older than the library)         ENOSYS
+//   Daemon NOT_READY, CAPABILITY, INTERNAL, TIMEOUT, IO_ERROR,    EIO
+//          and any code added later
+//   Protocol                                                      EPROTO
+int to_errno(const Error& error);
 
 // Socket used when neither the argument nor $PAGERD_SOCKET names one.
 inline constexpr const char* k_default_socket = "/run/pagerd/pagerd.sock";
