@@ -4,6 +4,7 @@
 
 #include "pagerd/client.h"
 #include "pagerd/client.hpp"
+#include "pagerd/proto/constants.hpp"
 
 using namespace pagerd;
 using namespace pagerd::libclient;
@@ -14,17 +15,32 @@ struct pagerd_conn {
 
 namespace {
 
+static_assert(PAGERD_ERROR_SYSTEM == static_cast<int>(ErrorDomain::System) &&
+              PAGERD_ERROR_DAEMON == static_cast<int>(ErrorDomain::Daemon) &&
+              PAGERD_ERROR_PROTOCOL == static_cast<int>(ErrorDomain::Protocol));
+// Every protocol error code has a PAGERD_DAEMON_ constant of the same name and value.
+#define PAGERD_X(name, value) static_assert(PAGERD_DAEMON_##name == (value));
+PAGERD_ERROR_CODES(PAGERD_X)
+#undef PAGERD_X
+
+// The calling thread's last failure: its message, the errno it maps to (to_errno), and
+// the domain and code it had.
 thread_local std::string t_error;
-thread_local int t_code = 0;
+thread_local int t_errno = 0;
+thread_local int t_domain = PAGERD_ERROR_NONE;
+thread_local int t_daemon_code = 0;
 
 int fail(const Error& e)
 {
     t_error = e.message;
-    t_code = e.code;
+    t_errno = to_errno(e);
+    t_domain = static_cast<int>(e.domain);
+    t_daemon_code = e.domain == ErrorDomain::Daemon ? e.code : 0;
     return -1;
 }
 
-int fail(int code, const char* text) { return fail(Error{code, text}); }
+// The C API's own checks: always an errno value.
+int fail(int errno_value, const char* text) { return fail(Error::system(errno_value, text)); }
 
 template <class F>
 int guarded(F&& f)
@@ -207,6 +223,8 @@ int pagerd_user_mode_only(const pagerd_conn* conn)
 }
 
 const char* pagerd_last_error(void) { return t_error.c_str(); }
-int pagerd_last_error_code(void) { return t_code; }
+int pagerd_last_error_code(void) { return t_errno; }
+int pagerd_last_error_domain(void) { return t_domain; }
+int pagerd_last_daemon_error(void) { return t_daemon_code; }
 
 }  // extern "C"

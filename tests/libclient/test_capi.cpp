@@ -125,7 +125,9 @@ TEST_CASE("the C API maps with each prefetch policy and prefetches ranges", "[ca
     REQUIRE(elsewhere != MAP_FAILED);
     REQUIRE(pagerd_prefetch(conn, elsewhere, 65536, 1) == -1);
     ::munmap(elsewhere, 65536);
-    CHECK(pagerd_last_error_code() == 9);  // NO_SUCH_REGION
+    CHECK(pagerd_last_error_code() == EINVAL);  // the daemon's NO_SUCH_REGION, as errno
+    CHECK(pagerd_last_error_domain() == PAGERD_ERROR_DAEMON);
+    CHECK(pagerd_last_daemon_error() == PAGERD_DAEMON_NO_SUCH_REGION);
     CHECK(std::string(pagerd_last_error()).find("region") != std::string::npos);
     REQUIRE(pagerd_prefetch(nullptr, base, 4096, 1) == -1);
     CHECK(pagerd_last_error_code() == EINVAL);

@@ -1,6 +1,7 @@
-/* libclient C API. Every function returns 0 on success and -1 on failure; then
- * pagerd_last_error() gives a message and pagerd_last_error_code() an errno value or a
- * pagerd protocol error code, both for the calling thread. Nothing here exits or aborts. */
+/* libclient C API. Every function returns 0 on success and -1 on failure; then, for the
+ * calling thread, pagerd_last_error() gives a message, pagerd_last_error_code() an errno
+ * value, and pagerd_last_error_domain() / pagerd_last_daemon_error() where the failure came
+ * from (see "Errors" below). Nothing here exits or aborts. */
 #ifndef PAGERD_CLIENT_H
 #define PAGERD_CLIENT_H
 #include <stddef.h>
@@ -78,8 +79,59 @@ int pagerd_status_get(pagerd_conn* conn, pagerd_status* out);
 int pagerd_ping(pagerd_conn* conn);
 int pagerd_user_mode_only(const pagerd_conn* conn); /* 1, 0, or -1 for a NULL conn */
 
+/* Errors. After a call returned -1, for the calling thread (a later success changes none
+ * of them):
+ *
+ * pagerd_last_error(): the reason in words.
+ *
+ * pagerd_last_error_code(): always an errno value.
+ *   PAGERD_ERROR_SYSTEM: the errno of the system call that failed (a missing file:
+ *     ENOENT; no daemon at the socket: ENOENT or ECONNREFUSED) or of the library's own
+ *     check (EINVAL for a NULL pointer, an unknown access mode or prefetch policy, an
+ *     unaligned range, a region not mapped on this connection; EBADF for a descriptor that
+ *     is not open; ENOTSUP for what the kernel or the daemon lacks); ETIMEDOUT when the
+ *     daemon does not answer in time, ENOTCONN once the connection is lost (the call
+ *     that first meets the closed connection may get ECONNRESET or EPIPE instead).
+ *   PAGERD_ERROR_DAEMON: the daemon refused the request; its code becomes
+ *     PAGERD_DAEMON_MALFORMED, _BAD_RANGE, _OVERLAP, _PAST_EOF, _NO_SUCH_REGION  EINVAL
+ *     PAGERD_DAEMON_BAD_DESCRIPTOR                                        EBADF
+ *     PAGERD_DAEMON_LIMIT (regions, bytes or clients; prefetch queue)      ENOMEM
+ *     PAGERD_DAEMON_UNKNOWN_TYPE (a daemon older than the library)         ENOSYS
+ *     PAGERD_DAEMON_NOT_READY, _CAPABILITY, _INTERNAL, _TIMEOUT, _IO_ERROR,
+ *       and any code added later                                          EIO
+ *   PAGERD_ERROR_PROTOCOL: the daemon's reply made no sense: EPROTO.
+ *
+ * pagerd_last_error_domain(): which of the three, or PAGERD_ERROR_NONE before the
+ * thread's first failure.
+ *
+ * pagerd_last_daemon_error(): with PAGERD_ERROR_DAEMON, the daemon's own code (enum
+ * pagerd_daemon_error, proto/PROTOCOL.md "Error codes"); otherwise 0. Its values overlap
+ * errno's (PAGERD_DAEMON_UNKNOWN_TYPE is 2, as ENOENT is): never compare it with errno. */
+enum pagerd_error_domain {
+    PAGERD_ERROR_NONE = 0,
+    PAGERD_ERROR_SYSTEM = 1,
+    PAGERD_ERROR_DAEMON = 2,
+    PAGERD_ERROR_PROTOCOL = 3
+};
+enum pagerd_daemon_error {
+    PAGERD_DAEMON_MALFORMED = 1,
+    PAGERD_DAEMON_UNKNOWN_TYPE = 2,
+    PAGERD_DAEMON_BAD_DESCRIPTOR = 3,
+    PAGERD_DAEMON_NOT_READY = 4,
+    PAGERD_DAEMON_BAD_RANGE = 5,
+    PAGERD_DAEMON_OVERLAP = 6,
+    PAGERD_DAEMON_PAST_EOF = 7,
+    PAGERD_DAEMON_LIMIT = 8,
+    PAGERD_DAEMON_NO_SUCH_REGION = 9,
+    PAGERD_DAEMON_CAPABILITY = 10,
+    PAGERD_DAEMON_INTERNAL = 11,
+    PAGERD_DAEMON_TIMEOUT = 12,
+    PAGERD_DAEMON_IO_ERROR = 13
+};
 const char* pagerd_last_error(void);
 int pagerd_last_error_code(void);
+int pagerd_last_error_domain(void);
+int pagerd_last_daemon_error(void);
 
 #ifdef __cplusplus
 }
