@@ -85,11 +85,11 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const std::string& exe, const std:
     std::unique_ptr<Daemon> d(new Daemon);
     d->m_exe = exe.empty() ? find_pagerd() : exe;
     if (d->m_exe.empty())
-        return Error{ENOENT, "cannot find pagerd (not at ../daemon/pagerd next to pagerd-bench, nor "
-                             "next to it, nor on $PATH): give --pagerd PATH or --socket PATH"};
-    if (!executable(d->m_exe)) return Error{ENOENT, d->m_exe + " is not an executable file"};
+        return Error::system(ENOENT, "cannot find pagerd (not at ../daemon/pagerd next to pagerd-bench, nor "
+                                     "next to it, nor on $PATH): give --pagerd PATH or --socket PATH");
+    if (!executable(d->m_exe)) return Error::system(ENOENT, d->m_exe + " is not an executable file");
     std::string dir = "/tmp/pagerd-bench.XXXXXX";
-    if (!::mkdtemp(dir.data())) return Error{errno, std::string("mkdtemp: ") + std::strerror(errno)};
+    if (!::mkdtemp(dir.data())) return Error::system(errno, std::string("mkdtemp: ") + std::strerror(errno));
     d->m_dir = dir;
     d->m_socket = dir + "/pagerd.sock";
 
@@ -100,7 +100,7 @@ Result<std::unique_ptr<Daemon>> Daemon::start(const std::string& exe, const std:
     argv.push_back(nullptr);
     const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
-    if (pid < 0) return Error{errno, std::string("fork: ") + std::strerror(errno)};
+    if (pid < 0) return Error::system(errno, std::string("fork: ") + std::strerror(errno));
     if (pid == 0) {
         // Die with the benchmark even if it is killed; keep stdout free for --json.
         ::prctl(PR_SET_PDEATHSIG, SIGTERM);
@@ -196,10 +196,10 @@ Result<std::unique_ptr<libclient::Connection>> connect_with_retry(const std::str
         if (conn) return conn;
         if (daemon) {
             if (const std::string how = daemon->exited(); !how.empty())
-                return Error{ECHILD, "pagerd (" + daemon->exe() + ") " + how + " before accepting a connection"};
+                return Error::system(ECHILD, "pagerd (" + daemon->exe() + ") " + how + " before accepting a connection");
         }
         if (std::chrono::steady_clock::now() >= deadline)
-            return daemon ? Error{conn.error().code, "pagerd did not accept a connection on " + socket +
+            return daemon ? Error{conn.error().domain, conn.error().code, "pagerd did not accept a connection on " + socket +
                                                          " within " + std::to_string(wait_ms) + " ms: " +
                                                          conn.error().message}
                           : conn.error();

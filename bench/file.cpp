@@ -18,7 +18,7 @@ namespace {
 Error sys_error(const std::string& what)
 {
     const int e = errno;
-    return Error{e, what + ": " + std::strerror(e)};
+    return Error::system(e, what + ": " + std::strerror(e));
 }
 
 std::uint64_t splitmix64(std::uint64_t& state)
@@ -50,9 +50,9 @@ Result<BenchFile> open_file(const std::string& path)
     if (!f.fd) return sys_error("cannot open " + path);
     struct stat st{};
     if (::fstat(f.fd.get(), &st) != 0) return sys_error("cannot stat " + path);
-    if (!S_ISREG(st.st_mode)) return Error{EINVAL, path + " is not a regular file"};
+    if (!S_ISREG(st.st_mode)) return Error::system(EINVAL, path + " is not a regular file");
     f.bytes = static_cast<std::uint64_t>(st.st_size) / k_page * k_page;
-    if (f.bytes == 0) return Error{EINVAL, path + " is smaller than one 4 KiB page"};
+    if (f.bytes == 0) return Error::system(EINVAL, path + " is smaller than one 4 KiB page");
     f.path = path;
     return f;
 }
@@ -61,7 +61,7 @@ Result<BenchFile> create_temp_file(const std::string& dir, std::uint64_t bytes)
 {
     BenchFile f;
     f.bytes = bytes / k_page * k_page;
-    if (f.bytes == 0) return Error{EINVAL, "--size is smaller than one 4 KiB page"};
+    if (f.bytes == 0) return Error::system(EINVAL, "--size is smaller than one 4 KiB page");
     std::string name = dir + "/pagerd-bench.XXXXXX";
     f.fd.reset(::mkostemp(name.data(), O_CLOEXEC));
     if (!f.fd) return sys_error("cannot create a file in " + dir);
@@ -104,7 +104,7 @@ Result<void> make_cold(int fd, std::uint64_t bytes)
     if (::fdatasync(fd) != 0 && errno != EINVAL && errno != EROFS)
         return sys_error("fdatasync before dropping the cache");
     if (const int e = ::posix_fadvise(fd, 0, static_cast<off_t>(bytes), POSIX_FADV_DONTNEED); e != 0)
-        return Error{e, std::string("posix_fadvise(POSIX_FADV_DONTNEED): ") + std::strerror(e)};
+        return Error::system(e, std::string("posix_fadvise(POSIX_FADV_DONTNEED): ") + std::strerror(e));
     const int dc = ::open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
     if (dc >= 0) {
         [[maybe_unused]] const ssize_t w = ::write(dc, "1", 1);  // best effort

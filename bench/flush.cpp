@@ -18,7 +18,7 @@ using Clock = std::chrono::steady_clock;
 Error sys_error(const std::string& what)
 {
     const int e = errno;
-    return Error{e, what + ": " + std::strerror(e)};
+    return Error::system(e, what + ": " + std::strerror(e));
 }
 
 Result<void> pwrite_all(int fd, const unsigned char* p, std::uint64_t n, std::uint64_t off)
@@ -62,7 +62,7 @@ Result<double> pwrite_case(int fd, std::vector<unsigned char>& buf, std::uint64_
     if (auto s = datasync(fd); !s) return s.error();
     const double seconds = since(t0);
     if (const std::string bad = check_written(fd, buf.data(), pages, salt); !bad.empty())
-        return Error{EBADMSG, "after pwrite + fdatasync the file differs: " + bad};
+        return Error::system(EBADMSG, "after pwrite + fdatasync the file differs: " + bad);
     return seconds;
 }
 
@@ -74,7 +74,7 @@ Result<double> flush_case(libclient::Connection& conn, int fd, std::uint64_t pag
     libclient::MapOptions mo{0, pages * k_page, libclient::Access::Shared};
     mo.tracking = tracking;
     auto region = conn.map_fd(fd, mo);
-    if (!region) return Error{region.error().code, "map_fd: " + region.error().message};
+    if (!region) return Error{region.error().domain, region.error().code, "map_fd: " + region.error().message};
     const unsigned salt = next_salt();
     timed_writes(region->addr, pages, 1, salt);
     Result<double> result = 0.0;
@@ -84,18 +84,18 @@ Result<double> flush_case(libclient::Connection& conn, int fd, std::uint64_t pag
         auto f = conn.flush(region.value());
         const double seconds = since(t0);
         if (!f) {
-            result = Error{f.error().code, "flush: " + f.error().message};
+            result = Error{f.error().domain, f.error().code, "flush: " + f.error().message};
         } else if (written = f->pages; f->pages < pages) {
-            result = Error{EBADMSG, "flush wrote " + std::to_string(f->pages) + " pages, " + std::to_string(pages) +
-                                        " were dirty"};
+            result = Error::system(EBADMSG, "flush wrote " + std::to_string(f->pages) + " pages, " + std::to_string(pages) +
+                                                " were dirty");
         } else if (const std::string bad = check_written(fd, region->addr, pages, salt); !bad.empty()) {
-            result = Error{EBADMSG, "after flush the file does not hold the written bytes: " + bad};
+            result = Error::system(EBADMSG, "after flush the file does not hold the written bytes: " + bad);
         } else {
             result = seconds;
         }
     }
     if (auto u = conn.unmap(region.value()); !u && result)
-        result = Error{u.error().code, "unmap: " + u.error().message};
+        result = Error{u.error().domain, u.error().code, "unmap: " + u.error().message};
     return result;
 }
 

@@ -367,7 +367,7 @@ int run(const Options& o)
                         bp99.push_back(static_cast<double>(d1->region.latency_p99_ns));
                     }
                 } else {
-                    b = Error{d1.error().code, d1.error().message};
+                    b = d1.error();
                 }
                 break;
             }

@@ -78,8 +78,8 @@ Result<std::string> find_gnuplot()
         const std::string exe = (d.empty() ? "." : d) + "/gnuplot";
         if (::access(exe.c_str(), X_OK) == 0) return exe;
     }
-    return Error{ENOENT, "--plot needs gnuplot, which is not installed (not on $PATH): install it, e.g. "
-                         "`apt-get install gnuplot-nox` (scripts/install-deps.sh does), or leave out --plot"};
+    return Error::system(ENOENT, "--plot needs gnuplot, which is not installed (not on $PATH): install it, e.g. "
+                                 "`apt-get install gnuplot-nox` (scripts/install-deps.sh does), or leave out --plot");
 }
 
 Result<void> write_plot(const std::string& gnuplot, const std::string& png, const RunInfo& info,
@@ -91,7 +91,7 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
         if (c.target_case) cases.push_back(&c);
     if (cases.empty())
         for (const auto& c : all) cases.push_back(&c);
-    if (cases.empty()) return Error{EINVAL, "no read case to draw"};
+    if (cases.empty()) return Error::system(EINVAL, "no read case to draw");
     const bool targets = cases.front()->target_case;
 
     std::ostringstream sc;
@@ -198,7 +198,7 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
 
     char script[] = "/tmp/pagerd-bench-plot.XXXXXX";
     const int sfd = ::mkstemp(script);
-    if (sfd < 0) return Error{errno, std::string("mkstemp for the gnuplot script: ") + std::strerror(errno)};
+    if (sfd < 0) return Error::system(errno, std::string("mkstemp for the gnuplot script: ") + std::strerror(errno));
     const std::string text = sc.str();
     std::size_t done = 0;
     while (done < text.size()) {
@@ -208,7 +208,7 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
             const int e = errno;
             ::close(sfd);
             ::unlink(script);
-            return Error{e, std::string("writing the gnuplot script: ") + std::strerror(e)};
+            return Error::system(e, std::string("writing the gnuplot script: ") + std::strerror(e));
         }
         done += static_cast<std::size_t>(w);
     }
@@ -225,17 +225,17 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
     posix_spawn_file_actions_destroy(&fa);
     if (e != 0) {
         ::unlink(script);
-        return Error{e, "cannot run " + gnuplot + ": " + std::strerror(e)};
+        return Error::system(e, "cannot run " + gnuplot + ": " + std::strerror(e));
     }
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         const std::string kept = std::string(script);  // kept for a look
-        return Error{EIO, gnuplot + " " + describe_status(status) + " (its script: " + kept + ")"};
+        return Error::system(EIO, gnuplot + " " + describe_status(status) + " (its script: " + kept + ")");
     }
     ::unlink(script);
-    if (::access(png.c_str(), R_OK) != 0) return Error{ENOENT, "gnuplot ran but " + png + " is not there"};
+    if (::access(png.c_str(), R_OK) != 0) return Error::system(ENOENT, "gnuplot ran but " + png + " is not there");
     std::fprintf(stderr, "pagerd-bench: plot written to %s\n", png.c_str());
     return {};
 }

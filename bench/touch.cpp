@@ -121,11 +121,11 @@ Result<Measure> measure_mmap(int fd, std::uint64_t bytes, const std::vector<std:
                              unsigned threads, int advice)
 {
     void* p = ::mmap(nullptr, bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) return Error{errno, std::string("mmap of the file: ") + std::strerror(errno)};
+    if (p == MAP_FAILED) return Error::system(errno, std::string("mmap of the file: ") + std::strerror(errno));
     if (advice != MADV_NORMAL && ::madvise(p, bytes, advice) != 0) {
         const int e = errno;
         ::munmap(p, bytes);
-        return Error{e, std::string("madvise of the mapping: ") + std::strerror(e)};
+        return Error::system(e, std::string("madvise of the mapping: ") + std::strerror(e));
     }
     const Measure m = touch(p, pages, threads);
     ::munmap(p, bytes);
@@ -145,7 +145,7 @@ Result<PagerdRun> measure_pagerd(libclient::Connection& conn, int fd, std::uint6
     const auto t0 = Clock::now();
     auto region = conn.map_fd(fd, mo);
     if (!region)
-        return Error{region.error().code, std::string("map_fd (prefetch=") + libclient::prefetch_name(s.prefetch) +
+        return Error{region.error().domain, region.error().code, std::string("map_fd (prefetch=") + libclient::prefetch_name(s.prefetch) +
                                               "): " + region.error().message};
     Result<libclient::Status> st_filled = Error{};
     if (s.fill) {
@@ -153,7 +153,7 @@ Result<PagerdRun> measure_pagerd(libclient::Connection& conn, int fd, std::uint6
         auto f = conn.prefetch(region->addr, region->size, true, 600000);
         run.fill_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
         if (!f) {
-            const Error e{f.error().code, "prefetch(region, " + std::to_string(region->size) +
+            const Error e{f.error().domain, f.error().code, "prefetch(region, " + std::to_string(region->size) +
                                               ", wait=true): " + f.error().message};
             [[maybe_unused]] auto u = conn.unmap(region.value());
             return e;
@@ -184,8 +184,8 @@ Result<PagerdRun> measure_pagerd(libclient::Connection& conn, int fd, std::uint6
     }
     const std::string mismatch = verify_sample(region->addr, fd, pages);
     auto unmapped = conn.unmap(region.value());
-    if (!mismatch.empty()) return Error{EBADMSG, "the data differs from the file: " + mismatch};
-    if (!unmapped) return Error{unmapped.error().code, "unmap: " + unmapped.error().message};
+    if (!mismatch.empty()) return Error::system(EBADMSG, "the data differs from the file: " + mismatch);
+    if (!unmapped) return Error{unmapped.error().domain, unmapped.error().code, "unmap: " + unmapped.error().message};
     return run;
 }
 

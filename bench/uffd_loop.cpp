@@ -20,7 +20,7 @@
 namespace pagerd::bench {
 namespace {
 
-Error sys_error(const std::string& what, int e = errno) { return Error{e, what + ": " + std::strerror(e)}; }
+Error sys_error(const std::string& what, int e = errno) { return Error::system(e, what + ": " + std::strerror(e)); }
 
 // A blocking userfaultfd (no O_NONBLOCK): user-mode-only first (allowed to anyone), else
 // /dev/userfaultfd, else the plain system call.
@@ -71,7 +71,7 @@ Result<Measure> measure_uffd_loop(int fd, std::uint64_t bytes, const std::vector
     for (std::uint64_t off = 0; off < bytes;) {
         const ssize_t r = ::pread(fd, src + off, bytes - off, static_cast<off_t>(off));
         if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return r ? sys_error("reading the file into memory") : Error{EIO, "the file is shorter than expected"};
+        if (r <= 0) return r ? sys_error("reading the file into memory") : Error::system(EIO, "the file is shorter than expected");
         off += static_cast<std::uint64_t>(r);
     }
 
@@ -133,7 +133,7 @@ Result<Measure> measure_uffd_loop(int fd, std::uint64_t bytes, const std::vector
     const Measure m = touch(region.p, pages, threads);
     [[maybe_unused]] volatile unsigned char last = *reinterpret_cast<const volatile unsigned char*>(stop_page);
     handler.join();
-    if (!handler_error.empty()) return Error{EIO, "uffd loop handler: " + handler_error};
+    if (!handler_error.empty()) return Error::system(EIO, "uffd loop handler: " + handler_error);
     return m;
 }
 

@@ -60,7 +60,7 @@ void* map_anonymous(std::uint64_t bytes, int prot)
 Error sys_error(const std::string& what)
 {
     const int e = errno;
-    return Error{e, what + ": " + std::strerror(e)};
+    return Error::system(e, what + ": " + std::strerror(e));
 }
 
 // Populated anonymous memory, made PROT_READ; each first write takes SIGSEGV, the handler
@@ -114,18 +114,18 @@ Result<double> pagerd_writes(libclient::Connection& conn, int fd, std::uint64_t 
     libclient::MapOptions mo{0, pages * k_page, libclient::Access::Shared};
     mo.tracking = tracking;
     auto region = conn.map_fd(fd, mo);
-    if (!region) return Error{region.error().code, "map_fd: " + region.error().message};
+    if (!region) return Error{region.error().domain, region.error().code, "map_fd: " + region.error().message};
     if (loaded) {
         const auto* base = static_cast<const volatile unsigned char*>(region->addr);
         std::uint64_t sum = 0;
         for (std::uint64_t p = 0; p < pages; ++p) sum += base[p * k_page];
-        if (sum == 0) return Error{EBADMSG, "the loaded pages read as zeros"};  // the file never has zero bytes there
+        if (sum == 0) return Error::system(EBADMSG, "the loaded pages read as zeros");  // the file never has zero bytes there
     }
     const unsigned salt = next_salt();
     const double seconds = timed_writes(region->addr, pages, threads, salt);
-    if (auto u = conn.unmap(region.value()); !u) return Error{u.error().code, "unmap: " + u.error().message};
+    if (auto u = conn.unmap(region.value()); !u) return Error{u.error().domain, u.error().code, "unmap: " + u.error().message};
     if (const std::string bad = check_written(fd, nullptr, pages, salt); !bad.empty())
-        return Error{EBADMSG, "after unmap the file does not hold the written bytes: " + bad};
+        return Error::system(EBADMSG, "after unmap the file does not hold the written bytes: " + bad);
     return seconds;
 }
 

@@ -31,7 +31,7 @@ int write_all(const char* p, std::size_t n)
     while (n) {
         const ssize_t w = ::write(STDOUT_FILENO, p, n);
         if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return report(Error{errno, std::string("writing to stdout: ") + std::strerror(errno)});
+        if (w <= 0) return report(Error::system(errno, std::string("writing to stdout: ") + std::strerror(errno)));
         p += w;
         n -= static_cast<std::size_t>(w);
     }
@@ -43,11 +43,11 @@ int write_all(const char* p, std::size_t n)
 int run_cat(const std::string& socket, const CatOptions& o)
 {
     util::UniqueFd fd(::open(o.file.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return report(Error{errno, "cannot open " + o.file + ": " + std::strerror(errno)});
+    if (!fd) return report(Error::system(errno, "cannot open " + o.file + ": " + std::strerror(errno)));
     struct stat st{};
     ::fstat(fd.get(), &st);
     const auto size = static_cast<std::uint64_t>(st.st_size);
-    if (o.offset > size) return report(Error{EINVAL, "offset is past the end of the file"});
+    if (o.offset > size) return report(Error::system(EINVAL, "offset is past the end of the file"));
     const std::uint64_t length = o.length ? std::min(o.length, size - o.offset) : size - o.offset;
     if (length == 0) return 0;
     const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));

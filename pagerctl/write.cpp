@@ -22,7 +22,7 @@ Result<std::vector<char>> read_stdin()
     for (;;) {
         const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return Error{errno, std::string("reading stdin: ") + std::strerror(errno)};
+        if (n < 0) return Error::system(errno, std::string("reading stdin: ") + std::strerror(errno));
         if (n == 0) return data;
         data.insert(data.end(), buf, buf + n);
     }
@@ -35,7 +35,7 @@ Result<libclient::Tracking> parse_tracking(const std::string& name)
     using libclient::Tracking;
     for (Tracking t : {Tracking::Auto, Tracking::UffdWp, Tracking::Sigsegv, Tracking::Async})
         if (name == libclient::tracking_name(t)) return t;
-    return Error{EINVAL, "unknown tracking '" + name + "' (auto, uffd-wp, sigsegv, async)"};
+    return Error::system(EINVAL, "unknown tracking '" + name + "' (auto, uffd-wp, sigsegv, async)");
 }
 
 int run_write(const std::string& socket, const WriteOptions& o)
@@ -45,14 +45,14 @@ int run_write(const std::string& socket, const WriteOptions& o)
     auto data = read_stdin();
     if (!data) return report(data.error());
     util::UniqueFd fd(::open(o.file.c_str(), O_RDWR | O_CLOEXEC));
-    if (!fd) return report(Error{errno, "cannot open " + o.file + " for writing: " + std::strerror(errno)});
+    if (!fd) return report(Error::system(errno, "cannot open " + o.file + " for writing: " + std::strerror(errno)));
     struct stat st{};
     ::fstat(fd.get(), &st);
     const auto size = static_cast<std::uint64_t>(st.st_size);
     if (o.offset + data->size() > size)
-        return report(Error{EINVAL, "writing " + std::to_string(data->size()) + " bytes at offset " +
-                                        std::to_string(o.offset) + " would go past the end of " + o.file + " (" +
-                                        std::to_string(size) + " bytes); a mapping cannot grow a file"});
+        return report(Error::system(EINVAL, "writing " + std::to_string(data->size()) + " bytes at offset " +
+                                                std::to_string(o.offset) + " would go past the end of " + o.file + " (" +
+                                                std::to_string(size) + " bytes); a mapping cannot grow a file"));
     if (data->empty()) {
         std::printf("flushed 0 pages, 0 bytes\n");
         return 0;
