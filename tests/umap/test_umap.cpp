@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,8 +20,10 @@
 #include <vector>
 
 #include "harness.hpp"
+#include "libclient/fake_daemon.hpp"
 #include "umap/umap.h"
 
+using namespace pagerd;
 using namespace pagerd::test;
 
 namespace {
@@ -474,6 +478,10 @@ TEST_CASE("the daemon's refusals become errno values", "[umap][errors]")
     in_child(daemon, [&] {
         const int fd = open_file(dir.file("data"), O_RDONLY);
         CHILD_REQUIRE(fd >= 0);
+        errno = 0;
+        CHILD_REQUIRE(umap(nullptr, size + k_page, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
+        CHILD_REQUIRE(errno == EINVAL);  // PAST_EOF
+        CHILD_REQUIRE(std::strncmp(pagerd_umap_last_error(), "umap: pagerd: ", 14) == 0);
         void* p = umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0);
         CHILD_REQUIRE(p != UMAP_FAILED);
         errno = 0;
@@ -516,6 +524,109 @@ TEST_CASE("without a daemon umap fails with errno set, and works once one is the
         return 0;
     });
     CHECK(exited_with(st, 0));
+}
+
+TEST_CASE("umap: no listener is ECONNREFUSED, the daemon's client limit ENOMEM, a lost daemon ENOTCONN",
+          "[umap][errors][socket]")
+{
+    TempDir dir;
+    const std::uint64_t size = 64 * 1024;
+    make_file(dir.file("data"), size, 71);
+    // A socket file nobody listens on (a daemon that died without removing it).
+    {
+        const int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        REQUIRE(s >= 0);
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, dir.file("dead.sock").c_str(), sizeof addr.sun_path - 1);
+        REQUIRE(::bind(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        ::close(s);
+    }
+    int st = run_child([&] {
+        ::setenv("PAGERD_SOCKET", dir.file("dead.sock").c_str(), 1);
+        const int fd = open_file(dir.file("data"), O_RDONLY);
+        errno = 0;
+        CHILD_REQUIRE(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
+        CHILD_REQUIRE(errno == ECONNREFUSED);
+        return 0;
+    });
+    CHECK(exited_with(st, 0));
+
+    Daemon daemon({"--max-clients", "1"});
+    {
+        auto only = connect_within(daemon.socket());  // the one client allowed
+        REQUIRE(only);
+        in_child(daemon, [&] {
+            const int fd = open_file(dir.file("data"), O_RDONLY);
+            errno = 0;
+            CHILD_REQUIRE(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
+            CHILD_REQUIRE(errno == ENOMEM);
+            CHILD_REQUIRE(std::strstr(pagerd_umap_last_error(), "too many clients") != nullptr);
+            return 0;
+        });
+    }
+
+    // The child maps (and so connects), then the daemon is killed under it.
+    int mapped[2], killed[2];
+    REQUIRE(::pipe2(mapped, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(killed, O_CLOEXEC) == 0);
+    std::thread killer([&] {
+        char b = 0;
+        if (::read(mapped[0], &b, 1) != 1) return;  // the child failed before it mapped
+        daemon.kill_hard();
+        (void)!::write(killed[1], "k", 1);
+    });
+    st = run_child([&] {
+        ::setenv("PAGERD_SOCKET", daemon.socket().c_str(), 1);
+        const int fd = open_file(dir.file("data"), O_RDONLY);
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        // ENOMEM while the daemon has not yet let the clients above go.
+        while (umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED) {
+            CHILD_REQUIRE(errno == ENOMEM && std::chrono::steady_clock::now() < deadline);
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        char b = 0;
+        CHILD_REQUIRE(::write(mapped[1], "m", 1) == 1 && ::read(killed[0], &b, 1) == 1);
+        // The first call may still see the close itself; then the connection is lost.
+        for (;;) {
+            errno = 0;
+            CHILD_REQUIRE(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
+            if (errno == ENOTCONN) return 0;
+            CHILD_REQUIRE(std::chrono::steady_clock::now() < deadline);
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+    });
+    ::close(mapped[1]);  // wakes the killer if the child never wrote
+    killer.join();
+    for (int f : {mapped[0], killed[0], killed[1]}) ::close(f);
+    CHECK(exited_with(st, 0));
+}
+
+TEST_CASE("umap: what only an unusual daemon says, UNKNOWN_TYPE is ENOSYS and a senseless reply EPROTO",
+          "[umap][errors][fake]")
+{
+    TempDir dir;
+    const std::uint64_t size = 64 * 1024;
+    make_file(dir.file("data"), size, 72);
+    // A daemon older than the library (MAP unknown to it), and one whose replies make no sense.
+    FakeDaemon old_daemon(dir.file("old.sock"), [](const proto::Message& m) {
+        return FakeDaemon::reply(m.request_id, proto::ErrorReply{proto::ErrorCode::UNKNOWN_TYPE, "unknown message type"});
+    });
+    FakeDaemon odd(dir.file("odd.sock"), [](const proto::Message& m) { return FakeDaemon::reply(m.request_id, proto::Ok{}); });
+    REQUIRE(old_daemon.listening());
+    REQUIRE(odd.listening());
+    for (const auto& [socket, err] : {std::pair{dir.file("old.sock"), ENOSYS}, std::pair{dir.file("odd.sock"), EPROTO}}) {
+        INFO(socket);
+        const int st = run_child([&, socket = socket, err = err] {
+            ::setenv("PAGERD_SOCKET", socket.c_str(), 1);
+            const int fd = open_file(dir.file("data"), O_RDONLY);
+            errno = 0;
+            CHILD_REQUIRE(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
+            CHILD_REQUIRE(errno == err);
+            return 0;
+        });
+        CHECK(exited_with(st, 0));
+    }
 }
 
 TEST_CASE("a forked child of a umap user gets its own connection", "[umap][fork]")
