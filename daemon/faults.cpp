@@ -63,14 +63,14 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
     }
     case UFFD_EVENT_UNMAP: {
         const auto start = msg.arg.remove.start, len = msg.arg.remove.end - msg.arg.remove.start;
-        // munmap behind the library's back: what Async regions wrote cannot be known now.
+        // munmap behind the library's back: what its tracking recorded is written back.
         auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_range(start, len); });
         for (const Region& r : pieces) {
             bool left = false;
             c.regions.for_each([&](const Region& other) { left = left || other.id == r.id; });
             if (!left) fdstore::forget_region(c, r.id);
         }
-        forget(c, std::move(pieces), true, "munmap");
+        forget(c, std::move(pieces), "munmap");
         // Threads blocked on the vanished range retry and get what munmap'ed memory gives.
         util::uffd_wake(c.uffds[slot].fd.get(), start, len);
         spdlog::debug("client {}: munmap of {} bytes at {:#x}", c.serial, len, start);
@@ -317,17 +317,26 @@ void Worker::handle_write_protect_fault(Client& c, const Fault& f)
         return;
     }
     // Not ours to track (the region is gone): let the write through rather than loop.
-    uffdio_writeprotect wp{{f.page, m_ctx.page_size}, 0};
-    ::ioctl(c.uffds[f.slot].fd.get(), UFFDIO_WRITEPROTECT, &wp);
+    unprotect(c, f.slot, f.page);
+}
+
+// Lifts the write protection of one page, which wakes the writer. While the client's
+// address space changes (an unmap event not yet read) the kernel says EAGAIN: then the
+// writer is only woken, writes again, faults again, and is served after the event.
+void Worker::unprotect(Client& c, unsigned slot, std::uint64_t page)
+{
+    uffdio_writeprotect wp{{page, m_ctx.page_size}, 0};
+    if (::ioctl(c.uffds[slot].fd.get(), UFFDIO_WRITEPROTECT, &wp) == 0 || errno == ENOENT) return;
+    if (errno != EAGAIN)
+        spdlog::warn("client {}: lifting write protection at {:#x}: {}", c.serial, page, std::strerror(errno));
+    util::uffd_wake(c.uffds[slot].fd.get(), page, m_ctx.page_size);  // never leave the writer waiting
 }
 
 // Dirty first, then writable: a flush that protects the page again sees the bit.
 void Worker::mark_written(Client& c, const Region& r, std::uint64_t page)
 {
     r.mem->bitmap.mark((r.mem_offset + (page - r.start)) / m_ctx.page_size);
-    uffdio_writeprotect wp{{page, m_ctx.page_size}, 0};  // also wakes the writer
-    if (::ioctl(c.uffds[r.uffd_slot].fd.get(), UFFDIO_WRITEPROTECT, &wp) != 0 && errno != ENOENT)
-        spdlog::warn("client {}: lifting write protection at {:#x}: {}", c.serial, page, std::strerror(errno));
+    unprotect(c, r.uffd_slot, page);
 }
 
 void Worker::finish_load(Load* l)

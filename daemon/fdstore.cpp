@@ -214,19 +214,18 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
             if (!files.count(r.id)) files[r.id] = std::make_shared<util::UniqueFd>(take(rp + "file"));
             r.file = files[r.id];
             if (r.shared() && !mems.count(r.id)) {
-                auto mem = std::make_shared<SharedMemory>();
-                mem->memfd = take(rp + "mem");
-                mem->file = r.file;
-                mem->file_base = file_base;
-                mem->length = mem_length;
-                mem->mapped = sr.mapped;
-                void* base = ::mmap(nullptr, sr.mapped, PROT_READ | PROT_WRITE, MAP_SHARED, mem->memfd.get(), 0);
-                if (base == MAP_FAILED) {
+                util::UniqueFd memfd = take(rp + "mem");
+                proto::ErrorCode code{};
+                std::string why = "no memfd";
+                const char* bad = memfd ? SharedMemory::unusable(memfd.get()) : "";
+                auto mem = bad ? nullptr : SharedMemory::map(std::move(memfd), mem_length, page, code, why);
+                if (!mem) {
+                    spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, bad && *bad ? bad : why);
                     ok = false;
                     break;
                 }
-                mem->base = static_cast<std::uint8_t*>(base);
-                mem->bitmap = util::DirtyBitmap(mem->base + mem_length, mem_length / page);
+                mem->file = r.file;
+                mem->file_base = file_base;
                 mems[r.id] = mem;
             }
             if (r.shared()) r.mem = mems[r.id];

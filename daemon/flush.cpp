@@ -1,5 +1,6 @@
 // Dirty pages of Shared regions to their files: on FLUSH, when a region leaves the
-// table, and when its client dies.
+// table, and when its client dies. The worker only decides what to write; the writing
+// runs on its Writer's thread (writeback.cpp), and the result comes back to on_written().
 #include <spdlog/spdlog.h>
 #include <sys/ioctl.h>
 
@@ -12,7 +13,7 @@
 
 namespace pagerd::daemon {
 
-proto::Flushed Worker::flush_region(Client& c, const Region& r)
+void Worker::collect_flush(Client& c, const Region& r, WriteJob& job)
 {
     const std::uint64_t page = m_ctx.page_size;
     const std::uint64_t first = r.mem_offset / page, count = r.length / page;
@@ -29,42 +30,61 @@ proto::Flushed Worker::flush_region(Client& c, const Region& r)
             }
         });
     }
-    std::vector<PageRun> runs;
-    bitmap.for_each_pending(first, count, false, [&](std::uint64_t p, std::uint64_t n) { runs.push_back({p, n}); });
-    if (runs.empty()) return {};
-    const auto out = m_writeback->write(*r.mem, runs);
-    if (out.error)
-        throw std::runtime_error("writing back region " + std::to_string(r.id) + " failed: " +
-                                 std::strerror(out.error) + " (its pages stay pending)");
-    for (const PageRun& run : runs) bitmap.clear_flushing(run.first, run.count);
-    return {out.pages, out.bytes};
+    WriteJob::Part part{r.mem, r.id, {}, true};
+    bitmap.for_each_pending(first, count, false, [&](std::uint64_t p, std::uint64_t n) { part.runs.push_back({p, n}); });
+    if (!part.runs.empty()) job.parts.push_back(std::move(part));
 }
 
-void Worker::forget(Client& c, std::vector<Region> pieces, bool all_present, const char* why)
+std::unique_ptr<WriteJob> Worker::new_write_job(const Client& c, const char* why)
 {
+    auto job = std::make_unique<WriteJob>();
+    job->client = c.serial;
+    job->pid = c.peer.pid;
+    job->why = why;
+    return job;
+}
+
+void Worker::forget(Client& c, std::vector<Region> pieces, const char* why)
+{
+    // Only what the client wrote, as its tracking recorded it: dirty and flushing pages.
+    // (An Async region's writes since its last flush are known only to the client's page
+    // tables: docs/writes.md says what such a client loses if it dies.)
     const std::uint64_t page = m_ctx.page_size;
-    std::uint64_t pages = 0, bytes = 0;
+    auto job = new_write_job(c, why);
     for (const Region& r : pieces) {
         if (!r.shared()) continue;
-        const std::uint64_t first = r.mem_offset / page, count = r.length / page;
-        std::vector<PageRun> runs;
-        if (all_present && r.tracking == proto::Tracking::ASYNC)
-            runs.push_back({first, count});  // every page the memfd holds
-        else
-            r.mem->bitmap.for_each_pending(first, count, true, [&](std::uint64_t p, std::uint64_t n) {
-                runs.push_back({p, n});
-            });
-        if (runs.empty()) continue;
-        const auto out = m_writeback->write(*r.mem, runs);
-        if (out.error)
-            spdlog::error("client {}: writing back region {} ({}) failed: {}", c.serial, r.id, why,
-                          std::strerror(out.error));
-        pages += out.pages;
-        bytes += out.bytes;
+        WriteJob::Part part{r.mem, r.id, {}, false};
+        r.mem->bitmap.for_each_pending(r.mem_offset / page, r.length / page, true,
+                                       [&](std::uint64_t p, std::uint64_t n) { part.runs.push_back({p, n}); });
+        if (!part.runs.empty()) job->parts.push_back(std::move(part));
     }
-    if (pages)
-        spdlog::info("client {} (pid {}): {}: wrote back {} dirty page(s), {} bytes", c.serial, c.peer.pid, why,
-                     pages, bytes);
+    if (!job->parts.empty()) m_writer->submit(std::move(job));
+}
+
+void Worker::on_written(const WriteJob& j)
+{
+    if (!j.reply) {
+        if (j.error)
+            spdlog::error("client {} (pid {}): {}: writing back region {} failed: {}", j.client, j.pid, j.why,
+                          j.failed_region, std::strerror(j.error));
+        if (j.pages)
+            spdlog::info("client {} (pid {}): {}: wrote back {} dirty page(s), {} bytes", j.client, j.pid, j.why,
+                         j.pages, j.bytes);
+        return;
+    }
+    auto found = m_clients.find(j.client);
+    if (found == m_clients.end()) return;  // gone meanwhile: nobody to answer
+    Client& c = *found->second;
+    if (j.error)
+        send_reply(c, j.request_id, proto::ErrorReply{proto::ErrorCode::IO_ERROR,
+                                                       "writing back region " + std::to_string(j.failed_region) +
+                                                           " failed: " + std::strerror(j.error) +
+                                                           " (its pages stay pending)"});
+    else
+        send_reply(c, j.request_id, proto::Flushed{j.pages, j.bytes});
+    c.flush_pending = false;
+    resume_requests(c);
+    if (m_stopping) stop_client_when_idle(c);
 }
 
 }  // namespace pagerd::daemon

@@ -189,8 +189,7 @@ void Worker::end_job(Client& c, std::list<PrefetchJob>::iterator job)
     for (const auto& w : job->waiters) {
         if (--w->remaining > 0) continue;
         send_reply(c, w->request_id, proto::Ok{});
-        c.paused = false;  // the socket is read again
-        if (!c.closing && !c.sock_op.armed) arm_poll(c, c.sock_op, c.sock.get());
+        resume_requests(c);
     }
     c.jobs.erase(job);
 }

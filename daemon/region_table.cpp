@@ -1,7 +1,11 @@
 #include "region_table.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
+#include <cerrno>
+#include <cstring>
 #include <vector>
 
 namespace pagerd::daemon {
@@ -9,6 +13,51 @@ namespace pagerd::daemon {
 SharedMemory::~SharedMemory()
 {
     if (base) ::munmap(base, mapped);
+}
+
+std::uint64_t SharedMemory::bytes_needed(std::uint64_t length, std::uint64_t page)
+{
+    return length + (util::DirtyBitmap::bytes(length / page) + page - 1) / page * page;
+}
+
+const char* SharedMemory::unusable(int memfd)
+{
+    constexpr int k_required_seals = F_SEAL_SHRINK | F_SEAL_SEAL;
+    const int seals = ::fcntl(memfd, F_GET_SEALS);
+    if (seals < 0) return "it is not a memfd";
+    if ((seals & k_required_seals) != k_required_seals)
+        return "the memfd must be sealed with F_SEAL_SHRINK and F_SEAL_SEAL (create it with MFD_ALLOW_SEALING, "
+               "size it, then F_ADD_SEALS), so that it cannot shrink under the daemon";
+    if (seals & (F_SEAL_WRITE | F_SEAL_FUTURE_WRITE))
+        return "the memfd must stay writable (no F_SEAL_WRITE or F_SEAL_FUTURE_WRITE)";
+    const int fl = ::fcntl(memfd, F_GETFL);
+    if (fl < 0 || (fl & O_ACCMODE) != O_RDWR) return "the memfd must be open for reading and writing";
+    return nullptr;
+}
+
+std::shared_ptr<SharedMemory> SharedMemory::map(util::UniqueFd memfd, std::uint64_t length, std::uint64_t page,
+                                                proto::ErrorCode& code, std::string& why)
+{
+    const std::uint64_t need = bytes_needed(length, page);
+    struct stat st{};
+    if (::fstat(memfd.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) < need) {
+        code = proto::ErrorCode::BAD_RANGE;
+        why = "the memfd must hold the region and its dirty bitmap: " + std::to_string(need) + " bytes";
+        return nullptr;
+    }
+    void* base = ::mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
+    if (base == MAP_FAILED) {
+        code = proto::ErrorCode::LIMIT;
+        why = std::string("cannot map the memfd: ") + std::strerror(errno);
+        return nullptr;
+    }
+    auto mem = std::make_shared<SharedMemory>();
+    mem->memfd = std::move(memfd);
+    mem->length = length;
+    mem->base = static_cast<std::uint8_t*>(base);
+    mem->mapped = need;
+    mem->bitmap = util::DirtyBitmap(mem->base + length, length / page);
+    return mem;
 }
 
 Region Region::slice(std::uint64_t from, std::uint64_t to) const

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 
 #include <vector>
 
@@ -26,6 +27,17 @@ struct SharedMemory {
     std::uint64_t mapped = 0;
     util::DirtyBitmap bitmap;
     ~SharedMemory();
+
+    // The memfd bytes a region of `length` needs: its pages, then the bitmap, page-aligned.
+    static std::uint64_t bytes_needed(std::uint64_t length, std::uint64_t page);
+    // Why `memfd` cannot be a region's memory, nullptr when it can: it must be a memfd
+    // sealed against shrinking (the daemon maps it: a read past a shrunk end would be
+    // SIGBUS in the daemon) with its seals frozen, and writable.
+    static const char* unusable(int memfd);
+    // Maps a memfd that passed unusable() for a region of `length`; on failure returns
+    // null with the protocol's error (BAD_RANGE: too small; LIMIT: mmap failed) and why.
+    static std::shared_ptr<SharedMemory> map(util::UniqueFd memfd, std::uint64_t length, std::uint64_t page,
+                                             proto::ErrorCode& code, std::string& why);
 };
 
 // A sequential stream the read-ahead follows (readahead.cpp).

@@ -13,6 +13,7 @@
 #include "pagerd/proto/wire.hpp"
 #include "pagerd/util/uffd.hpp"
 #include "worker.hpp"
+#include "writeback.hpp"
 
 namespace pagerd::daemon {
 namespace {
@@ -62,7 +63,7 @@ void check_prefetch_policy(proto::Prefetch p)
 
 void Worker::on_socket_readable(Client& c)
 {
-    for (unsigned i = 0; i < k_messages_per_wakeup && !c.closing && !c.paused; ++i) {
+    for (unsigned i = 0; i < k_messages_per_wakeup && !c.closing && !c.paused && c.close_reason.empty(); ++i) {
         auto got = proto::receive(c.sock.get(), MSG_DONTWAIT);
         if (!got) {
             if (got.error().code != EAGAIN)
@@ -112,13 +113,18 @@ void Worker::on_socket_readable(Client& c)
 
 void Worker::send_reply(Client& c, std::uint32_t request_id, proto::Body body)
 {
-    if (c.closing) return;
+    if (c.closing || !c.close_reason.empty()) return;
     const int err = proto::send_message(c.sock.get(), proto::Message{request_id, std::move(body)}, {},
                                         MSG_DONTWAIT);
-    if (err == EAGAIN)
-        close_client(c, "client does not read its replies");
-    else if (err)
-        close_client(c, std::string("send failed: ") + std::strerror(err));
+    if (!err) return;
+    c.close_reason = err == EAGAIN ? "client does not read its replies" : std::string("send failed: ") + std::strerror(err);
+    m_doomed.push_back(c.serial);
+}
+
+void Worker::resume_requests(Client& c)
+{
+    c.paused = false;
+    if (!c.closing && !c.sock_op.armed) arm_poll(c, c.sock_op, c.sock.get());
 }
 
 proto::Body Worker::handle_request(Client& c, proto::Message& msg, std::vector<util::UniqueFd>& fds,
@@ -135,7 +141,7 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg, std::vector<u
     if (auto* m = std::get_if<MapShared>(&msg.body))
         return on_map_shared(c, *m, std::move(fds.at(0)), std::move(fds.at(1)));
     if (auto* m = std::get_if<Unmap>(&msg.body)) return on_unmap(c, *m);
-    if (auto* m = std::get_if<Flush>(&msg.body)) return on_flush(c, *m);
+    if (auto* m = std::get_if<Flush>(&msg.body)) return on_flush(c, *m, msg.request_id, deferred);
     if (std::holds_alternative<StatusRequest>(msg.body)) return on_status(c);
     if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(c, *m);
     if (auto* m = std::get_if<Ping>(&msg.body)) return Pong{m->nonce};
@@ -298,26 +304,16 @@ proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::Un
     if (fl & O_DIRECT)
         reject(ErrorCode::BAD_DESCRIPTOR, "the file of a shared region must not be open with O_DIRECT (its last "
                                           "partial page could not be written back)");
-    if (::fcntl(memfd.get(), F_GET_SEALS) < 0)
-        reject(ErrorCode::BAD_DESCRIPTOR, "the second descriptor of SHARED_MAP is not a memfd");
+    if (const char* why = SharedMemory::unusable(memfd.get()))
+        reject(ErrorCode::BAD_DESCRIPTOR, std::string("the second descriptor of SHARED_MAP: ") + why);
     check_prefetch_policy(m.prefetch);
     check_map_range(c, m.addr, m.length, m.file_offset, file.get());
-    const std::uint64_t pages = m.length / page;
-    const std::uint64_t need = m.length + (util::DirtyBitmap::bytes(pages) + page - 1) / page * page;
-    struct stat st{};
-    if (::fstat(memfd.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) < need)
-        reject(ErrorCode::BAD_RANGE, "the memfd must hold the region and its dirty bitmap: " +
-                                         std::to_string(need) + " bytes");
-    void* base = ::mmap(nullptr, need, PROT_READ | PROT_WRITE, MAP_SHARED, memfd.get(), 0);
-    if (base == MAP_FAILED) reject(ErrorCode::LIMIT, std::string("cannot map the memfd: ") + std::strerror(errno));
-    auto mem = std::make_shared<SharedMemory>();
-    mem->memfd = std::move(memfd);
+    ErrorCode code{};
+    std::string why;
+    auto mem = SharedMemory::map(std::move(memfd), m.length, page, code, why);
+    if (!mem) reject(code, why);
     mem->file = std::make_shared<util::UniqueFd>(std::move(file));
     mem->file_base = m.file_offset;
-    mem->length = m.length;
-    mem->base = static_cast<std::uint8_t*>(base);
-    mem->mapped = need;
-    mem->bitmap = util::DirtyBitmap(mem->base + m.length, pages);
     Region r;
     r.id = c.next_region_id++;
     r.start = m.addr;
@@ -339,32 +335,30 @@ proto::Body Worker::on_unmap(Client& c, const proto::Unmap& m)
         reject(proto::ErrorCode::NO_SUCH_REGION, "region " + std::to_string(m.region_id) +
                                                      " was never mapped on this connection");
     auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_id(m.region_id); });
-    forget(c, std::move(pieces), false, "unmapped");
+    forget(c, std::move(pieces), "unmapped");
     fdstore::forget_region(c, m.region_id);
     return proto::Ok{};
 }
 
-proto::Body Worker::on_flush(Client& c, const proto::Flush& m)
+proto::Body Worker::on_flush(Client& c, const proto::Flush& m, std::uint32_t request_id, bool& deferred)
 {
     if (m.region_id >= c.next_region_id)
         reject(proto::ErrorCode::NO_SUCH_REGION, "region " + std::to_string(m.region_id) +
                                                      " was never mapped on this connection");
-    std::vector<Region> pieces;
+    auto job = new_write_job(c, "flush");
     c.regions.for_each([&](const Region& r) {
-        if (r.shared() && (m.region_id == 0 || r.id == m.region_id)) pieces.push_back(r);
+        if (r.shared() && (m.region_id == 0 || r.id == m.region_id)) collect_flush(c, r, *job);
     });
-    proto::Flushed total;
-    for (const Region& r : pieces) {
-        proto::Flushed done;
-        try {
-            done = flush_region(c, r);
-        } catch (const std::runtime_error& e) {
-            reject(proto::ErrorCode::IO_ERROR, e.what());
-        }
-        total.pages += done.pages;
-        total.bytes += done.bytes;
-    }
-    return total;
+    if (job->parts.empty()) return proto::Flushed{};
+    // Written on the writer's thread; on_written answers. Meanwhile faults are served and
+    // no further request of this connection is read, so replies keep their order.
+    job->reply = true;
+    job->request_id = request_id;
+    m_writer->submit(std::move(job));
+    c.flush_pending = true;
+    c.paused = true;
+    deferred = true;
+    return proto::Ok{};
 }
 
 // Every client's regions for root and the daemon's own user; others see their own uid's.

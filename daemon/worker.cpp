@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
 #include "pagerd/util/uffd.hpp"
 #include "writeback.hpp"
@@ -33,7 +34,10 @@ Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
         m_fixed_buffers = true;
     else  // RLIMIT_MEMLOCK too low for them, most likely: plain reads work as well
         spdlog::debug("worker {}: staging buffers not registered with io_uring: {}", index, std::strerror(-r));
-    m_writeback = std::make_unique<Writeback>(ctx.page_size);
+    m_writer = std::make_unique<Writer>(ctx.page_size, index, [this] {
+        const std::uint64_t one = 1;
+        (void)!::write(m_inbox_fd.get(), &one, sizeof one);
+    });
 }
 
 Worker::~Worker()
@@ -148,7 +152,13 @@ void Worker::run()
         if (m_fault_seen && m_ctx.config.poll_us) poll_for_faults();
         m_fault_seen = false;
         check_deadlines();
+        for (const auto& job : m_writer->take_done()) on_written(*job);
+        close_doomed();
     }
+    // Every write-back queued (clients that died or were closed at the stop) reaches its
+    // file before the worker ends.
+    m_writer->finish();
+    for (const auto& job : m_writer->take_done()) on_written(*job);
     spdlog::debug("worker {} stopped", m_index);
 }
 
@@ -168,11 +178,9 @@ void Worker::handle_completion(Op* op, int res)
                 stop_client_when_idle(c);
             }
         }
-        if (!m_stopping) {
-            io_uring_sqe* s = sqe();
-            io_uring_prep_poll_add(s, m_inbox_fd.get(), POLLIN);
-            io_uring_sqe_set_data(s, &m_inbox_op);
-        }
+        io_uring_sqe* s = sqe();  // kept armed while stopping: write-back results wake the loop
+        io_uring_prep_poll_add(s, m_inbox_fd.get(), POLLIN);
+        io_uring_sqe_set_data(s, &m_inbox_op);
         return;
     }
     case Op::Kind::SockPoll:
@@ -253,7 +261,7 @@ void Worker::take_inbox()
 // come after the stop are left waiting (for the next daemon, or for the library's SIGBUS).
 void Worker::stop_client_when_idle(Client& c)
 {
-    if (c.closing || !c.inflight.empty()) return;  // finish_load calls again
+    if (c.closing || !c.inflight.empty() || c.flush_pending) return;  // finish_load, on_written call again
     if (m_detach.load())
         detach_client(c);
     else
@@ -266,7 +274,7 @@ void Worker::detach_client(Client& c)
 {
     std::vector<Region> all;
     c.regions.for_each([&](const Region& r) { all.push_back(r); });
-    forget(c, std::move(all), false, "daemon restarting");
+    forget(c, std::move(all), "daemon restarting");
     // The next daemon knows nothing of a WAIT prefetch in progress: answer it now rather
     // than leave the client waiting for a reply that would never come.
     std::set<PrefetchWaiter*> answered;
@@ -315,7 +323,7 @@ void Worker::close_client(Client& c, const std::string& reason)
         m_stats.mapped_bytes.fetch_sub(c.regions.bytes(), std::memory_order_relaxed);
         c.regions = RegionTable{};
     }
-    if (!m_detach.load()) forget(c, std::move(all), true, "client gone");
+    if (!m_detach.load()) forget(c, std::move(all), "client gone");
     if (c.uffd_flags & proto::k_uffd_user_mode_only)
         m_stats.user_mode_only_clients.fetch_sub(1, std::memory_order_relaxed);
     for (Op* op : {&c.sock_op, &c.uffds[0].op, &c.uffds[1].op}) {
@@ -326,6 +334,12 @@ void Worker::close_client(Client& c, const std::string& reason)
     }
     ++c.refs;  // balanced right away: destroys the client now if nothing refers to it
     release(c);
+}
+
+void Worker::close_doomed()
+{
+    for (const std::uint64_t serial : std::exchange(m_doomed, {}))
+        if (auto it = m_clients.find(serial); it != m_clients.end()) close_client(*it->second, it->second->close_reason);
 }
 
 void Worker::release(Client& c)

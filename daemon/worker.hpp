@@ -61,7 +61,8 @@ struct Context {
 };
 
 struct Client;
-class Writeback;
+class Writer;
+struct WriteJob;
 struct Load;
 
 // io_uring user_data points at one of these.
@@ -139,7 +140,9 @@ struct Client {
     std::uint64_t next_region_id = 1;
     std::map<std::uint64_t, Load*> inflight;  // by address; loads never overlap
     std::list<PrefetchJob> jobs;              // queued PREFETCH requests and fills, in order
-    bool paused = false;  // a WAIT prefetch is pending: the socket is not read meanwhile
+    bool paused = false;  // a WAIT prefetch or a FLUSH is pending: the socket is not read meanwhile
+    bool flush_pending = false;  // its FLUSH is being written (answered by on_written)
+    std::string close_reason;    // a reply could not be sent: closed at the end of the loop turn
     std::vector<Fault> deferred;  // faults read while draining events inside a copy
     Op sock_op{Op::Kind::SockPoll};
     unsigned refs = 0;  // io_uring ops and queued faults that point at this client
@@ -205,25 +208,30 @@ private:
     // deferred: the reply is sent later (a WAIT prefetch), not by the caller.
     proto::Body handle_request(Client& c, proto::Message& msg, std::vector<util::UniqueFd>& fds,
                                bool& disconnect, bool& deferred);
+    // Never closes c at once (a caller may hold pointers into it): a client that cannot
+    // take its reply is closed by close_doomed() at the end of the loop turn.
     void send_reply(Client& c, std::uint32_t request_id, proto::Body body);
+    void close_doomed();
+    void resume_requests(Client& c);  // the deferred reply went out: read the socket again
     proto::Body on_hello(Client& c, const proto::Hello& m, bool& disconnect);
     proto::Body on_register(Client& c, const proto::RegisterUffd& m, util::UniqueFd fd);
     proto::Body on_map(Client& c, const proto::Map& m, util::UniqueFd fd);
     proto::Body on_unmap(Client& c, const proto::Unmap& m);
     proto::Body on_status(Client& c);
     proto::Body on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd);
-    proto::Body on_flush(Client& c, const proto::Flush& m);
+    proto::Body on_flush(Client& c, const proto::Flush& m, std::uint32_t request_id, bool& deferred);
     proto::Body on_regions(Client& c, const proto::RegionsRequest& m);
     proto::Body on_prefetch(Client& c, const proto::PrefetchRequest& m, std::uint32_t request_id, bool& deferred);
     void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
                          int file_fd);
     void add_region(Client& c, Region r);
-    // flush.cpp: dirty pages to files
-    proto::Flushed flush_region(Client& c, const Region& r);
-    // Pieces leaving the table: their pending pages are written back first. With
-    // `all_present`, Async pieces write every page the memfd holds (after the client's
-    // death or a munmap behind the library's back the written pages cannot be known).
-    void forget(Client& c, std::vector<Region> pieces, bool all_present, const char* why);
+    // flush.cpp: dirty pages to files, written by m_writer
+    // A FLUSH of r: collects its dirty pages into job (write-protecting uffd-wp ones).
+    void collect_flush(Client& c, const Region& r, WriteJob& job);
+    std::unique_ptr<WriteJob> new_write_job(const Client& c, const char* why);
+    // Pieces leaving the table: their dirty and flushing pages are queued for writing.
+    void forget(Client& c, std::vector<Region> pieces, const char* why);
+    void on_written(const WriteJob& job);  // answers the FLUSH, or logs
 
     // faults.cpp: the fault path
     void on_uffd_readable(Client& c, unsigned slot);
@@ -233,6 +241,7 @@ private:
     void drain_events(Client& c);  // reads pending uffd messages now; serves the faults among them
     void handle_write_protect_fault(Client& c, const Fault& f);
     void mark_written(Client& c, const Region& r, std::uint64_t page);
+    void unprotect(Client& c, unsigned slot, std::uint64_t page);
     void start_read(Load& l);  // from the page cache at once if it holds the data, else io_uring
     bool m_fixed_buffers = false;  // the staging buffers are registered with the ring
     void submit_read(Load& l);
@@ -290,7 +299,8 @@ private:
     std::atomic<Clock::rep> m_last_turn{Clock::now().time_since_epoch().count()};
     std::mutex m_table_mutex;  // held by this worker while it changes m_clients or a region
                                // table, and by other threads while they read them
-    std::unique_ptr<Writeback> m_writeback;
+    std::vector<std::uint64_t> m_doomed;  // serials of clients to close at the end of the turn
+    std::unique_ptr<Writer> m_writer;
 };
 
 }  // namespace pagerd::daemon

@@ -1,5 +1,7 @@
 #include "writeback.hpp"
 
+#include <pthread.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -7,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
 namespace pagerd::daemon {
 namespace {
@@ -115,6 +118,75 @@ Writeback::Outcome Writeback::write(const SharedMemory& mem, const std::vector<P
         if (int e = drain(1); e && !out.error) out.error = e;
     }
     return out;
+}
+
+Writer::Writer(std::uint32_t page_size, unsigned index, std::function<void()> notify)
+    : m_writeback(page_size), m_notify(std::move(notify))
+{
+    m_thread = std::thread([this] { run(); });
+    const std::string name = "pagerd-wb" + std::to_string(index);
+    pthread_setname_np(m_thread.native_handle(), name.c_str());
+}
+
+Writer::~Writer() { finish(); }
+
+void Writer::submit(std::unique_ptr<WriteJob> job)
+{
+    {
+        std::lock_guard lock(m_mutex);
+        m_queue.push_back(std::move(job));
+    }
+    m_cv.notify_one();
+}
+
+std::vector<std::unique_ptr<WriteJob>> Writer::take_done()
+{
+    std::lock_guard lock(m_mutex);
+    return std::exchange(m_done, {});
+}
+
+void Writer::finish()
+{
+    {
+        std::lock_guard lock(m_mutex);
+        m_finish = true;
+    }
+    m_cv.notify_one();
+    if (m_thread.joinable()) m_thread.join();
+}
+
+void Writer::run()
+{
+    for (;;) {
+        std::unique_ptr<WriteJob> job;
+        {
+            std::unique_lock lock(m_mutex);
+            m_cv.wait(lock, [&] { return m_finish || !m_queue.empty(); });
+            if (m_queue.empty()) return;  // finishing, and everything is written
+            job = std::move(m_queue.front());
+            m_queue.pop_front();
+        }
+        for (WriteJob::Part& part : job->parts) {
+            const auto out = m_writeback.write(*part.mem, part.runs);
+            job->pages += out.pages;
+            job->bytes += out.bytes;
+            if (out.error) {
+                if (!job->error) {
+                    job->error = out.error;
+                    job->failed_region = part.region_id;
+                }
+                continue;  // its pages stay pending
+            }
+            if (part.clear_flushing)
+                for (const PageRun& run : part.runs) part.mem->bitmap.clear_flushing(run.first, run.count);
+        }
+        job->parts.clear();  // lets go of the memfds and files now
+        {
+            std::lock_guard lock(m_mutex);
+            m_done.push_back(std::move(job));
+        }
+        m_notify();
+    }
 }
 
 }  // namespace pagerd::daemon

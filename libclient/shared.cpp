@@ -50,7 +50,9 @@ Result<Tracking> Connection::Impl::choose_tracking(Tracking wanted)
     const bool async_ok = (uffd_available & UFFD_FEATURE_WP_ASYNC) && (uffd_available & k_sync_wp) == k_sync_wp;
     const bool wp_ok = (uffd_features & k_sync_wp) == k_sync_wp;
     switch (wanted) {
-    case Tracking::Auto: return async_ok ? Tracking::Async : wp_ok ? Tracking::UffdWp : Tracking::Sigsegv;
+    // Not async: after a SIGKILL nobody can tell which of its pages were written since the
+    // last flush (docs/writes.md). uffd-wp and sigsegv record every write as it happens.
+    case Tracking::Auto: return wp_ok ? Tracking::UffdWp : Tracking::Sigsegv;
     case Tracking::UffdWp:
         if (!wp_ok) return Error::system(ENOTSUP, "uffd-wp tracking needs userfaultfd write-protection of shared memory (kernel 5.19+)");
         return wanted;
@@ -92,9 +94,11 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
         if (auto r = ensure_async_uffd(); !r) return r.error();
     const std::uint64_t pages = o.length / page_size;
     const std::uint64_t bitmap_bytes = (util::DirtyBitmap::bytes(pages) + page_size - 1) / page_size * page_size;
-    util::UniqueFd memfd(::memfd_create("pagerd-region", MFD_CLOEXEC));
+    util::UniqueFd memfd(::memfd_create("pagerd-region", MFD_CLOEXEC | MFD_ALLOW_SEALING));
     if (!memfd) return sys_error("memfd_create");
     if (::ftruncate(memfd.get(), static_cast<off_t>(o.length + bitmap_bytes)) != 0) return sys_error("ftruncate of the memfd");
+    // The daemon maps this memfd: sealed, it can never shrink under that mapping.
+    if (::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) return sys_error("sealing the memfd");
     const int prot = *tracking == Tracking::Sigsegv ? PROT_READ : PROT_READ | PROT_WRITE;
     void* addr = ::mmap(o.addr, o.length, prot, MAP_SHARED | (o.addr ? MAP_FIXED : 0), memfd.get(), 0);
     if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");

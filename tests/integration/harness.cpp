@@ -189,6 +189,16 @@ bool Daemon::wait_until(const std::function<bool(const libclient::Status&)>& pre
     return false;
 }
 
+bool Daemon::wait_log(const std::string& text, std::chrono::milliseconds timeout) const
+{
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    do {
+        if (log().find(text) != std::string::npos) return true;
+        std::this_thread::sleep_for(20ms);
+    } while (std::chrono::steady_clock::now() < deadline);
+    return false;
+}
+
 bool Daemon::wait_fds_at_most(std::size_t fds, std::chrono::milliseconds timeout) const
 {
     const auto deadline = std::chrono::steady_clock::now() + timeout;

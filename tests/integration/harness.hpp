@@ -48,6 +48,9 @@ public:
     // Polls until the daemon's status satisfies pred, or the timeout passes.
     bool wait_until(const std::function<bool(const libclient::Status&)>& pred,
                     std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
+    // Polls until the daemon's log contains `text` (write-backs run in the background and
+    // say when they are done).
+    bool wait_log(const std::string& text, std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
     // Polls until the daemon holds at most `fds` descriptors.
     bool wait_fds_at_most(std::size_t fds, std::chrono::milliseconds timeout = std::chrono::seconds(10)) const;
 
