@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "connection_impl.hpp"
 #include "pagerd/util/dirty_bitmap.hpp"
@@ -163,7 +164,11 @@ Result<FlushResult> Connection::Impl::flush_mapping(const Mapping& m)
         });
     } else if (r.tracking == Tracking::Async) {
         // The kernel knows which pages were written; PAGEMAP_SCAN reports them and
-        // write-protects them again in one step.
+        // write-protects them again in one step. It also reports pages without a page
+        // table entry as written: pages never loaded (a hole of the memfd), and written
+        // pages whose entry MADV_DONTNEED dropped (still in the memfd). Only the second
+        // are writes: a hole marked would be written back if the daemon loaded the page
+        // (for a read) before the flush reached it, over what others wrote to the file.
         page_region vec[256];
         pm_scan_arg arg{};
         arg.size = sizeof arg;
@@ -173,12 +178,24 @@ Result<FlushResult> Connection::Impl::flush_mapping(const Mapping& m)
         arg.vec = reinterpret_cast<std::uint64_t>(vec);
         arg.vec_len = 256;
         arg.category_mask = PAGE_IS_WRITTEN;
-        arg.return_mask = PAGE_IS_WRITTEN;
+        arg.return_mask = PAGE_IS_WRITTEN | PAGE_IS_PRESENT;
+        std::vector<unsigned char> resident;
         while (arg.start < arg.end) {
             const int n = ::ioctl(pagemap.get(), PAGEMAP_SCAN, &arg);
             if (n < 0) return sys_error("PAGEMAP_SCAN");
-            for (int i = 0; i < n; ++i)
-                bitmap.add_flushing((vec[i].start - base) / page_size, (vec[i].end - vec[i].start) / page_size);
+            for (int i = 0; i < n; ++i) {
+                const std::uint64_t first = (vec[i].start - base) / page_size;
+                const std::uint64_t count = (vec[i].end - vec[i].start) / page_size;
+                if (vec[i].categories & PAGE_IS_PRESENT) {
+                    bitmap.add_flushing(first, count);
+                    continue;
+                }
+                resident.assign(count, 0);  // in the memfd (mincore of shared memory), or a hole
+                if (::mincore(reinterpret_cast<void*>(vec[i].start), count * page_size, resident.data()) != 0)
+                    return sys_error("mincore");
+                for (std::uint64_t k = 0; k < count; ++k)
+                    if (resident[k] & 1) bitmap.add_flushing(first + k, 1);
+            }
             if (arg.walk_end <= arg.start) break;
             arg.start = arg.walk_end;
         }

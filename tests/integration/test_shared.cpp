@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -281,4 +282,29 @@ TEST_CASE("only root and the daemon's user list every client's regions", "[share
     auto all = root->regions();
     REQUIRE(all.ok());
     CHECK(all->size() == 1);  // the child's region went with the child
+}
+
+TEST_CASE("a written page whose mapping MADV_DONTNEED dropped is still flushed; a page only read is not",
+          "[shared][madvise]")
+{
+    const Tracking tracking = any_tracking();
+    INFO("tracking " << libclient::tracking_name(tracking));
+    TempDir dir;
+    const std::uint64_t size = 1024 * 1024;
+    make_file(dir.file("data"), size, 107);
+    auto model = read_file(dir.file("data"));
+    Daemon daemon;
+    auto conn = daemon.connect();
+    auto r = conn->map_file(dir.file("data"), {0, size, Access::Shared, tracking});
+    REQUIRE(r.ok());
+    auto* p = static_cast<std::uint8_t*>(r->addr);
+    std::memset(p + 8 * k_page, 0x77, k_page);
+    std::memset(model.data() + 8 * k_page, 0x77, k_page);
+    CHECK(p[20 * k_page] == model[20 * k_page]);  // loaded, only read
+    REQUIRE(::madvise(p + 8 * k_page, k_page, MADV_DONTNEED) == 0);  // the memfd keeps the page
+    auto f = conn->flush(r.value());
+    REQUIRE(f.ok());
+    CHECK(f->pages == 1);
+    CHECK((read_file(dir.file("data")) == model));
+    CHECK(p[8 * k_page] == 0x77);
 }
