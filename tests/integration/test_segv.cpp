@@ -81,7 +81,7 @@ TEST_CASE("a write into a read-only region still dies by SIGSEGV (SEGV_ACCERR) a
     Daemon daemon;
     auto run = run_traced_child([&] {
         auto t = map_tracked(daemon, dir.file("data"), 65536);
-        auto ro = t ? t->conn->map_file(dir.file("data"), {0, 65536, Access::ReadOnly}) : Result<libclient::Region>(Error{1, ""});
+        auto ro = t ? t->conn->map_file(dir.file("data"), {0, 65536, Access::ReadOnly}) : Result<libclient::Region>(Error::system(EPERM, ""));
         if (!ro) return 3;
         static_cast<char*>(t->region.addr)[100] = 1;
         static_cast<volatile char*>(ro->addr)[4242] = 1;

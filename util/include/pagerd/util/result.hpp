@@ -39,10 +39,6 @@ struct Error {
 
     Error() = default;
     Error(ErrorDomain d, int c, std::string text) : domain(d), code(c), message(std::move(text)) {}
-    // The spelling from before domains existed: an errno value (System). Kept only so that
-    // code not converted yet compiles (tests/integration/test_segv.cpp); new code names the
-    // domain (system(), daemon(), protocol()), and this goes once nothing uses it.
-    Error(int errno_value, std::string text) : Error(ErrorDomain::System, errno_value, std::move(text)) {}
 
     static Error system(int errno_value, std::string text)
     {
