@@ -284,7 +284,7 @@ TEST_CASE("only root and the daemon's user list every client's regions", "[share
     CHECK(all->size() == 1);  // the child's region went with the child
 }
 
-TEST_CASE("a written page whose mapping MADV_DONTNEED dropped is still flushed; a page only read is not",
+TEST_CASE("a written page whose mapping MADV_DONTNEED dropped is still flushed, a page only read is not",
           "[shared][madvise]")
 {
     const Tracking tracking = any_tracking();
