@@ -78,10 +78,11 @@ enum class Access {
 
 // How writes to a Shared region are noticed (docs/writes.md).
 enum class Tracking {
-    Auto,     // the best the kernel offers: Async, else UffdWp, else Sigsegv
+    Auto,     // UffdWp, else Sigsegv: both keep every write of a client killed by SIGKILL
     UffdWp,   // userfaultfd write-protect: the first write to a page faults to the daemon
     Sigsegv,  // in-process: the region is PROT_READ; libclient's SIGSEGV handler marks pages
     Async,    // UFFD_FEATURE_WP_ASYNC (6.7+): the kernel records writes; flush collects them
+              // (cheapest; a SIGKILLed client loses its writes since its last flush)
 };
 const char* tracking_name(Tracking t);  // "auto", "uffd-wp", "sigsegv", "async"
 
