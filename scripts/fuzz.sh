@@ -11,21 +11,7 @@ cd "$top"
 secs=${1:-15}
 targets=(decode roundtrip fdstore config)
 
-packages=(clang libfuzzer-14-dev)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -ne 0 ]; then
-  echo "pagerd: installing missing Debian packages: ${missing[*]}"
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "pagerd: run as root (or install them yourself: apt-get install ${missing[*]})" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+bash scripts/install-deps.sh  # clang and libfuzzer-14-dev among them
 
 # Only the fuzz targets are built here: no tests, no bench (the g++ builds have those).
 CC=clang CXX=clang++ cmake -S "$top" -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAGERD_FUZZ=ON \
