@@ -66,15 +66,20 @@ static _Atomic unsigned g_blocked;
  * more than once, also while fuse_main tears down (a parent-death signal comes again
  * each time the dead parent's process loses another thread), so destroy clears g_fuse
  * before libfuse frees it. Handlers run on the main thread: libfuse's workers block
- * signals, and the main thread both waits in the loop and calls destroy. */
-static struct fuse* volatile g_fuse;
-static volatile sig_atomic_t g_stop;
+ * signals, and the main thread both waits in the loop and calls destroy. Both are
+ * lock-free atomics rather than volatile: a volatile sig_atomic_t is safe only between a
+ * handler and the thread it interrupts, and other threads use these: writes waiting at
+ * the gate read g_stop on libfuse's threads (a data race ThreadSanitizer reported), and
+ * init, which sets g_fuse, runs on one of them too. */
+static _Atomic(struct fuse*) g_fuse;
+static atomic_int g_stop;
 
 static void on_signal(int sig)
 {
     (void)sig;
-    g_stop = 1;
-    if (g_fuse) fuse_exit(g_fuse);
+    atomic_store(&g_stop, 1);
+    struct fuse* f = atomic_load(&g_fuse);
+    if (f) fuse_exit(f);
 }
 
 /* "/a/b" -> "a/b", "/" -> "." */
@@ -121,8 +126,9 @@ static void* sfs_init(struct fuse_conn_info* conn, struct fuse_config* cfg)
 {
     /* Write-through: a write returns only after the write handler has run. */
     conn->want &= ~FUSE_CAP_WRITEBACK_CACHE;
-    g_fuse = fuse_get_context()->fuse;
-    if (g_stop) fuse_exit(g_fuse);
+    struct fuse* f = fuse_get_context()->fuse;
+    atomic_store(&g_fuse, f);
+    if (atomic_load(&g_stop)) fuse_exit(f);
     cfg->direct_io = g.direct_io;
     cfg->kernel_cache = 0;
     /* I/O goes through descriptors, so an open file may be unlinked for real; and every
@@ -138,7 +144,7 @@ static void* sfs_init(struct fuse_conn_info* conn, struct fuse_config* cfg)
 static void sfs_destroy(void* private_data)
 {
     (void)private_data;
-    g_fuse = NULL;
+    atomic_store(&g_fuse, NULL);
 }
 
 static int sfs_getattr(const char* path, struct stat* st, struct fuse_file_info* fi)
@@ -283,7 +289,7 @@ static int sfs_write(const char* path, const char* buf, size_t size, off_t off,
     if (g.gate && access(g.gate, F_OK) == 0) {
         atomic_fetch_add(&g_blocked, 1);
         /* Released on exit too: libfuse joins its threads before it unmounts. */
-        while (!g_stop && access(g.gate, F_OK) == 0) sleep_ns(GATE_POLL_NS);
+        while (!atomic_load(&g_stop) && access(g.gate, F_OK) == 0) sleep_ns(GATE_POLL_NS);
         atomic_fetch_sub(&g_blocked, 1);
     }
     if (g.delay_ms > 0) sleep_ns(g.delay_ms * 1000000L);
