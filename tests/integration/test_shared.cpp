@@ -87,8 +87,11 @@ TEST_CASE("threads writing while others flush lose no update", "[shared][race]")
     auto r = conn->map_file(dir.file("data"), {0, pages * k_page, Access::Shared, tracking});
     REQUIRE(r.ok());
     auto* p = static_cast<std::uint8_t*>(r->addr);
-    // Model: every writer owns a set of pages and writes a counter into them, over and
-    // over; the last value written to each page is what the file must end with.
+    // Model: writer w owns the pages pg with pg % k_writers == w, no other thread writes
+    // them; round after round it writes the round's number into some of its pages (a
+    // stride of 3 to 7 of its own pages, varying with the round), so the last value written
+    // to each page is what the file must end with. last[pg] is written by the page's owner
+    // only, and read after the joins.
     constexpr unsigned k_writers = 3;
     std::vector<std::uint32_t> last(pages, 0);
     std::atomic<bool> stop{false};
@@ -96,7 +99,7 @@ TEST_CASE("threads writing while others flush lose no update", "[shared][race]")
     for (unsigned w = 0; w < k_writers; ++w)
         writers.emplace_back([&, w] {
             for (std::uint32_t round = 1; round <= 300; ++round)
-                for (std::uint64_t pg = w; pg < pages; pg += k_writers * 3 + round % 5) {
+                for (std::uint64_t pg = w; pg < pages; pg += k_writers * (3 + round % 5)) {
                     std::memcpy(p + pg * k_page + 64, &round, sizeof round);
                     last[pg] = round;
                 }
