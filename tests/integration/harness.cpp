@@ -209,7 +209,7 @@ bool Daemon::wait_fds_at_most(std::size_t fds, std::chrono::milliseconds timeout
     return false;
 }
 
-int run_child(const std::function<int()>& fn, std::chrono::milliseconds timeout)
+pid_t start_child(const std::function<int()>& fn)
 {
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
@@ -223,7 +223,14 @@ int run_child(const std::function<int()>& fn, std::chrono::milliseconds timeout)
         }
         _exit(rc);
     }
-    return wait_with_timeout(pid, timeout);
+    return pid;
+}
+
+int wait_child(pid_t pid, std::chrono::milliseconds timeout) { return wait_with_timeout(pid, timeout); }
+
+int run_child(const std::function<int()>& fn, std::chrono::milliseconds timeout)
+{
+    return wait_child(start_child(fn), timeout);
 }
 
 TracedRun run_traced_child(const std::function<int()>& fn, std::chrono::milliseconds timeout)

@@ -62,7 +62,16 @@ private:
 
 // Runs fn in a forked child; returns the raw wait status. The child exits with fn's
 // return value. Kills the child and fails the test if it runs longer than `timeout`.
+// A child that connects (libclient starts a monitor thread per connection) must be forked
+// while this process runs no thread of its own, no connection open: ThreadSanitizer kills
+// a child that starts a thread after a fork of a multi-threaded process. Otherwise run a
+// program (run_command, PAGERD_TEST_CHILD: tests/helpers/test_child.cpp).
 int run_child(const std::function<int()>& fn, std::chrono::milliseconds timeout = std::chrono::seconds(30));
+// run_child in two steps, for a parent that acts while the child runs: start_child forks
+// (before the parent starts any thread, as above) and returns the pid; wait_child waits
+// for it as run_child does and returns the raw wait status.
+pid_t start_child(const std::function<int()>& fn);
+int wait_child(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
 // Runs fn in a forked child under ptrace, to see the signals the kernel delivers to it
 // (si_code, si_addr) and how it ends. Each signal is passed on to the child unchanged.
