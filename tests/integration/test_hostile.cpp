@@ -219,12 +219,12 @@ TEST_CASE("a SIGKILLed client's write-back writes only the pages it wrote", "[ho
     // One worker: the bystander's flush below is served after the dead client's write-back
     // was queued, on the same writer, so when it returns that write-back is done.
     Daemon daemon({"--workers", "1"});
-    auto bystander = daemon.connect("bystander");
-    auto sync = bystander->map_file(dir.file("other"), {0, 65536, Access::Shared, Tracking::UffdWp});
-    REQUIRE(sync.ok());
     const std::uint64_t flushed_page = 2 * mib, unflushed_page = 3 * mib;
     int pipefd[2];
     REQUIRE(::pipe(pipefd) == 0);
+    // The victim is forked before this process connects: the bystander's connection runs a
+    // thread, and under ThreadSanitizer a child forked after that could not start the
+    // thread of its own connection.
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
@@ -242,8 +242,16 @@ TEST_CASE("a SIGKILLed client's write-back writes only the pages it wrote", "[ho
         (void)!::write(pipefd[1], &sum, 1);
         for (;;) ::pause();
     }
+    ::close(pipefd[1]);  // a victim that fails before it writes ends the read below
+    auto bystander = daemon.connect("bystander");
+    auto sync = bystander->map_file(dir.file("other"), {0, 65536, Access::Shared, Tracking::UffdWp});
+    REQUIRE(sync.ok());
     char x;
-    REQUIRE(::read(pipefd[0], &x, 1) == 1);
+    if (::read(pipefd[0], &x, 1) != 1) {
+        int st = 0;
+        ::waitpid(pid, &st, 0);
+        FAIL("the victim ended before it was ready, wait status " << st);
+    }
     // Another writer changes the range the victim only read.
     std::vector<std::uint8_t> fresh(mib);
     for (std::uint64_t i = 0; i < mib; ++i) fresh[i] = static_cast<std::uint8_t>(pattern_byte(i, 99) ^ 0x5a);
@@ -255,7 +263,6 @@ TEST_CASE("a SIGKILLed client's write-back writes only the pages it wrote", "[ho
     int st = 0;
     ::waitpid(pid, &st, 0);
     ::close(pipefd[0]);
-    ::close(pipefd[1]);
     REQUIRE(killed_by(st, SIGKILL));
     REQUIRE(daemon.wait_until([](const auto& s) { return s.clients == 2 && s.regions == 1; }));
     static_cast<std::uint8_t*>(sync->addr)[0] ^= 1;

@@ -556,27 +556,20 @@ TEST_CASE("umap: no listener is ECONNREFUSED, the daemon's client limit ENOMEM, 
     {
         auto only = connect_within(daemon.socket());  // the one client allowed
         REQUIRE(only);
-        in_child(daemon, [&] {
-            const int fd = open_file(dir.file("data"), O_RDONLY);
-            errno = 0;
-            CHILD_REQUIRE(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
-            CHILD_REQUIRE(errno == ENOMEM);
-            CHILD_REQUIRE(std::strstr(pagerd_umap_last_error(), "too many clients") != nullptr);
-            return 0;
-        });
+        // A program, not a forked child: `only` runs a thread in this process, and under
+        // ThreadSanitizer a child forked now could not start the thread of a connection.
+        const auto child = run_command({PAGERD_TEST_CHILD, "umap-fails", daemon.socket(), dir.file("data"),
+                                        std::to_string(size), std::to_string(ENOMEM), "too many clients"});
+        INFO(child.err);
+        CHECK(exited_with(child.status, 0));
     }
 
-    // The child maps (and so connects), then the daemon is killed under it.
+    // The child maps (and so connects), then the daemon is killed under it. Forked while
+    // this process runs no thread (`only` is gone), then this process kills the daemon.
     int mapped[2], killed[2];
     REQUIRE(::pipe2(mapped, O_CLOEXEC) == 0);
     REQUIRE(::pipe2(killed, O_CLOEXEC) == 0);
-    std::thread killer([&] {
-        char b = 0;
-        if (::read(mapped[0], &b, 1) != 1) return;  // the child failed before it mapped
-        daemon.kill_hard();
-        (void)!::write(killed[1], "k", 1);
-    });
-    st = run_child([&] {
+    const pid_t child = start_child([&] {
         ::setenv("PAGERD_SOCKET", daemon.socket().c_str(), 1);
         const int fd = open_file(dir.file("data"), O_RDONLY);
         const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -596,8 +589,12 @@ TEST_CASE("umap: no listener is ECONNREFUSED, the daemon's client limit ENOMEM, 
             std::this_thread::sleep_for(std::chrono::milliseconds(5));
         }
     });
-    ::close(mapped[1]);  // wakes the killer if the child never wrote
-    killer.join();
+    ::close(mapped[1]);  // a child that fails before it maps ends the read below
+    if (char b = 0; ::read(mapped[0], &b, 1) == 1) {
+        daemon.kill_hard();
+        (void)!::write(killed[1], "k", 1);
+    }
+    st = wait_child(child);
     for (int f : {mapped[0], killed[0], killed[1]}) ::close(f);
     CHECK(exited_with(st, 0));
 }
@@ -615,17 +612,13 @@ TEST_CASE("umap: what only an unusual daemon says, UNKNOWN_TYPE is ENOSYS and a 
     FakeDaemon odd(dir.file("odd.sock"), [](const proto::Message& m) { return FakeDaemon::reply(m.request_id, proto::Ok{}); });
     REQUIRE(old_daemon.listening());
     REQUIRE(odd.listening());
+    // Programs, not forked children: the fake daemons serve from threads of this process,
+    // and under ThreadSanitizer a child forked now could not start the thread of a connection.
     for (const auto& [socket, err] : {std::pair{dir.file("old.sock"), ENOSYS}, std::pair{dir.file("odd.sock"), EPROTO}}) {
-        INFO(socket);
-        const int st = run_child([&, socket = socket, err = err] {
-            ::setenv("PAGERD_SOCKET", socket.c_str(), 1);
-            const int fd = open_file(dir.file("data"), O_RDONLY);
-            errno = 0;
-            CHILD_REQUIRE(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0) == UMAP_FAILED);
-            CHILD_REQUIRE(errno == err);
-            return 0;
-        });
-        CHECK(exited_with(st, 0));
+        const auto child = run_command({PAGERD_TEST_CHILD, "umap-fails", socket, dir.file("data"), std::to_string(size),
+                                        std::to_string(err)});
+        INFO(socket << ": " << child.err);
+        CHECK(exited_with(child.status, 0));
     }
 }
 
@@ -634,33 +627,16 @@ TEST_CASE("a forked child of a umap user gets its own connection", "[umap][fork]
     TempDir dir;
     const std::uint64_t size = 512 * 1024;
     make_file(dir.file("data"), size, 80);
-    const auto expect = read_file(dir.file("data"));
     Daemon daemon;
-    in_child(daemon, [&] {
-        const int fd = open_file(dir.file("data"), O_RDONLY);
-        CHILD_REQUIRE(fd >= 0);
-        auto* p = static_cast<const std::uint8_t*>(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0));
-        CHILD_REQUIRE(p != UMAP_FAILED);
-        CHILD_REQUIRE(p[100] == expect[100]);
-        const pid_t pid = ::fork();
-        CHILD_REQUIRE(pid >= 0);
-        if (pid == 0) {
-            // The parent's region is not here (MADV_DONTFORK); umap makes a new one.
-            auto* q = static_cast<const std::uint8_t*>(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0));
-            if (q == UMAP_FAILED || std::memcmp(q, expect.data(), size) != 0) _exit(2);
-            if (uunmap(const_cast<std::uint8_t*>(q), size) != 0) _exit(3);
-            errno = 0;
-            if (uunmap(const_cast<std::uint8_t*>(p), size) != -1 || errno != EINVAL) _exit(4);  // the parent's
-            _exit(0);
-        }
-        int wst = 0;
-        CHILD_REQUIRE(::waitpid(pid, &wst, 0) == pid);
-        CHILD_REQUIRE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
-        // The parent's connection is untouched by the child.
-        CHILD_REQUIRE(std::memcmp(p, expect.data(), size) == 0);
-        CHILD_REQUIRE(uunmap(const_cast<std::uint8_t*>(p), size) == 0);
-        return 0;
-    });
+    // The UMap user is a program (pagerd-test-child umap-fork): it maps, forks, the child
+    // maps anew and does not see the parent's region, the parent's region is untouched.
+    // Its forked child starts a thread (its own connection's) in a child of a process with
+    // threads (the parent's connection's), which ThreadSanitizer allows only in a program
+    // that says so: see tests/helpers/test_child.cpp.
+    const auto user = run_command({PAGERD_TEST_CHILD, "umap-fork", daemon.socket(), dir.file("data"), std::to_string(size)},
+                                  {}, std::chrono::seconds(120));
+    INFO(user.err);
+    CHECK(exited_with(user.status, 0));
 }
 
 TEST_CASE("a process that exits without uunmap still writes its dirty pages", "[umap][write][exit]")
