@@ -425,7 +425,14 @@ TEST_CASE("faults go first: a fault does not wait for a background fill to finis
                              << " ms");
     CHECK(touched > 0);
     // A fault waits for the loads already in flight at most, never for the whole fill.
+#if defined(__SANITIZE_THREAD__)
+    // Under ThreadSanitizer the daemon runs several times slower, and a loaded machine
+    // stretches the fill and the slowest fault alike (on a 2-CPU VM at load 9-14: fills of
+    // 0.7-7 s, slowest faults of 50-800 ms); there the bound is a third of the fill.
+    CHECK(slowest * 3 < fill_time);
+#else
     CHECK(slowest < 100ms);
+#endif
     CHECK(region_info(*conn, fill).prefetch_pending == 0);
 }
 
