@@ -95,6 +95,7 @@ Message build(FuzzedDataProvider& in, Message& expected)
                      static_cast<Prefetch>(in.ConsumeIntegral<std::uint8_t>())};
         break;
     case Type::MAPPED: m.body = Mapped{in.ConsumeIntegral<std::uint64_t>()}; break;
+    case Type::CACHE_MAPPED: m.body = CacheMapped{in.ConsumeIntegral<std::uint64_t>()}; break;
     case Type::UNMAP: m.body = Unmap{in.ConsumeIntegral<std::uint64_t>()}; break;
     case Type::OK: m.body = Ok{}; break;
     case Type::STATUS: m.body = StatusRequest{}; break;
@@ -102,7 +103,9 @@ Message build(FuzzedDataProvider& in, Message& expected)
         StatusReply b;
         for (std::uint64_t* f : {&b.uptime_ms, &b.regions, &b.mapped_bytes, &b.faults, &b.pages_installed,
                                  &b.bytes_read, &b.sigbus_faults, &b.latency_p50_ns, &b.latency_p99_ns,
-                                 &b.latency_max_ns, &b.requester_regions, &b.pages_prefetched})
+                                 &b.latency_max_ns, &b.requester_regions, &b.pages_prefetched, &b.cache_budget,
+                                 &b.cache_bytes, &b.cache_files, &b.cache_loads, &b.cache_hits,
+                                 &b.cache_evictions, &b.cache_refaults})
             *f = in.ConsumeIntegral<std::uint64_t>();
         for (std::uint32_t* f : {&b.workers, &b.clients, &b.user_mode_only_clients, &b.requester_flags})
             *f = in.ConsumeIntegral<std::uint32_t>();

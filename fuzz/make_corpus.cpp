@@ -68,6 +68,7 @@ std::vector<std::pair<std::string, Message>> messages()
         {"04-map", {5, Map{0x7f0000000000, 1 << 20, 0, 0, Prefetch::SEQUENTIAL}}},
         {"04-map-private-all", {6, Map{0x7f0000100000, 1 << 16, 4096, k_map_private_writable, Prefetch::ALL}}},
         {"05-mapped", {5, Mapped{1}}},
+        {"19-cache-mapped", {5, CacheMapped{1}}},
         {"06-unmap", {7, Unmap{1}}},
         {"07-ok", {7, Ok{}}},
         {"08-status", {8, StatusRequest{}}},

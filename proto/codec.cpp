@@ -107,6 +107,7 @@ void put(Writer& w, const Map& m)
     w.u32(static_cast<std::uint32_t>(m.prefetch));
 }
 void put(Writer& w, const Mapped& m) { w.u64(m.region_id); }
+void put(Writer& w, const CacheMapped& m) { w.u64(m.region_id); }
 void put(Writer& w, const Unmap& m) { w.u64(m.region_id); }
 void put(Writer&, const Ok&) {}
 void put(Writer&, const StatusRequest&) {}
@@ -128,6 +129,13 @@ void put(Writer& w, const StatusReply& m)
     w.u32(m.requester_flags);
     w.u64(m.requester_regions);
     w.u64(m.pages_prefetched);
+    w.u64(m.cache_budget);
+    w.u64(m.cache_bytes);
+    w.u64(m.cache_files);
+    w.u64(m.cache_loads);
+    w.u64(m.cache_hits);
+    w.u64(m.cache_evictions);
+    w.u64(m.cache_refaults);
     for (const auto n : m.latency_histogram) w.u64(n);
     w.str(m.version, k_max_text);
 }
@@ -167,6 +175,7 @@ void get(Reader& r, Map& m)
     m.prefetch = prefetch_of(r.u32());
 }
 void get(Reader& r, Mapped& m) { m.region_id = r.u64(); }
+void get(Reader& r, CacheMapped& m) { m.region_id = r.u64(); }
 void get(Reader& r, Unmap& m) { m.region_id = r.u64(); }
 void get(Reader&, Ok&) {}
 void get(Reader&, StatusRequest&) {}
@@ -188,6 +197,13 @@ void get(Reader& r, StatusReply& m)
     m.requester_flags = r.u32();
     m.requester_regions = r.u64();
     m.pages_prefetched = r.u64();
+    m.cache_budget = r.u64();
+    m.cache_bytes = r.u64();
+    m.cache_files = r.u64();
+    m.cache_loads = r.u64();
+    m.cache_hits = r.u64();
+    m.cache_evictions = r.u64();
+    m.cache_refaults = r.u64();
     for (auto& n : m.latency_histogram) n = r.u64();
     m.version = r.str(k_max_text);
 }
@@ -326,6 +342,7 @@ Body empty_body(Type t)
     case Type::REGIONS: return RegionsRequest{};
     case Type::REGIONS_REPLY: return RegionsReply{};
     case Type::PREFETCH: return PrefetchRequest{};
+    case Type::CACHE_MAPPED: return CacheMapped{};
     }
     return Ok{};
 }
@@ -365,6 +382,7 @@ Type type_of(const Body& body)
             else if constexpr (std::is_same_v<T, RegionsRequest>) return Type::REGIONS;
             else if constexpr (std::is_same_v<T, RegionsReply>) return Type::REGIONS_REPLY;
             else if constexpr (std::is_same_v<T, PrefetchRequest>) return Type::PREFETCH;
+            else if constexpr (std::is_same_v<T, CacheMapped>) return Type::CACHE_MAPPED;
             else return Type::ERROR;
         },
         body);

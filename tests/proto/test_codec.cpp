@@ -29,6 +29,7 @@ auto fields(const Welcome& m)
 auto fields(const RegisterUffd& m) { return std::tie(m.features, m.flags); }
 auto fields(const Map& m) { return std::tie(m.addr, m.length, m.file_offset, m.flags, m.prefetch); }
 auto fields(const Mapped& m) { return std::tie(m.region_id); }
+auto fields(const CacheMapped& m) { return std::tie(m.region_id); }
 auto fields(const Unmap& m) { return std::tie(m.region_id); }
 auto fields(const Ok&) { return std::tie(); }
 auto fields(const StatusRequest&) { return std::tie(); }
@@ -37,7 +38,9 @@ auto fields(const StatusReply& m)
     return std::tie(m.uptime_ms, m.workers, m.clients, m.regions, m.mapped_bytes, m.faults,
                     m.pages_installed, m.bytes_read, m.sigbus_faults, m.latency_p50_ns,
                     m.latency_p99_ns, m.latency_max_ns, m.user_mode_only_clients,
-                    m.requester_flags, m.requester_regions, m.pages_prefetched,
+                    m.requester_flags, m.requester_regions, m.pages_prefetched, m.cache_budget,
+                    m.cache_bytes, m.cache_files, m.cache_loads, m.cache_hits, m.cache_evictions,
+                    m.cache_refaults,
                     m.latency_histogram, m.version);
 }
 auto fields(const Ping& m) { return std::tie(m.nonce); }
@@ -145,6 +148,7 @@ std::vector<Message> samples()
                 .flags = k_map_private_writable,
                 .prefetch = Prefetch::ALL}},
         {5, Mapped{.region_id = 0xffffffffffffffff}},
+        {5, CacheMapped{.region_id = 0x8000000000000001}},
         {6, Unmap{.region_id = 0x0102030405060708}},
         {7, Ok{}},
         {8, StatusRequest{}},
@@ -387,7 +391,7 @@ TEST_CASE("codec: an unknown type is UNKNOWN_TYPE and not a framing error", "[co
 #define PAGERD_X(name, value, fds) last = value > last ? value : last;
     PAGERD_MESSAGE_TYPES(PAGERD_X)
 #undef PAGERD_X
-    REQUIRE(last == static_cast<std::uint16_t>(Type::PREFETCH));
+    REQUIRE(last == static_cast<std::uint16_t>(Type::CACHE_MAPPED));
     const auto next = static_cast<std::uint16_t>(last + 1);
     Bytes b = encode(Message{9, Ping{.nonce = 5}});
     for (std::uint16_t t : {std::uint16_t{0}, next, std::uint16_t{0xffff}}) {
@@ -661,7 +665,7 @@ TEST_CASE("codec: STATUS_REPLY carries pages_prefetched and the histogram before
                   .latency_histogram = sample_histogram<std::uint64_t>(7),
                   .version = "v"};
     const Bytes b = encode(Message{1, s});
-    REQUIRE(b.size() == k_header_size + 242 + 1);
+    REQUIRE(b.size() == k_header_size + 298 + 1);
     const auto u64_at = [&](std::size_t off) {
         std::uint64_t v = 0;
         for (int i = 0; i < 8; ++i) v |= std::uint64_t{b[k_header_size + off + i]} << (8 * i);
@@ -670,11 +674,11 @@ TEST_CASE("codec: STATUS_REPLY carries pages_prefetched and the histogram before
     CHECK(u64_at(104) == s.pages_prefetched);
     for (std::size_t i = 0; i < k_latency_buckets; ++i) {
         INFO("bucket " << i);
-        CHECK(u64_at(112 + 8 * i) == s.latency_histogram[i]);
+        CHECK(u64_at(168 + 8 * i) == s.latency_histogram[i]);
     }
-    CHECK(b[k_header_size + 240] == 1);  // version: count
-    CHECK(b[k_header_size + 241] == 0);
-    CHECK(b[k_header_size + 242] == 'v');
+    CHECK(b[k_header_size + 296] == 1);  // version: count
+    CHECK(b[k_header_size + 297] == 0);
+    CHECK(b[k_header_size + 298] == 'v');
     for (std::size_t off = 0; off < 104; ++off) CHECK(b[k_header_size + off] == 0);
     const auto r = decode(b, 0);
     REQUIRE(r.ok());

@@ -226,6 +226,7 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(MAP, Map, flags),
     NUM(MAP, Map, prefetch),
     NUM(MAPPED, Mapped, region_id),
+    NUM(CACHE_MAPPED, CacheMapped, region_id),
     NUM(UNMAP, Unmap, region_id),
     NUM(STATUS_REPLY, StatusReply, uptime_ms),
     NUM(STATUS_REPLY, StatusReply, workers),
@@ -243,6 +244,13 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(STATUS_REPLY, StatusReply, requester_flags),
     NUM(STATUS_REPLY, StatusReply, requester_regions),
     NUM(STATUS_REPLY, StatusReply, pages_prefetched),
+    NUM(STATUS_REPLY, StatusReply, cache_budget),
+    NUM(STATUS_REPLY, StatusReply, cache_bytes),
+    NUM(STATUS_REPLY, StatusReply, cache_files),
+    NUM(STATUS_REPLY, StatusReply, cache_loads),
+    NUM(STATUS_REPLY, StatusReply, cache_hits),
+    NUM(STATUS_REPLY, StatusReply, cache_evictions),
+    NUM(STATUS_REPLY, StatusReply, cache_refaults),
     NUM(PING, Ping, nonce),
     NUM(PONG, Pong, nonce),
     NUM(ERROR, ErrorReply, code),
@@ -653,15 +661,15 @@ TEST_CASE("doc: an empty REGIONS_REPLY is 10 bytes and each entry adds 136", "[d
     CHECK(read_doc().find(example) != std::string::npos);
 }
 
-TEST_CASE("doc: STATUS_REPLY is 242 bytes before its version string", "[doc]")
+TEST_CASE("doc: STATUS_REPLY is 298 bytes before its version string", "[doc]")
 {
     const auto doc =
         by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
     const auto bb = body_bytes(doc.at("STATUS_REPLY")[4]);
-    CHECK(bb.fixed == 242);
+    CHECK(bb.fixed == 298);
     CHECK(bb.string);
-    CHECK(encode(Message{0, StatusReply{}}).size() == k_header_size + 242);
-    CHECK(encode(Message{0, StatusReply{.version = "0.1.0"}}).size() == k_header_size + 242 + 5);
+    CHECK(encode(Message{0, StatusReply{}}).size() == k_header_size + 298);
+    CHECK(encode(Message{0, StatusReply{.version = "0.1.0"}}).size() == k_header_size + 298 + 5);
 }
 
 TEST_CASE("doc: body bytes in the type table match encoded default messages", "[doc]")
@@ -985,6 +993,7 @@ TEST_CASE("doc: the flag bits named in the layouts match constants.hpp", "[doc]"
         {"k_uffd_user_mode_only", k_uffd_user_mode_only},
         {"k_uffd_async_wp", k_uffd_async_wp},
         {"k_map_private_writable", k_map_private_writable},
+        {"k_map_cache", k_map_cache},
         {"k_prefetch_wait", k_prefetch_wait},
     };
     const std::map<std::string, std::uint32_t> known = {

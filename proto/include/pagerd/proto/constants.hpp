@@ -34,7 +34,8 @@ inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
     X(FLUSHED, 15, 0)           \
     X(REGIONS, 16, 0)           \
     X(REGIONS_REPLY, 17, 0)     \
-    X(PREFETCH, 18, 0)
+    X(PREFETCH, 18, 0)          \
+    X(CACHE_MAPPED, 19, 1)
 
 enum class Type : std::uint16_t {
 #define PAGERD_X(name, value, fds) name = value,
@@ -72,7 +73,8 @@ enum class ErrorCode : std::uint32_t {
     X(STATUS, 3)                 \
     X(SIGBUS_PAST_EOF, 4)        \
     X(SHARED_WRITABLE, 5)        \
-    X(PREFETCH, 6)
+    X(PREFETCH, 6)               \
+    X(CACHE, 7)
 
 namespace cap {
 #define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;
@@ -111,7 +113,10 @@ constexpr unsigned latency_bucket(std::uint64_t ns)
 }
 // MAP.flags
 inline constexpr std::uint32_t k_map_private_writable = 1u << 0;
-inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable;
+// The region maps the daemon's cache of the file: answered by CACHE_MAPPED with the
+// cache's descriptor, which the client maps at `addr` and registers MISSING | MINOR.
+inline constexpr std::uint32_t k_map_cache = 1u << 1;
+inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable | k_map_cache;
 
 const char* type_name(Type t);              // "HELLO", ... or "?"
 const char* error_code_name(ErrorCode c);   // "MALFORMED", ... or "?"

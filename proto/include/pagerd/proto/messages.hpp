@@ -36,6 +36,9 @@ struct Map {
 struct Mapped {
     std::uint64_t region_id = 0;
 };
+struct CacheMapped {  // fds: the cache, read-only; map it at MAP.addr from MAP.file_offset
+    std::uint64_t region_id = 0;
+};
 struct Unmap {
     std::uint64_t region_id = 0;
 };
@@ -58,6 +61,14 @@ struct StatusReply {
     std::uint32_t requester_flags = 0;     // the asking client's REGISTER_UFFD.flags
     std::uint64_t requester_regions = 0;   // regions of the asking client
     std::uint64_t pages_prefetched = 0;    // pages installed ahead of any fault
+    // The page cache (CACHE regions): bytes, pages since start.
+    std::uint64_t cache_budget = 0;        // --memory-max
+    std::uint64_t cache_bytes = 0;         // resident now
+    std::uint64_t cache_files = 0;         // caches open now (one per file)
+    std::uint64_t cache_loads = 0;         // pages loaded from the store into the cache
+    std::uint64_t cache_hits = 0;          // pages mapped for a client from the cache, no load
+    std::uint64_t cache_evictions = 0;     // pages dropped to stay within the budget
+    std::uint64_t cache_refaults = 0;      // loads of pages evicted lately
     std::array<std::uint64_t, k_latency_buckets> latency_histogram{};  // see latency_bucket()
     std::string version;
 };
@@ -114,7 +125,7 @@ struct ErrorReply {
     std::string text;  // at most k_max_text bytes
 };
 
-using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, Unmap, Ok, StatusRequest,
+using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, CacheMapped, Unmap, Ok, StatusRequest,
                           StatusReply, Ping, Pong, ErrorReply, MapShared, Flush, Flushed,
                           RegionsRequest, RegionsReply, PrefetchRequest>;
 
