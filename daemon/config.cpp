@@ -63,6 +63,11 @@ ParsedConfig parse_config(int argc, char** argv)
     app.add_option("--fd-store", c.fd_store,
                    "Under systemd (NOTIFY_SOCKET), keep clients in its descriptor store so that a restarted "
                    "daemon serves them on (true/false)");
+    app.add_option("--memory-max", c.memory_max,
+                   "Bytes the page cache may hold for all clients together, e.g. 512MiB or 2GiB "
+                   "(default: half of the RAM, or of the daemon's cgroup limit)")
+        ->transform(CLI::AsSizeValue(false))
+        ->check(CLI::Range(std::uint64_t{1} << 20, std::uint64_t{1} << 50));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

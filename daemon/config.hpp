@@ -23,7 +23,10 @@ struct Config {
     // Bytes of one staging buffer: one read of the store, installed with one UFFDIO_COPY.
     std::uint64_t staging_buffer_bytes() const { return fault_block_bytes > k_chunk ? fault_block_bytes : k_chunk; }
     static constexpr std::uint64_t k_chunk = 256 * 1024;
-    bool fd_store = true;  // under systemd: keep clients in the descriptor store across restarts
+    bool fd_store = true;
+    // Bytes the page cache may hold for all clients together (0: CachePool::default_budget(),
+    // half of the RAM or of the daemon's cgroup limit). SIGHUP applies a new value.
+    std::uint64_t memory_max = 0;  // under systemd: keep clients in the descriptor store across restarts
 };
 
 // Parses argv. Returns the config, or an exit code when the program should stop now

@@ -67,7 +67,14 @@ public:
     std::uint64_t a1in_size() const { return m_count[k_a1in]; }
     std::uint64_t am_size() const { return m_count[k_am]; }
     std::uint64_t ghost_size() const { return m_count[k_ghost]; }
-    std::uint64_t a1in_target() const { return m_budget / 4; }  // A1in above this is evicted first
+    // A1in above this is evicted first: a quarter of the budget, or more when the loads
+    // in flight together are larger (pages read ahead must live until they are touched).
+    std::uint64_t a1in_target() const
+    {
+        const std::uint64_t t = m_budget / 4 > m_min_a1in ? m_budget / 4 : m_min_a1in;
+        return t < m_budget ? t : m_budget;
+    }
+    void set_min_probation(std::uint64_t pages) { m_min_a1in = pages; }
     std::uint64_t ghost_capacity() const { return m_budget; }
     // Heap bytes held (pool chunks, hash buckets, per-cache tables), approximately.
     std::uint64_t memory_bytes() const;
@@ -77,6 +84,7 @@ public:
 private:
     // Queue ids; the sentinel of queue q is node q of the pool (never moved, never freed).
     static constexpr std::uint32_t k_a1in = 0, k_am = 1, k_ghost = 2, k_queues = 3;
+    std::uint64_t m_min_a1in = 0;
     static constexpr std::uint32_t k_nil = (1u << 30) - 1;  // "no node"; indices are < k_nil
     static constexpr unsigned k_chunk_shift = 12;           // 4096 nodes (96 KiB) a chunk
     static constexpr std::uint32_t k_chunk = 1u << k_chunk_shift;

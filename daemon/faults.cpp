@@ -55,6 +55,8 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
             m_busy.push_back(c.serial);
         if (flags & UFFD_PAGEFAULT_FLAG_WP)
             handle_write_protect_fault(c, f);  // never waits for I/O: no need to defer
+        else if (flags & UFFD_PAGEFAULT_FLAG_MINOR)
+            handle_minor_fault(c, f);  // likewise
         else if (defer_faults)
             c.deferred.push_back(f);
         else
@@ -109,6 +111,7 @@ void Worker::drain_events(Client& c)
 
 void Worker::handle_fault(Client& c, Fault f)
 {
+
     if (m_stopping) return;  // left waiting: see stop_client_when_idle
     const Region* r = c.regions.find(f.page);
     if (!r || r->uffd_slot != f.slot) {
@@ -132,8 +135,61 @@ void Worker::handle_fault(Client& c, Fault f)
     start_read(*l);
 }
 
+// A CACHE region's page that the cache holds but the client has not mapped: mapped from
+// the cache with the cached pages after it (up to a read-ahead window), no load.
+void Worker::handle_minor_fault(Client& c, const Fault& f)
+{
+    if (m_stopping) return;  // left waiting: see stop_client_when_idle
+    const Region* r = c.regions.find(f.page);
+    if (!r || r->uffd_slot != f.slot || !r->cache) {
+        signal_unservable(c, f.slot, f.page);
+        return;
+    }
+    if (r->state->prefetch != proto::Prefetch::NONE) readahead(c, *r, f.page, inflight_at(c, f.page) != nullptr);
+    const std::uint64_t offset = r->file_offset + (f.page - r->start);
+    const std::uint64_t window = std::max<std::uint64_t>(m_ctx.config.readahead_max_bytes, m_ctx.page_size);
+    int err = 0;
+    std::uint64_t fresh = 0;
+    const std::uint64_t mapped = r->cache->map_into(c.uffds[f.slot].fd.get(), f.page, offset,
+                                                    std::min(window, r->end() - f.page), err, fresh);
+    if (mapped == 0) {
+        // The daemon did not load that page (a client made it through a mapping it did
+        // not register, or it is being evicted): nobody sees it; it is loaded properly.
+        if (err == 0 || err == EFAULT) {
+            r->cache->drop_foreign(offset / m_ctx.page_size);
+            handle_fault(c, Fault{f.page, f.t0, f.write, f.slot});
+        } else {
+            util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, m_ctx.page_size);  // faults again
+        }
+        return;
+    }
+    // UFFDIO_CONTINUE wakes only what it mapped; a page mapped meanwhile by another way
+    // (EEXIST) is not, and its thread may still wait.
+    util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, m_ctx.page_size);
+    m_ctx.cache->count_hits(fresh / m_ctx.page_size);
+    const auto ns = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0).count());
+    m_stats.latency.record(ns);
+    r->state->latency.record(ns);
+    m_stats.faults.fetch_add(1, std::memory_order_relaxed);
+    r->state->faults.fetch_add(1, std::memory_order_relaxed);
+}
+
 void Worker::start_read(Load& l)
 {
+    // A CACHE region's block that the cache holds whole (another client loaded it): no
+    // read; install() maps it from the cache.
+    if (l.cache) {
+        bool all = true;
+        for (std::uint64_t o = 0; all && o < l.len; o += m_ctx.page_size)
+            all = l.cache->loaded((l.file_offset + o) / m_ctx.page_size);
+        if (all) {
+            l.done = l.len;
+            l.from_cache = true;
+            m_ready.push_back(&l);
+            return;
+        }
+    }
     // Page cache first: hot data goes in without a trip through the ring. (Not for
     // O_DIRECT files: there RWF_NOWAIT still waits for the disk.)
     iovec iov{l.buf, l.len};
@@ -203,7 +259,9 @@ void Worker::install(Client& c, Load& l)
     const std::uint64_t valid = std::min((l.done + page - 1) / page * page, l.len);
     std::memset(l.buf + l.done, 0, valid - l.done);
     std::uint64_t installed = 0;
-    if (valid > 0 && still_backs(c, l, l.addr)) {
+    if (l.cache) {
+        installed = install_cached(c, l, valid);
+    } else if (valid > 0 && still_backs(c, l, l.addr)) {
         // A stream's marker page stays out: the fault there says the client got this far.
         const std::uint64_t skip = l.skip ? l.skip - l.addr : valid;
         installed = copy_in(c, l, 0, std::min(skip, valid));
@@ -232,6 +290,34 @@ void Worker::install(Client& c, Load& l)
     if (l.kind != Load::Kind::Fault)
         m_stats.pages_prefetched.fetch_add(installed / page, std::memory_order_relaxed);
     util::uffd_wake(c.uffds[l.slot].fd.get(), l.addr, l.len);
+}
+
+// A CACHE region's load: into the cache (pages loaded already stay), then mapped into the
+// client with UFFDIO_CONTINUE (not the marker page: its MINOR fault continues the stream).
+// Returns the bytes mapped. The kernel's page cache copy of the bytes is dropped: the
+// daemon's cache holds them now.
+std::uint64_t Worker::install_cached(Client& c, Load& l, std::uint64_t valid)
+{
+    const std::uint64_t page = m_ctx.page_size;
+    if (!l.from_cache && valid > 0) {
+        m_ctx.cache->loaded(*l.cache, l.cache->fill(l.file_offset, l.buf, valid));
+        ::posix_fadvise(l.file->get(), static_cast<off_t>(l.file_offset), static_cast<off_t>(valid),
+                        POSIX_FADV_DONTNEED);
+    }
+    if (valid == 0 || !still_backs(c, l, l.addr)) return 0;
+    const int uffd = c.uffds[l.slot].fd.get();
+    const std::uint64_t skip = l.skip ? l.skip - l.addr : valid;
+    int err = 0;
+    std::uint64_t fresh = 0, more = 0;
+    std::uint64_t mapped = l.cache->map_into(uffd, l.addr, l.file_offset, std::min(skip, valid), err, fresh);
+    if (skip + page < valid)
+        mapped += l.cache->map_into(uffd, l.addr + skip + page, l.file_offset + skip + page, valid - skip - page,
+                                    err, more);
+    if (l.from_cache) m_ctx.cache->count_hits((fresh + more) / page);
+    if (mapped + (l.skip ? page : 0) < valid)
+        spdlog::debug("client {}: mapped {} of {} bytes at {:#x} from the cache ({})", c.serial, mapped, valid, l.addr,
+                      std::strerror(err));
+    return mapped;
 }
 
 // True while `addr` still belongs to the region piece the load was read for.

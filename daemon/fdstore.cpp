@@ -74,7 +74,8 @@ std::string describe(const Client& c)
         o << "region " << r.id << ' ' << r.start << ' ' << r.length << ' ' << r.file_offset << ' '
           << static_cast<unsigned>(r.access) << ' ' << static_cast<unsigned>(r.tracking) << ' ' << r.uffd_slot << ' '
           << r.mem_offset << ' ' << (r.mem ? r.mem->file_base : 0) << ' ' << (r.mem ? r.mem->length : 0) << ' '
-          << (r.mem ? r.mem->mapped : 0) << ' ' << static_cast<unsigned>(r.state->prefetch) << '\n';
+          << (r.mem ? r.mem->mapped : 0) << ' ' << static_cast<unsigned>(r.state->prefetch) << ' '
+          << (r.cache ? 1 : 0) << '\n';
     });
     return o.str();
 }
@@ -98,7 +99,8 @@ std::optional<StoredClient> parse_state(const std::string& text)
         if (!in || r.access > 2 || r.tracking > 3 || r.uffd_slot > 1) return std::nullopt;
         std::string rest;  // the prefetch policy, absent in the state of older daemons
         std::getline(in, rest);
-        std::istringstream(rest) >> r.prefetch;
+        std::istringstream(rest) >> r.prefetch >> r.cached;
+        if (r.cached > 1 || (r.cached && r.access == 2)) return std::nullopt;
     }
     return s;
 }
@@ -126,6 +128,7 @@ void save(Client& c)
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
         store(c, rp + "file", r.file ? r.file->get() : -1);
         store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);
+        store(c, rp + "cache", r.cache ? r.cache->memfd() : -1);
     });
 }
 
@@ -149,7 +152,7 @@ void forget_region(Client& c, std::uint64_t region_id)
     }
 }
 
-std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
+std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page, CachePool& cache)
 {
     std::vector<std::unique_ptr<Client>> out;
     auto take = [&](const std::string& name) {
@@ -190,6 +193,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
         c->uffds[1].fd = take(p + "uffd1");
         std::map<std::uint64_t, std::shared_ptr<util::UniqueFd>> files;
         std::map<std::uint64_t, std::shared_ptr<SharedMemory>> mems;
+        std::map<std::uint64_t, std::shared_ptr<Cache>> caches;
         std::map<std::uint64_t, std::shared_ptr<RegionState>> region_states;
         bool ok = c->sock && c->uffds[0].fd;
         for (const StoredRegion& sr : parsed->regions) {
@@ -229,6 +233,18 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
                 mems[r.id] = mem;
             }
             if (r.shared()) r.mem = mems[r.id];
+            if (sr.cached && !caches.count(r.id)) {
+                util::UniqueFd memfd = take(rp + "cache");
+                std::string why = "no cache memfd";
+                auto got = memfd && *r.file ? cache.adopt(std::move(memfd), r.file->get(), why) : nullptr;
+                if (!got) {
+                    spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
+                    ok = false;
+                    break;
+                }
+                caches[r.id] = got;
+            }
+            if (sr.cached) r.cache = caches[r.id];
             if (!*r.file) ok = false;
             c->regions.insert(std::move(r));
         }
@@ -245,6 +261,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page)
         c->regions.for_each([&](const Region& r) {
             c->stored.insert(p + "r" + std::to_string(r.id) + ".file");
             if (r.mem) c->stored.insert(p + "r" + std::to_string(r.id) + ".mem");
+            if (r.cache) c->stored.insert(p + "r" + std::to_string(r.id) + ".cache");
         });
         spdlog::info("client {} (pid {}) taken back from the descriptor store with {} region(s)", c->serial,
                      c->peer.pid, c->regions.count());

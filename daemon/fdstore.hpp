@@ -17,6 +17,7 @@
 namespace pagerd::daemon {
 
 struct Client;
+class CachePool;
 
 namespace fdstore {
 
@@ -35,7 +36,7 @@ void forget_region(Client& c, std::uint64_t region_id);
 using Passed = std::map<std::string, util::UniqueFd>;
 // Rebuilds the clients stored by an earlier daemon; what cannot be used is closed and
 // logged. `page` is the page size; the clients come with regions, uffds and socket.
-std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page);
+std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page, CachePool& cache);
 
 // What a client's state memfd says (the text save() writes), read by restore() before it
 // touches any descriptor. A pure function of the text, so that it can be fuzzed alone
@@ -45,6 +46,7 @@ struct StoredRegion {
     unsigned access = 0, tracking = 0, uffd_slot = 0;
     std::uint64_t mem_offset = 0, file_base = 0, mem_length = 0, mapped = 0;
     unsigned prefetch = 0;  // absent in the state of older daemons: 0
+    unsigned cached = 0;    // a CACHE region (its cache memfd is stored as rN.cache); absent: 0
 };
 struct StoredClient {
     std::uint64_t serial = 0;

@@ -1,6 +1,7 @@
 // pagerd: the paging daemon. Runs in the foreground; see README.md and proto/PROTOCOL.md.
 #include <spdlog/spdlog.h>
 
+#include "cache.hpp"
 #include "config.hpp"
 #include "listener.hpp"
 #include "server.hpp"
@@ -26,9 +27,15 @@ int main(int argc, char** argv)
 
     // 4. The listening socket: the one systemd passes, else our own at --socket; and the
     //    clients an earlier daemon kept in systemd's descriptor store.
+    //    The page cache first: restored regions map caches kept in the store.
+    const auto page = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
+    CachePool cache(config.memory_max ? config.memory_max : CachePool::default_budget(), page);
+    if (!cache.unavailable().empty()) spdlog::warn("no page cache: {}", cache.unavailable());
+    cache.set_min_probation(2 * std::max<std::uint64_t>(config.readahead_max_bytes, config.staging_buffer_bytes()) *
+                            config.workers);
     fdstore::set_enabled(config.fd_store);
     auto passed = systemd::take_passed();
-    auto resumed = fdstore::restore(passed.stored, static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE)));
+    auto resumed = fdstore::restore(passed.stored, page, cache);
     for (const auto& [name, fd] : passed.stored) spdlog::warn("descriptor store: {} belongs to no client; closed", name);
     Listener listener;
     if (passed.listening) {
@@ -45,7 +52,7 @@ int main(int argc, char** argv)
     // 5. Workers, then serve until SIGTERM / SIGINT; SIGHUP reads the config file again.
     auto reload = [argc, argv]() -> std::optional<Config> { return parse_config(argc, argv).config; };
     try {
-        Server server(config, std::move(listener), reload);
+        Server server(config, std::move(listener), cache, reload);
         server.resume(std::move(resumed));
         return server.run();
     } catch (const std::exception& e) {

@@ -30,6 +30,7 @@ Load* Worker::new_load(Client& c, const Region& r, std::uint64_t addr, std::uint
     l->len = len;
     l->file_offset = r.file_offset + (addr - r.start);
     l->file = r.file;
+    l->cache = r.cache;
     l->slot = r.uffd_slot;
     l->write_protect = r.tracking == proto::Tracking::UFFD_WP || r.tracking == proto::Tracking::ASYNC;
     l->direct_io = r.direct_io;

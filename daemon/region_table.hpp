@@ -15,6 +15,8 @@
 
 namespace pagerd::daemon {
 
+class Cache;
+
 // The daemon's view of a Shared region's memfd: [0, length) holds the pages, the tail
 // the dirty bitmap. Mapped read-write here; the daemon only ever reads pages that the
 // memfd holds (SEEK_DATA), so that it never creates one the client would see as zeros.
@@ -71,6 +73,7 @@ struct Region {
     std::shared_ptr<util::UniqueFd> file;  // shared by the pieces of a split region
     bool direct_io = false;                // the file was opened O_DIRECT: no page cache to try
     std::shared_ptr<SharedMemory> mem;     // Shared regions
+    std::shared_ptr<class Cache> cache;    // CACHE regions: the file's page cache (cache offset = file offset)
     std::uint64_t mem_offset = 0;          // memfd offset of `start`
     std::shared_ptr<RegionState> state = std::make_shared<RegionState>();  // shared by the pieces
 

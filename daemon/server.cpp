@@ -37,9 +37,10 @@ void block_signals()
     ::signal(SIGPIPE, SIG_IGN);
 }
 
-Server::Server(const Config& config, Listener listener, Reload reload)
+Server::Server(const Config& config, Listener listener, CachePool& cache, Reload reload)
     : m_reload(std::move(reload)), m_config(config), m_listener(std::move(listener)), m_ctx{config}
 {
+    m_ctx.cache = &cache;
     m_ctx.page_size = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
     for (unsigned i = 0; i < config.workers; ++i) {
         m_workers.push_back(std::make_unique<Worker>(m_ctx, i));
@@ -113,6 +114,11 @@ void Server::reload()
     } else {
         spdlog::set_level(spdlog::level::from_str(fresh->log_level));
         m_ctx.limits.set(*fresh);
+        const std::uint64_t budget = fresh->memory_max ? fresh->memory_max : CachePool::default_budget();
+        if (budget != m_ctx.cache->figures().budget) {
+            spdlog::info("SIGHUP: page cache budget {} bytes", budget);
+            m_ctx.cache->set_budget(budget);
+        }
         if (fresh->workers != m_config.workers || fresh->fault_block_bytes != m_config.fault_block_bytes ||
             fresh->staging_buffers != m_config.staging_buffers || fresh->socket_path != m_config.socket_path)
             spdlog::warn("SIGHUP: socket, workers, fault-block and staging-buffers change only with a restart");

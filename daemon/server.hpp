@@ -20,7 +20,7 @@ class Server {
 public:
     // reload: reads the configuration again (SIGHUP); nullopt when it is invalid.
     using Reload = std::function<std::optional<Config>()>;
-    Server(const Config& config, Listener listener, Reload reload = {});
+    Server(const Config& config, Listener listener, CachePool& cache, Reload reload = {});
     // Clients an earlier daemon left in the descriptor store; call before run().
     void resume(std::vector<std::unique_ptr<Client>> clients);
     ~Server();

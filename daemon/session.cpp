@@ -113,8 +113,11 @@ void Worker::on_socket_readable(Client& c)
 
 void Worker::send_reply(Client& c, std::uint32_t request_id, proto::Body body)
 {
+    util::UniqueFd fd = std::move(c.reply_fd);  // goes with this reply only, sent or not
     if (c.closing || !c.close_reason.empty()) return;
-    const int err = proto::send_message(c.sock.get(), proto::Message{request_id, std::move(body)}, {},
+    std::vector<int> fds;
+    if (fd && std::holds_alternative<proto::CacheMapped>(body)) fds.push_back(fd.get());
+    const int err = proto::send_message(c.sock.get(), proto::Message{request_id, std::move(body)}, fds,
                                         MSG_DONTWAIT);
     if (!err) return;
     c.close_reason = err == EAGAIN ? "client does not read its replies" : std::string("send failed: ") + std::strerror(err);
@@ -153,7 +156,9 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg, std::vector<u
 proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
 {
     if (c.hello_done) reject(proto::ErrorCode::NOT_READY, "HELLO was already received");
-    const std::uint64_t missing = m.required_caps & ~k_daemon_caps;
+    const std::uint64_t caps =
+        k_daemon_caps | (m_ctx.cache && m_ctx.cache->unavailable().empty() ? proto::cap::CACHE : 0);
+    const std::uint64_t missing = m.required_caps & ~caps;
     if (missing) {
         std::string names;
         for (unsigned bit = 0; bit < 64; ++bit) {
@@ -168,7 +173,7 @@ proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
     c.name = m.name;
     fdstore::save(c);
     spdlog::debug("client {}: HELLO from '{}'", c.serial, c.name);
-    return proto::Welcome{k_daemon_caps, m_ctx.page_size, m_ctx.limits.max_regions_per_client.load(),
+    return proto::Welcome{caps, m_ctx.page_size, m_ctx.limits.max_regions_per_client.load(),
                           m_ctx.limits.max_mapped_bytes_per_client.load(), version_string()};
 }
 
@@ -271,7 +276,18 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
     if (m.flags & ~proto::k_map_known_flags)
         reject(ErrorCode::BAD_RANGE, "unknown MAP flags " + hex(m.flags & ~proto::k_map_known_flags));
     check_prefetch_policy(m.prefetch);
+    const bool cached = (m.flags & proto::k_map_cache) != 0;
+    if (cached && !(c.uffds[0].features & UFFD_FEATURE_MINOR_SHMEM))
+        reject(ErrorCode::NOT_READY, "a CACHE region needs UFFD_FEATURE_MINOR_SHMEM on the userfaultfd");
     check_map_range(c, m.addr, m.length, m.file_offset, fd.get());
+    std::shared_ptr<Cache> cache;
+    util::UniqueFd cache_fd;
+    if (cached) {
+        std::string why;
+        cache = m_ctx.cache->open(fd.get(), m.file_offset + m.length, why);
+        if (cache) cache_fd = cache->open_read_only(why);
+        if (!cache_fd) reject(ErrorCode::LIMIT, "no page cache for this file: " + why);
+    }
     Region r;
     r.id = c.next_region_id++;
     r.start = m.addr;
@@ -280,9 +296,12 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
     r.access = (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE : proto::Access::READ_ONLY;
     r.direct_io = (fl & O_DIRECT) != 0;
     r.file = std::make_shared<util::UniqueFd>(std::move(fd));
+    r.cache = std::move(cache);
     r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));
-    return proto::Mapped{c.next_region_id - 1};
+    if (!cached) return proto::Mapped{c.next_region_id - 1};
+    c.reply_fd = std::move(cache_fd);
+    return proto::CacheMapped{c.next_region_id - 1};
 }
 
 proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd)
@@ -404,6 +423,14 @@ proto::Body Worker::on_status(Client& c)
         for (unsigned b = 0; b < proto::k_latency_buckets; ++b) s.latency_histogram[b] += w->latency.coarse(b);
     }
     s.version = version_string();
+    const auto cache = m_ctx.cache->figures();
+    s.cache_budget = cache.budget;
+    s.cache_bytes = cache.bytes;
+    s.cache_files = cache.files;
+    s.cache_loads = cache.loads;
+    s.cache_hits = cache.hits;
+    s.cache_evictions = cache.evictions;
+    s.cache_refaults = cache.refaults;
     return s;
 }
 

@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cache.hpp"
 #include "config.hpp"
 #include "fdstore.hpp"
 #include "pagerd/proto/messages.hpp"
@@ -58,6 +59,7 @@ struct Context {
     std::atomic<std::uint64_t> next_client_serial{1};
     std::vector<const WorkerStats*> stats;  // one per worker, fixed before workers start
     std::vector<class Worker*> workers;      // likewise
+    CachePool* cache = nullptr;              // the page cache of every client, set before workers start
 };
 
 struct Client;
@@ -102,9 +104,11 @@ struct Load {
     std::uint64_t len = 0;
     std::uint64_t file_offset = 0;
     std::shared_ptr<util::UniqueFd> file;
+    std::shared_ptr<Cache> cache;  // CACHE regions: filled here, then mapped into the client
     unsigned slot = 0;          // userfaultfd the region is registered with
     bool write_protect = false; // install with UFFDIO_COPY_MODE_WP (uffd-wp and async regions)
     bool direct_io = false;     // the file is O_DIRECT: a read would wait for the disk
+    bool from_cache = false;    // CACHE region: the cache held the whole block, nothing was read
     std::uint8_t* buf = nullptr;
     std::uint64_t done = 0;  // bytes read so far
     std::uint64_t skip = 0;  // a stream's marker page, not installed (0: none)
@@ -143,6 +147,7 @@ struct Client {
     bool paused = false;  // a WAIT prefetch or a FLUSH is pending: the socket is not read meanwhile
     bool flush_pending = false;  // its FLUSH is being written (answered by on_written)
     std::string close_reason;    // a reply could not be sent: closed at the end of the loop turn
+    util::UniqueFd reply_fd;     // sent with the next reply (CACHE_MAPPED's cache descriptor)
     std::vector<Fault> deferred;  // faults read while draining events inside a copy
     Op sock_op{Op::Kind::SockPoll};
     unsigned refs = 0;  // io_uring ops and queued faults that point at this client
@@ -240,6 +245,7 @@ private:
     void handle_fault(Client& c, Fault f);
     void drain_events(Client& c);  // reads pending uffd messages now; serves the faults among them
     void handle_write_protect_fault(Client& c, const Fault& f);
+    void handle_minor_fault(Client& c, const Fault& f);  // CACHE regions: the cache holds the page
     void mark_written(Client& c, const Region& r, std::uint64_t page);
     void unprotect(Client& c, unsigned slot, std::uint64_t page);
     void start_read(Load& l);  // from the page cache at once if it holds the data, else io_uring
@@ -247,6 +253,7 @@ private:
     void submit_read(Load& l);
     void on_read_done(Load& l, int res);
     void install(Client& c, Load& l);
+    std::uint64_t install_cached(Client& c, Load& l, std::uint64_t valid);
     std::uint64_t copy_in(Client& c, Load& l, std::uint64_t from, std::uint64_t len);
     bool still_backs(Client& c, const Load& l, std::uint64_t addr);
     void signal_unservable(Client& c, unsigned slot, std::uint64_t page);

@@ -26,11 +26,6 @@ static_assert(k_latency_buckets == proto::k_latency_buckets);
 
 namespace {
 
-Error sys_error(const std::string& what, int err = errno)
-{
-    return Error::system(err, what + ": " + std::strerror(err));
-}
-
 constexpr std::uint64_t k_required_caps = proto::cap::FILE_STORE | proto::cap::UFFD_EVENTS;
 
 std::string missing_caps(std::uint64_t missing)
@@ -87,7 +82,8 @@ static Error closed_reason(int sock, Error fallback)
     return fallback;
 }
 
-Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds, int wait_ms)
+Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds, int wait_ms,
+                                                 std::vector<util::UniqueFd>* fds_out)
 {
     std::lock_guard lock(request_mutex);
     if (!alive.load()) return Error::system(ENOTCONN, "the connection to pagerd was lost");
@@ -115,7 +111,10 @@ Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<con
         if (!msg) return Error(ErrorDomain::Protocol, msg.error().code, "bad reply from pagerd: " + msg.error().message);
         if (auto* e = std::get_if<proto::ErrorReply>(&msg->body); e && (msg->request_id == id || msg->request_id == 0))
             return Error::daemon(e->code, "pagerd: " + e->text);
-        if (msg->request_id == id) return std::move(msg).value();
+        if (msg->request_id == id) {
+            if (fds_out) *fds_out = std::move(got->fds);
+            return std::move(msg).value();
+        }
         // A stale reply to an earlier request that timed out: skip it.
     }
 }
@@ -209,6 +208,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     if (!S_ISREG(st.st_mode)) return Error::system(EINVAL, "only regular files can be mapped");
     std::lock_guard layout(m_impl->layout_mutex);
     if (o.access == Access::Shared) return m_impl->map_shared(fd, o);
+    if (m_impl->cache_usable()) return m_impl->map_cached(fd, o);
     const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
     void* addr = ::mmap(o.addr, o.length, prot,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (o.addr ? MAP_FIXED : 0), -1, 0);
@@ -372,6 +372,13 @@ Result<Status> Connection::status()
     out.this_client_user_mode_only = s->requester_flags & proto::k_uffd_user_mode_only;
     out.this_client_regions = s->requester_regions;
     out.pages_prefetched = s->pages_prefetched;
+    out.cache_budget = s->cache_budget;
+    out.cache_bytes = s->cache_bytes;
+    out.cache_files = s->cache_files;
+    out.cache_loads = s->cache_loads;
+    out.cache_hits = s->cache_hits;
+    out.cache_evictions = s->cache_evictions;
+    out.cache_refaults = s->cache_refaults;
     for (std::size_t i = 0; i < k_latency_buckets; ++i) out.latency_histogram[i] = s->latency_histogram[i];
     return out;
 }

@@ -1,6 +1,8 @@
 // Connection internals shared by connection.cpp and monitor.cpp.
 #pragma once
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <span>
@@ -12,6 +14,12 @@
 #include "pagerd/util/unique_fd.hpp"
 
 namespace pagerd::libclient {
+
+// A failed system call as an Error: errno, and what failed with the system's words.
+inline Error sys_error(const std::string& what, int err = errno)
+{
+    return Error::system(err, what + ": " + std::strerror(err));
+}
 
 // prefetch.cpp: policy names on the wire
 proto::Prefetch to_wire(Prefetch p);
@@ -59,7 +67,12 @@ struct Connection::Impl {
 
     // Sends one request and waits for its reply; an ERROR reply becomes an Error.
     // wait_ms: the deadline; -1 waits as long as the daemon lives (FLUSH of a big region).
-    Result<proto::Message> request(proto::Body body, std::span<const int> fds = {}, int wait_ms = 0);
+    // fds_out: receives the descriptors the reply carries (else they are closed).
+    Result<proto::Message> request(proto::Body body, std::span<const int> fds = {}, int wait_ms = 0,
+                                   std::vector<util::UniqueFd>* fds_out = nullptr);
+    // ReadOnly and PrivateWritable regions backed by the daemon's page cache (CACHE).
+    bool cache_usable() const;
+    Result<Region> map_cached(int fd, const MapOptions& o);
 
     Result<Mapping> lookup(const Region& region);  // a region of this connection, by id and address
     std::vector<Mapping> shared_mappings();        // a snapshot of the Shared ones

@@ -18,8 +18,6 @@
 namespace pagerd::libclient {
 namespace {
 
-Error sys_error(const std::string& what, int err = errno) { return Error::system(err, what + ": " + std::strerror(err)); }
-
 proto::Tracking to_wire(Tracking t)
 {
     switch (t) {

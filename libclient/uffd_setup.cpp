@@ -21,7 +21,7 @@ namespace {
 constexpr std::uint64_t k_wanted = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE |
                                    UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_POISON |
                                    UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_PAGEFAULT_FLAG_WP |
-                                   UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+                                   UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_MINOR_SHMEM;
 
 int open_uffd(bool user_mode_only)
 {

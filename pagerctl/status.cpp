@@ -151,12 +151,16 @@ int run_status(const std::string& socket, bool json)
                     "\"regions\":%llu,\"mapped_bytes\":%llu,\"faults\":%llu,\"pages_installed\":%llu,"
                     "\"bytes_read\":%llu,\"sigbus_faults\":%llu,\"latency_ns\":{\"p50\":%llu,\"p99\":%llu,"
                     "\"max\":%llu},\"user_mode_only_clients\":%u,\"pages_prefetched\":%llu,"
+                    "\"cache\":{\"budget\":%llu,\"bytes\":%llu,\"files\":%llu,\"loads\":%llu,\"hits\":%llu,"
+                    "\"evictions\":%llu,\"refaults\":%llu},"
                     "\"latency_histogram\":%s,\"region_list\":[",
                     json_string(s->version).c_str(), (ull)s->uptime_ms, s->workers, s->clients,
                     (ull)s->regions, (ull)s->mapped_bytes, (ull)s->faults, (ull)s->pages_installed,
                     (ull)s->bytes_read, (ull)s->sigbus_faults, (ull)s->latency_p50_ns,
                     (ull)s->latency_p99_ns, (ull)s->latency_max_ns, s->user_mode_only_clients,
-                    (ull)s->pages_prefetched, json_array(s->latency_histogram).c_str());
+                    (ull)s->pages_prefetched, (ull)s->cache_budget, (ull)s->cache_bytes, (ull)s->cache_files,
+                    (ull)s->cache_loads, (ull)s->cache_hits, (ull)s->cache_evictions, (ull)s->cache_refaults,
+                    json_array(s->latency_histogram).c_str());
         for (std::size_t i = 0; i < regions->size(); ++i) {
             const auto& r = (*regions)[i];
             std::printf("%s{\"client\":%llu,\"pid\":%u,\"id\":%llu,\"length\":%llu,\"access\":\"%s\","
@@ -182,6 +186,10 @@ int run_status(const std::string& socket, bool json)
                 (ull)s->pages_installed, (ull)s->sigbus_faults);
     std::printf("pages prefetched  %llu\n", (ull)s->pages_prefetched);
     std::printf("bytes read        %llu\n", (ull)s->bytes_read);
+    std::printf("page cache        %llu of %llu bytes, %llu file(s); pages: %llu loaded, %llu hits, %llu evicted, "
+                "%llu refaults\n",
+                (ull)s->cache_bytes, (ull)s->cache_budget, (ull)s->cache_files, (ull)s->cache_loads,
+                (ull)s->cache_hits, (ull)s->cache_evictions, (ull)s->cache_refaults);
     std::printf("fault latency     p50 %.1f us, p99 %.1f us, max %.1f us\n", s->latency_p50_ns / 1e3,
                 s->latency_p99_ns / 1e3, s->latency_max_ns / 1e3);
     std::printf("\n");

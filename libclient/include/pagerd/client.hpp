@@ -166,6 +166,15 @@ struct Status {
     bool this_client_user_mode_only = false;  // this connection's userfaultfd mode
     std::uint64_t this_client_regions = 0;
     std::uint64_t pages_prefetched = 0;  // installed ahead of any fault
+    // The daemon's page cache (regions mapped through it: Connection::map_* of ReadOnly and
+    // PrivateWritable regions when the daemon has it). Bytes now; pages since start.
+    std::uint64_t cache_budget = 0;     // --memory-max
+    std::uint64_t cache_bytes = 0;      // resident
+    std::uint64_t cache_files = 0;      // caches open (one per file)
+    std::uint64_t cache_loads = 0;      // pages loaded from files
+    std::uint64_t cache_hits = 0;       // pages mapped for a client from the cache, no load
+    std::uint64_t cache_evictions = 0;  // pages dropped to stay within the budget
+    std::uint64_t cache_refaults = 0;   // loads of pages evicted lately
     LatencyHistogram latency_histogram{};
 };
 

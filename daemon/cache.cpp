@@ -1,0 +1,508 @@
+#include "cache.hpp"
+
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "pagerd/util/uffd.hpp"
+
+namespace pagerd::daemon {
+namespace {
+
+std::uint64_t round_up(std::uint64_t v, std::uint64_t unit) { return (v + unit - 1) / unit * unit; }
+
+util::UniqueFd new_uffd()
+{
+    util::UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
+    if (!fd) {  // unprivileged userfaultfd off: the device node still works for its group
+        util::UniqueFd dev(::open("/dev/userfaultfd", O_RDWR | O_CLOEXEC));
+        if (dev) fd.reset(::ioctl(dev.get(), USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK));
+    }
+    return fd;
+}
+
+// A number in a file (cgroup limits); 0 when absent or "max".
+std::uint64_t read_number(const std::string& path)
+{
+    std::ifstream in(path);
+    std::string s;
+    if (!(in >> s) || s == "max") return 0;
+    try {
+        return std::stoull(s);
+    } catch (...) {
+        return 0;
+    }
+}
+
+}  // namespace
+
+// ---- PageBits ------------------------------------------------------------------------
+
+bool PageBits::test(std::uint64_t page) const
+{
+    auto it = m_chunks.find(page / k_pages);
+    if (it == m_chunks.end()) return false;
+    const std::uint64_t i = page % k_pages;
+    return it->second[i / 64] >> (i % 64) & 1;
+}
+
+void PageBits::set(std::uint64_t page)
+{
+    auto& words = m_chunks[page / k_pages];  // zeroed when new
+    const std::uint64_t i = page % k_pages, bit = std::uint64_t{1} << (i % 64);
+    if (!(words[i / 64] & bit)) {
+        words[i / 64] |= bit;
+        ++m_count;
+    }
+}
+
+void PageBits::clear(std::uint64_t page)
+{
+    auto it = m_chunks.find(page / k_pages);
+    if (it == m_chunks.end()) return;
+    const std::uint64_t i = page % k_pages, bit = std::uint64_t{1} << (i % 64);
+    if (it->second[i / 64] & bit) {
+        it->second[i / 64] &= ~bit;
+        --m_count;
+        bool empty = true;
+        for (const std::uint64_t w : it->second) empty = empty && w == 0;
+        if (empty) m_chunks.erase(it);
+    }
+}
+
+// ---- Cache ---------------------------------------------------------------------------
+
+Cache::Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::UniqueFd memfd, std::uint8_t* base,
+             std::uint64_t reserved)
+    : m_pool(pool), m_id(id), m_dev(dev), m_ino(ino), m_memfd(std::move(memfd)), m_base(base), m_reserved(reserved)
+{
+    struct stat st{};
+    ::fstat(m_memfd.get(), &st);
+    m_size = static_cast<std::uint64_t>(st.st_size);
+}
+
+Cache::~Cache()
+{
+    m_pool.closed(*this);
+    ::munmap(m_base, m_reserved);
+}
+
+std::uint64_t Cache::size() const
+{
+    std::lock_guard lock(m_mutex);
+    return m_size;
+}
+
+bool Cache::grow(std::uint64_t bytes, std::string& why)
+{
+    std::lock_guard lock(m_mutex);
+    if (bytes <= m_size) return true;
+    if (bytes > m_reserved) {
+        why = "the file grew past what its cache can hold (" + std::to_string(m_reserved) +
+              " bytes); map it again once its other regions are gone";
+        return false;
+    }
+    if (::ftruncate(m_memfd.get(), static_cast<off_t>(bytes)) != 0) {
+        why = std::string("growing the cache failed: ") + std::strerror(errno);
+        return false;
+    }
+    m_size = bytes;
+    return true;
+}
+
+util::UniqueFd Cache::open_read_only(std::string& why) const
+{
+    const std::string path = "/proc/self/fd/" + std::to_string(m_memfd.get());
+    util::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) why = "reopening the cache read-only failed: " + std::string(std::strerror(errno));
+    return fd;
+}
+
+bool Cache::punch(std::uint64_t page)
+{
+    const std::uint64_t ps = m_pool.page_size();
+    return ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(page * ps),
+                       static_cast<off_t>(ps)) == 0;
+}
+
+std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len)
+{
+    const std::uint64_t ps = m_pool.page_size();
+    std::vector<std::uint64_t> added;
+    std::lock_guard lock(m_mutex);
+    len = std::min(len, m_size > offset ? m_size - offset : 0);
+    std::uint64_t off = 0;
+    unsigned retries = 0;
+    while (off < len) {
+        if (m_loaded.test((offset + off) / ps)) {
+            off += ps;
+            continue;
+        }
+        std::uint64_t end = off + ps;
+        while (end < len && !m_loaded.test((offset + end) / ps)) end += ps;
+        uffdio_copy cp{};
+        cp.dst = reinterpret_cast<std::uint64_t>(m_base + offset + off);
+        cp.src = reinterpret_cast<std::uint64_t>(buf + off);
+        cp.len = end - off;
+        cp.mode = UFFDIO_COPY_MODE_DONTWAKE;
+        const bool ok = ::ioctl(m_pool.uffd(), UFFDIO_COPY, &cp) == 0;
+        const int err = errno;
+        const std::uint64_t copied = ok ? cp.len : cp.copy > 0 ? static_cast<std::uint64_t>(cp.copy) : 0;
+        for (std::uint64_t o = off; o < off + copied; o += ps) {
+            m_loaded.set((offset + o) / ps);
+            added.push_back((offset + o) / ps);
+        }
+        off += copied;
+        if (ok || copied) continue;
+        if (err == EEXIST && ++retries <= 4) {
+            // The memfd holds a page the daemon did not load: a client made it through a
+            // mapping it did not register. Nobody sees it: out it goes, then ours goes in.
+            punch((offset + off) / ps);
+        } else if (err == EEXIST || (err == EAGAIN && ++retries <= 16)) {
+            if (err == EEXIST) off += ps;  // someone keeps making it: leave it unloaded
+        } else {
+            spdlog::warn("cache {}: UFFDIO_COPY at offset {} failed: {}", m_id, offset + off, std::strerror(err));
+            break;
+        }
+    }
+    return added;
+}
+
+std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset, std::uint64_t len, int& err,
+                              std::uint64_t& fresh)
+{
+    const std::uint64_t ps = m_pool.page_size();
+    err = 0;
+    fresh = 0;
+    std::lock_guard lock(m_mutex);
+    std::uint64_t covered = 0;
+    while (covered < len) {
+        std::uint64_t n = 0;
+        while (covered + n < len && m_loaded.test((offset + covered + n) / ps)) n += ps;
+        if (n == 0) break;
+        uffdio_continue cont{};
+        cont.range.start = addr + covered;
+        cont.range.len = n;
+        if (::ioctl(uffd, UFFDIO_CONTINUE, &cont) == 0) {
+            covered += n;
+            fresh += n;
+            continue;
+        }
+        const int e = errno;
+        if (cont.mapped > 0) {
+            covered += static_cast<std::uint64_t>(cont.mapped);
+            fresh += static_cast<std::uint64_t>(cont.mapped);
+            continue;
+        }
+        if (e == EEXIST) {  // mapped already (or the client's private copy): go on after it
+            covered += ps;
+            continue;
+        }
+        err = e;
+        break;
+    }
+    return covered;
+}
+
+void Cache::drop_foreign(std::uint64_t page)
+{
+    std::lock_guard lock(m_mutex);
+    if (!m_loaded.test(page)) punch(page);
+}
+
+bool Cache::loaded(std::uint64_t page) const
+{
+    std::lock_guard lock(m_mutex);
+    return m_loaded.test(page);
+}
+
+std::uint64_t Cache::resident_pages() const
+{
+    std::lock_guard lock(m_mutex);
+    return m_loaded.count();
+}
+
+bool Cache::evict(std::uint64_t page)
+{
+    std::lock_guard lock(m_mutex);
+    if (!m_loaded.test(page)) return false;
+    if (!punch(page)) {
+        spdlog::warn("cache {}: punching page {} failed: {}", m_id, page, std::strerror(errno));
+        return false;
+    }
+    m_loaded.clear(page);
+    return true;
+}
+
+std::vector<std::uint64_t> Cache::adopt_present_pages()
+{
+    const std::uint64_t ps = m_pool.page_size();
+    std::vector<std::uint64_t> pages;
+    std::lock_guard lock(m_mutex);
+    off_t pos = 0;
+    while (static_cast<std::uint64_t>(pos) < m_size) {
+        const off_t data = ::lseek(m_memfd.get(), pos, SEEK_DATA);
+        if (data < 0) break;
+        off_t hole = ::lseek(m_memfd.get(), data, SEEK_HOLE);
+        if (hole < 0) hole = static_cast<off_t>(m_size);
+        for (std::uint64_t p = static_cast<std::uint64_t>(data) / ps; p * ps < static_cast<std::uint64_t>(hole); ++p) {
+            m_loaded.set(p);
+            pages.push_back(p);
+        }
+        pos = hole;
+    }
+    return pages;
+}
+
+// ---- CachePool -----------------------------------------------------------------------
+
+CachePool::CachePool(std::uint64_t budget_bytes, std::uint32_t page_size)
+    : m_page(page_size), m_policy(std::max<std::uint64_t>(budget_bytes / page_size, 1))
+{
+    m_budget = budget_bytes;
+    m_uffd = new_uffd();
+    if (!m_uffd) {
+        m_unavailable = std::string("cannot create the cache's userfaultfd: ") + std::strerror(errno);
+        return;
+    }
+    // SIGBUS: a bug that made the daemon touch a hole of its own mapping would crash it
+    // loudly instead of hanging a thread on a fault nobody reads.
+    uffdio_api api{UFFD_API, UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_SIGBUS, 0};
+    if (::ioctl(m_uffd.get(), UFFDIO_API, &api) != 0) {
+        m_unavailable = std::string("userfaultfd lacks shmem support (UFFD_FEATURE_MISSING_SHMEM): ") +
+                        std::strerror(errno);
+        m_uffd.reset();
+    }
+}
+
+CachePool::~CachePool() = default;
+
+std::shared_ptr<Cache> CachePool::make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size,
+                                       std::string& why)
+{
+    // Address space to grow into if the file grows while mapped: free until touched.
+    const std::uint64_t reserved = round_up(std::max<std::uint64_t>(size, m_page) * 2 + (std::uint64_t{1} << 30), m_page);
+    void* base = ::mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd.get(), 0);
+    if (base == MAP_FAILED) {
+        why = std::string("mapping the cache failed: ") + std::strerror(errno);
+        return nullptr;
+    }
+    uffdio_register reg{};
+    reg.range.start = reinterpret_cast<std::uint64_t>(base);
+    reg.range.len = reserved;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+    if (::ioctl(m_uffd.get(), UFFDIO_REGISTER, &reg) != 0) {
+        why = std::string("registering the cache with the daemon's userfaultfd failed: ") + std::strerror(errno);
+        ::munmap(base, reserved);
+        return nullptr;
+    }
+    const std::uint32_t id = m_next_id++;
+    auto c = std::make_shared<Cache>(*this, id, dev, ino, std::move(memfd), static_cast<std::uint8_t*>(base), reserved);
+    m_by_file[{dev, ino}] = c;
+    m_by_id[id] = c;
+    return c;
+}
+
+std::shared_ptr<Cache> CachePool::open(int file_fd, std::uint64_t min_size, std::string& why)
+{
+    if (!m_uffd) {
+        why = m_unavailable;
+        return nullptr;
+    }
+    struct stat st{};
+    if (::fstat(file_fd, &st) != 0) {
+        why = std::string("fstat of the file failed: ") + std::strerror(errno);
+        return nullptr;
+    }
+    min_size = round_up(std::max<std::uint64_t>(min_size, static_cast<std::uint64_t>(st.st_size)), m_page);
+    std::shared_ptr<Cache> c;
+    {
+        std::lock_guard lock(m_mutex);
+        if (auto it = m_by_file.find({st.st_dev, st.st_ino}); it != m_by_file.end()) c = it->second.lock();
+        if (!c) {
+            util::UniqueFd memfd(::memfd_create("pagerd-cache", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+            if (!memfd) {
+                why = std::string("memfd_create failed: ") + std::strerror(errno);
+                return nullptr;
+            }
+            // Only the daemon may open it for writing: no other user can reopen a client's
+            // read-only descriptor read-write through /proc. Nobody can shrink it (the
+            // daemon's mapping would then SIGBUS) or change the seals.
+            if (::ftruncate(memfd.get(), static_cast<off_t>(min_size)) != 0 || ::fchmod(memfd.get(), 0400) != 0 ||
+                ::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+                why = std::string("preparing the cache memfd failed: ") + std::strerror(errno);
+                return nullptr;
+            }
+            c = make(std::move(memfd), st.st_dev, st.st_ino, min_size, why);
+            if (c) spdlog::debug("cache {}: opened for file {}:{}, {} bytes", c->id(), st.st_dev, st.st_ino, min_size);
+            return c;
+        }
+    }
+    if (!c->grow(min_size, why)) return nullptr;
+    return c;
+}
+
+std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, int file_fd, std::string& why)
+{
+    if (!m_uffd) {
+        why = m_unavailable;
+        return nullptr;
+    }
+    struct stat st{}, mst{};
+    if (::fstat(file_fd, &st) != 0 || ::fstat(memfd.get(), &mst) != 0) {
+        why = "fstat failed";
+        return nullptr;
+    }
+    const int seals = ::fcntl(memfd.get(), F_GET_SEALS);
+    if (seals < 0 || !(seals & F_SEAL_SHRINK) || (::fcntl(memfd.get(), F_GETFL) & O_ACCMODE) != O_RDWR) {
+        why = "the stored cache is not a read-write memfd sealed against shrinking";
+        return nullptr;
+    }
+    std::shared_ptr<Cache> c;
+    {
+        std::lock_guard lock(m_mutex);
+        if (auto it = m_by_file.find({st.st_dev, st.st_ino}); it != m_by_file.end()) c = it->second.lock();
+        if (c) {
+            struct stat have{};
+            ::fstat(c->memfd(), &have);
+            if (have.st_ino != mst.st_ino || have.st_dev != mst.st_dev) {
+                why = "another cache of the same file was restored first";
+                return nullptr;
+            }
+            return c;
+        }
+        c = make(std::move(memfd), st.st_dev, st.st_ino, static_cast<std::uint64_t>(mst.st_size), why);
+        if (!c) return nullptr;
+    }
+    loaded(*c, c->adopt_present_pages());
+    return c;
+}
+
+void CachePool::loaded(Cache& c, const std::vector<std::uint64_t>& pages)
+{
+    if (pages.empty()) return;
+    {
+        std::lock_guard lock(m_mutex);
+        std::uint64_t refaults = 0;
+        for (std::uint64_t p : pages) refaults += m_policy.on_load({c.id(), p});
+        m_refaults.fetch_add(refaults, std::memory_order_relaxed);
+        m_loads.fetch_add(pages.size(), std::memory_order_relaxed);
+        m_resident = m_policy.resident();
+    }
+    enforce_budget();
+}
+
+void CachePool::enforce_budget()
+{
+    std::vector<std::pair<std::shared_ptr<Cache>, std::uint64_t>> victims;
+    {
+        std::lock_guard lock(m_mutex);
+        while (auto v = m_policy.next_victim()) {
+            auto it = m_by_id.find(v->cache);
+            if (auto c = it != m_by_id.end() ? it->second.lock() : nullptr) victims.emplace_back(std::move(c), v->page);
+        }
+        m_resident = m_policy.resident();
+    }
+    std::uint64_t evicted = 0;
+    for (auto& [c, page] : victims) evicted += c->evict(page);
+    m_evictions.fetch_add(evicted, std::memory_order_relaxed);
+    victims.clear();  // a cache whose last user went meanwhile closes here, outside the lock
+}
+
+void CachePool::set_budget(std::uint64_t bytes)
+{
+    {
+        std::lock_guard lock(m_mutex);
+        m_budget = bytes;
+        m_policy.set_budget(std::max<std::uint64_t>(bytes / m_page, 1));
+    }
+    enforce_budget();
+}
+
+void CachePool::set_min_probation(std::uint64_t bytes)
+{
+    std::lock_guard lock(m_mutex);
+    m_policy.set_min_probation(bytes / m_page);
+}
+
+void CachePool::closed(Cache& c)
+{
+    std::lock_guard lock(m_mutex);
+    m_by_id.erase(c.id());
+    if (auto it = m_by_file.find({c.dev(), c.ino()}); it != m_by_file.end()) {
+        auto live = it->second.lock();
+        if (!live) m_by_file.erase(it);  // (a newer cache of the same file stays)
+    }
+    m_policy.drop_cache(c.id());
+    m_resident = m_policy.resident();
+}
+
+CachePool::Figures CachePool::figures() const
+{
+    Figures f;
+    f.budget = m_budget.load();
+    f.bytes = m_resident.load() * m_page;
+    {
+        std::lock_guard lock(m_mutex);
+        f.files = m_by_id.size();
+    }
+    f.loads = m_loads.load();
+    f.hits = m_hits.load();
+    f.evictions = m_evictions.load();
+    f.refaults = m_refaults.load();
+    return f;
+}
+
+std::vector<CachePool::FileFigures> CachePool::files() const
+{
+    std::vector<std::shared_ptr<Cache>> live;
+    {
+        std::lock_guard lock(m_mutex);
+        for (const auto& [id, w] : m_by_id)
+            if (auto c = w.lock()) live.push_back(std::move(c));
+    }
+    std::vector<FileFigures> out;
+    for (const auto& c : live)
+        out.push_back({c->dev(), c->ino(), c->size(), c->resident_pages() * m_page, c.use_count() - 1});
+    return out;
+}
+
+std::uint64_t CachePool::default_budget()
+{
+    std::uint64_t limit = 0;
+    {
+        std::ifstream in("/proc/meminfo");
+        std::string key;
+        std::uint64_t kb = 0;
+        while (in >> key >> kb) {
+            if (key == "MemTotal:") {
+                limit = kb * 1024;
+                break;
+            }
+            in.ignore(256, '\n');
+        }
+    }
+    std::ifstream cg("/proc/self/cgroup");
+    std::string line;
+    while (std::getline(cg, line)) {
+        const auto a = line.find(':'), b = line.find(':', a + 1);
+        if (a == std::string::npos || b == std::string::npos) continue;
+        const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+        std::uint64_t l = 0;
+        if (controllers == "memory") l = read_number("/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes");
+        else if (controllers.empty()) l = read_number("/sys/fs/cgroup" + path + "/memory.max");
+        if (l && (limit == 0 || l < limit)) limit = l;
+    }
+    return round_up(std::max<std::uint64_t>(limit / 2, std::uint64_t{64} << 20), 4096);
+}
+
+}  // namespace pagerd::daemon

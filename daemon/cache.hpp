@@ -1,0 +1,169 @@
+// The daemon's page cache: one memfd per backing file (same device and inode), shared by
+// every CACHE region of every client that maps that file, bounded by --memory-max.
+//
+// Pages enter a cache only through UFFDIO_COPY into the daemon's own mapping of it, which
+// inserts a whole, filled page at once (never a zero or half-written page that a client
+// could see) and charges it to the daemon's memory cgroup. Clients map the cache
+// MAP_PRIVATE from a read-only descriptor and register MISSING | MINOR: a page the cache
+// lacks is a MISSING fault (loaded, then mapped with UFFDIO_CONTINUE), a page it holds is a
+// MINOR fault, mapped with UFFDIO_CONTINUE after checking that the daemon loaded that page
+// itself. A client can still create a page in a hole (a touch through a mapping it did not
+// register); such a page is never shown to anyone: it is punched and loaded properly.
+// Eviction punches holes (FALLOC_FL_PUNCH_HOLE), which unmaps the page from every client.
+#pragma once
+#include <sys/types.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "eviction.hpp"
+#include "pagerd/util/unique_fd.hpp"
+
+namespace pagerd::daemon {
+
+class CachePool;
+
+// A set of page indexes, one bit a page, in chunks of 512 pages (2 MiB of cache) made on
+// first use and freed when emptied: its memory follows the pages held, about 100 bytes per
+// chunk in use, however sparse they are.
+class PageBits {
+public:
+    bool test(std::uint64_t page) const;
+    void set(std::uint64_t page);
+    void clear(std::uint64_t page);
+    std::uint64_t count() const { return m_count; }
+    template <class F>
+    void for_each(F&& f) const
+    {
+        for (const auto& [chunk, words] : m_chunks)
+            for (std::size_t w = 0; w < k_words; ++w)
+                for (std::uint64_t b = 0; b < 64; ++b)
+                    if (words[w] >> b & 1) f(chunk * k_pages + w * 64 + b);
+    }
+
+private:
+    static constexpr std::uint64_t k_pages = 512;
+    static constexpr std::size_t k_words = k_pages / 64;
+    std::unordered_map<std::uint64_t, std::array<std::uint64_t, k_words>> m_chunks;
+    std::uint64_t m_count = 0;
+};
+
+class Cache {
+public:
+    Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::UniqueFd memfd, std::uint8_t* base,
+          std::uint64_t reserved);
+    ~Cache();
+    Cache(const Cache&) = delete;
+    Cache& operator=(const Cache&) = delete;
+
+    std::uint32_t id() const { return m_id; }
+    dev_t dev() const { return m_dev; }
+    ino_t ino() const { return m_ino; }
+    int memfd() const { return m_memfd.get(); }
+    std::uint64_t size() const;  // bytes the memfd spans now
+    // Grows the memfd to at least `bytes` (the file grew): false with why when it cannot.
+    bool grow(std::uint64_t bytes, std::string& why);
+    // A descriptor of the cache for a client: read-only, so it can map the cache
+    // MAP_PRIVATE (writes stay its own) but never write it, grow it or punch it.
+    util::UniqueFd open_read_only(std::string& why) const;
+
+    // Puts [offset, offset + len) of `buf` into the cache (page multiples; the last page
+    // may be partial only at the end of the file and is zero-filled by the caller). Pages
+    // the daemon loaded already stay as they are. Returns the pages newly loaded.
+    std::vector<std::uint64_t> fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len);
+    // Maps the loaded pages of [offset, offset + len) into a client, at `addr`, with
+    // UFFDIO_CONTINUE on its userfaultfd, up to the first page the daemon did not load.
+    // Returns the bytes covered (mapped now or already mapped); err: the errno that stopped
+    // it; fresh: the bytes mapped now.
+    std::uint64_t map_into(int uffd, std::uint64_t addr, std::uint64_t offset, std::uint64_t len, int& err,
+                           std::uint64_t& fresh);
+    // A page the memfd holds that the daemon did not load (a client made it): punched.
+    void drop_foreign(std::uint64_t page);
+    bool loaded(std::uint64_t page) const;
+    std::uint64_t resident_pages() const;
+    // Eviction: punches the page out of the memfd, if the daemon still holds it loaded.
+    bool evict(std::uint64_t page);
+    // Restart: every page the memfd holds counts as loaded (the previous daemon loaded it).
+    std::vector<std::uint64_t> adopt_present_pages();
+
+private:
+    bool punch(std::uint64_t page);  // caller holds m_mutex
+
+    CachePool& m_pool;
+    const std::uint32_t m_id;
+    const dev_t m_dev;
+    const ino_t m_ino;
+    util::UniqueFd m_memfd;
+    std::uint8_t* m_base;        // the daemon's mapping, registered with the pool's uffd
+    const std::uint64_t m_reserved;  // bytes of address space mapped: the most it can grow to
+    mutable std::mutex m_mutex;  // the bits and every change of the memfd's pages
+    std::uint64_t m_size = 0;
+    PageBits m_loaded;
+};
+
+// Every cache of the daemon, the budget and the eviction policy. Thread-safe.
+class CachePool {
+public:
+    CachePool(std::uint64_t budget_bytes, std::uint32_t page_size);
+    ~CachePool();
+    CachePool(const CachePool&) = delete;
+    CachePool& operator=(const CachePool&) = delete;
+
+    // Why the cache cannot work on this kernel, or "" (probed at start).
+    const std::string& unavailable() const { return m_unavailable; }
+    // The cache of the file behind `file_fd` (made on first use), spanning at least
+    // `min_size` bytes. Null with why when it cannot be made.
+    std::shared_ptr<Cache> open(int file_fd, std::uint64_t min_size, std::string& why);
+    // Restart: the cache memfd an earlier daemon kept for the file behind `file_fd`.
+    std::shared_ptr<Cache> adopt(util::UniqueFd memfd, int file_fd, std::string& why);
+    // Pages newly loaded into `c`: counted, told to the policy, and the budget enforced.
+    void loaded(Cache& c, const std::vector<std::uint64_t>& pages);
+    void count_hits(std::uint64_t pages) { m_hits.fetch_add(pages, std::memory_order_relaxed); }
+    void set_budget(std::uint64_t bytes);
+    // Pages loaded ahead of the touches (read-ahead windows of every worker) stay at least
+    // this long on probation before a scan can push them out.
+    void set_min_probation(std::uint64_t bytes);
+
+    std::uint32_t page_size() const { return m_page; }
+    int uffd() const { return m_uffd.get(); }
+    struct Figures {
+        std::uint64_t budget = 0, bytes = 0, files = 0, loads = 0, hits = 0, evictions = 0, refaults = 0;
+    };
+    Figures figures() const;
+    // Per file, for status: size, resident bytes, regions mapping it.
+    struct FileFigures {
+        dev_t dev = 0;
+        ino_t ino = 0;
+        std::uint64_t size = 0, resident = 0;
+        long users = 0;
+    };
+    std::vector<FileFigures> files() const;
+
+    // The default budget: half of the memory this daemon may use (RAM, or its cgroup limit).
+    static std::uint64_t default_budget();
+
+private:
+    friend class Cache;
+    void closed(Cache& c);  // from ~Cache
+    std::shared_ptr<Cache> make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size, std::string& why);
+    void enforce_budget();
+
+    const std::uint32_t m_page;
+    util::UniqueFd m_uffd;  // the daemon's own: its mappings of the caches are registered here
+    std::string m_unavailable;
+    mutable std::mutex m_mutex;
+    std::map<std::pair<dev_t, ino_t>, std::weak_ptr<Cache>> m_by_file;
+    std::unordered_map<std::uint32_t, std::weak_ptr<Cache>> m_by_id;
+    std::uint32_t m_next_id = 1;
+    EvictionPolicy m_policy;
+    std::atomic<std::uint64_t> m_budget{0}, m_resident{0}, m_loads{0}, m_hits{0}, m_evictions{0}, m_refaults{0};
+};
+
+}  // namespace pagerd::daemon

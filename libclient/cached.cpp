@@ -1,0 +1,76 @@
+// ReadOnly and PrivateWritable regions backed by the daemon's page cache (capability
+// CACHE): the pages live in the daemon's memfd of the file, shared with every other client
+// of that file and charged to the daemon, so a client can read a file far larger than the
+// memory it may use. See proto/PROTOCOL.md, "MAP".
+#include <sys/mman.h>
+#include <sys/stat.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "connection_impl.hpp"
+#include "pagerd/proto/constants.hpp"
+#include "pagerd/util/uffd.hpp"
+
+namespace pagerd::libclient {
+
+// PAGERD_CACHE=0 in the environment maps regions the old way (private anonymous memory
+// the daemon copies into), for comparisons.
+bool Connection::Impl::cache_usable() const
+{
+    const char* env = std::getenv("PAGERD_CACHE");
+    if (env && std::strcmp(env, "0") == 0) return false;
+    return (daemon_caps & proto::cap::CACHE) && (uffd_features & UFFD_FEATURE_MINOR_SHMEM);
+}
+
+// Caller holds layout_mutex.
+Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
+{
+    // 1. Reserve the addresses: nothing registered yet, so no fault can reach the daemon
+    //    before it knows the region.
+    void* addr = ::mmap(o.addr, o.length, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (o.addr ? MAP_FIXED : 0), -1, 0);
+    if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");
+    // 2. The region, and the cache's descriptor (read-only).
+    proto::Map m{reinterpret_cast<std::uint64_t>(addr), o.length, o.offset,
+                 proto::k_map_cache | (o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u),
+                 to_wire(o.prefetch)};
+    std::vector<util::UniqueFd> fds;
+    auto reply = request(m, std::span<const int>(&fd, 1), 0, &fds);
+    const auto* mapped = reply ? std::get_if<proto::CacheMapped>(&reply->body) : nullptr;
+    if (!mapped || fds.size() != 1) {
+        ::munmap(addr, o.length);
+        if (!reply) return reply.error();
+        if (const auto* plain = std::get_if<proto::Mapped>(&reply->body)) (void)request(proto::Unmap{plain->region_id});
+        return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered MAP CACHE with something other than "
+                                                            "CACHE_MAPPED and a descriptor");
+    }
+    const std::uint64_t id = mapped->region_id;
+    auto undo = [&](Error e) -> Result<Region> {
+        ::munmap(addr, o.length);
+        (void)request(proto::Unmap{id});
+        return e;
+    };
+    // 3. The cache at the reserved addresses, private: writes of a PrivateWritable region
+    //    are the client's own copies. Registered MISSING (the cache lacks the page) and
+    //    MINOR (it holds it), both answered by the daemon.
+    const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
+    if (::mmap(addr, o.length, prot, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fds[0].get(),
+               static_cast<off_t>(o.offset)) == MAP_FAILED)
+        return undo(sys_error("mmap of the daemon's cache"));
+    // A forked child must not see this memory: its touch of a page the cache lacks would
+    // make a zero page in the cache (the daemon would not show it to anyone, but the child
+    // would read zeros).
+    ::madvise(addr, o.length, MADV_DONTFORK);
+    uffdio_register reg{};
+    reg.range.start = reinterpret_cast<std::uint64_t>(addr);
+    reg.range.len = o.length;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR;
+    if (::ioctl(uffd.get(), UFFDIO_REGISTER, &reg) != 0) return undo(sys_error("UFFDIO_REGISTER", errno));
+    Region r{id, addr, o.length, o.access, Tracking::Auto};
+    std::lock_guard lock(regions_mutex);
+    regions.emplace(r.id, Mapping{r});
+    return r;
+}
+
+}  // namespace pagerd::libclient
