@@ -14,6 +14,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <thread>
 
 #include "harness.hpp"
@@ -194,6 +195,130 @@ int restart_client(const std::string& sock, const std::string& data, const std::
     return 0;
 }
 
+// ---- The page cache across a restart ---------------------------------------------------
+
+constexpr std::uint32_t k_cache_seed = 411;
+constexpr std::uint64_t k_private_bytes = 1 << 20;                  // the PrivateWritable region
+constexpr std::uint64_t k_written_pages[] = {0, 3, 200};           // of it, written before the restart
+constexpr std::uint64_t k_written_at = 100, k_written_len = 300;    // bytes written in each
+
+std::uint8_t written_byte(std::uint64_t page, std::uint64_t i) { return static_cast<std::uint8_t>(0xE5 ^ (page * 7) ^ i); }
+
+// Every byte of [p, p + len) is byte file_offset + i of the pattern file.
+bool matches_pattern(const volatile std::uint8_t* p, std::uint64_t file_offset, std::uint64_t len)
+{
+    for (std::uint64_t i = 0; i < len; ++i)
+        if (p[i] != pattern_byte(file_offset + i, k_cache_seed)) return false;
+    return true;
+}
+
+// The PrivateWritable region (the file's first k_private_bytes): the bytes written, the
+// file's everywhere else.
+bool private_view_ok(const volatile std::uint8_t* w, std::uint64_t page_size)
+{
+    for (std::uint64_t i = 0; i < k_private_bytes; ++i) {
+        std::uint8_t want = pattern_byte(i, k_cache_seed);
+        for (std::uint64_t pg : k_written_pages)
+            if (i >= pg * page_size + k_written_at && i < pg * page_size + k_written_at + k_written_len)
+                want = written_byte(pg, i - pg * page_size - k_written_at);
+        if (w[i] != want) return false;
+    }
+    return true;
+}
+
+bool wait_go(int fd)
+{
+    char ch;
+    return ::read(fd, &ch, 1) == 1;
+}
+
+// The client whose cache outlives its daemon: maps the file ReadOnly (whole) and
+// PrivateWritable (its first MiB) through the daemon's cache, writes a few private pages,
+// reads the first half ('a'), and after the restart the whole file ('b'). Exits 0 when
+// every byte was right, at the parent's word (its regions keep the cache open meanwhile).
+int cache_keeper(const std::string& sock, const std::string& data, std::uint64_t size, int up, int down)
+{
+    const std::uint64_t ps = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    auto c = libclient::Connection::connect({sock, "cache-keeper"});
+    if (!c) return 3;
+    auto r = c.value()->map_file(data, {0, size, Access::ReadOnly});
+    auto w = c.value()->map_file(data, {0, k_private_bytes, Access::PrivateWritable});
+    if (!r || !w) return 4;
+    auto* wp = static_cast<volatile std::uint8_t*>(w->addr);
+    for (std::uint64_t pg : k_written_pages)
+        for (std::uint64_t i = 0; i < k_written_len; ++i) wp[pg * ps + k_written_at + i] = written_byte(pg, i);
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    if (!private_view_ok(wp, ps)) return 5;
+    if (!matches_pattern(p, 0, size / 2)) return 6;  // the private writes are the region's own
+    (void)!::write(up, "a", 1);
+    if (!wait_go(down)) return 7;  // the daemon restarts meanwhile
+    if (!matches_pattern(p, 0, size)) return 8;
+    if (!private_view_ok(wp, ps)) return 9;
+    (void)!::write(up, "b", 1);
+    if (!wait_go(down)) return 10;
+    return 0;
+}
+
+// A client of the next daemon only: maps the same file ReadOnly, no read-ahead (each load
+// it causes is one it needed), reads the first half ('c'), then the whole file ('d').
+int cache_sharer(const std::string& sock, const std::string& data, std::uint64_t size, int up, int down)
+{
+    if (!wait_go(down)) return 2;  // after the restart
+    auto c = libclient::Connection::connect({sock, "cache-sharer"});
+    if (!c) return 3;
+    libclient::MapOptions o{0, size, Access::ReadOnly};
+    o.prefetch = libclient::Prefetch::None;
+    auto r = c.value()->map_file(data, o);
+    if (!r) return 4;
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    if (!matches_pattern(p, 0, size / 2)) return 5;
+    (void)!::write(up, "c", 1);
+    if (!wait_go(down)) return 6;
+    if (!matches_pattern(p, 0, size)) return 7;
+    (void)!::write(up, "d", 1);
+    if (!wait_go(down)) return 8;
+    return 0;
+}
+
+std::string cache_figures(const libclient::Status& s)
+{
+    return "cache_bytes " + std::to_string(s.cache_bytes) + ", cache_files " + std::to_string(s.cache_files) +
+           ", cache_loads " + std::to_string(s.cache_loads) + ", cache_hits " + std::to_string(s.cache_hits) +
+           ", cache_evictions " + std::to_string(s.cache_evictions) + ", cache_refaults " +
+           std::to_string(s.cache_refaults) + ", bytes_read " + std::to_string(s.bytes_read) + ", cache_budget " +
+           std::to_string(s.cache_budget);
+}
+
+// The lines of a daemon's log about the cache and the descriptor store, and its last lines.
+std::string log_digest(const std::string& path)
+{
+    std::istringstream in(slurp(path));
+    std::vector<std::string> lines;
+    std::string out, line;
+    while (std::getline(in, line)) {
+        lines.push_back(line);
+        if (line.find("cache") != std::string::npos || line.find("descriptor store") != std::string::npos ||
+            line.find("warn") != std::string::npos || line.find("error") != std::string::npos)
+            out += line + "\n";
+    }
+    out += "... last lines:\n";
+    for (std::size_t i = lines.size() > 20 ? lines.size() - 20 : 0; i < lines.size(); ++i) out += lines[i] + "\n";
+    return out;
+}
+
+// Kills (by pid) the processes a test started that are still running when it ends early.
+struct ChildReaper {
+    std::vector<pid_t*> pids;
+    ~ChildReaper()
+    {
+        for (pid_t* pid : pids)
+            if (*pid > 0 && ::waitpid(*pid, nullptr, WNOHANG) == 0) {
+                ::kill(*pid, SIGKILL);
+                ::waitpid(*pid, nullptr, 0);
+            }
+    }
+};
+
 }  // namespace
 
 TEST_CASE("the daemon dies or stops while a client faults and the next daemon serves it on", "[fdstore][restart]")
@@ -306,4 +431,159 @@ TEST_CASE("a waiting prefetch is answered when the daemon restarts, not left han
     CHECK(exited_with(st, 0));
     ::close(progress[0]);
     ::close(progress[1]);
+}
+
+TEST_CASE("restart through the descriptor store keeps the page cache: nothing resident is loaded again", "[fdstore][restart][cache]")
+{
+    const std::string how = GENERATE(std::string("SIGTERM"), std::string("SIGKILL"));
+    INFO("the first daemon stops by " << how);
+    const std::uint64_t ps = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    const std::uint64_t size = 32ull << 20, half = size / 2, pages = size / ps, half_pages = half / ps;
+    const std::uint64_t margin = 64;  // pages: read-ahead at the edge of what was resident
+    TempDir dir;
+    make_file(dir.file("data"), size, k_cache_seed);
+    const std::string sock = dir.file("pagerd.sock"), log1 = dir.file("log1"), log2 = dir.file("log2");
+    auto logs = [&] { return "first daemon:\n" + log_digest(log1) + "second daemon:\n" + log_digest(log2); };
+    ServiceManager sm(dir.file("notify"));
+    pid_t daemon = sm.start({"--socket", sock, "--log-level", "debug"}, log1);
+    pid_t keeper = -1, sharer = -1;
+    ChildReaper reaper{{&keeper, &sharer, &daemon}};
+    REQUIRE(sm.pump("READY=1", 10s));
+
+    // Both clients are forked before this process opens a connection (see run_child).
+    int keeper_up[2], keeper_down[2], sharer_up[2], sharer_down[2];
+    REQUIRE(::pipe(keeper_up) == 0);
+    REQUIRE(::pipe(keeper_down) == 0);
+    REQUIRE(::pipe(sharer_up) == 0);
+    REQUIRE(::pipe(sharer_down) == 0);
+    keeper = ::fork();
+    REQUIRE(keeper >= 0);
+    if (keeper == 0) {
+        reset_fatal_signals();
+        ::alarm(180);
+        ::close(keeper_up[0]);
+        ::close(keeper_down[1]);
+        _exit(cache_keeper(sock, dir.file("data"), size, keeper_up[1], keeper_down[0]));
+    }
+    sharer = ::fork();
+    REQUIRE(sharer >= 0);
+    if (sharer == 0) {
+        reset_fatal_signals();
+        ::alarm(180);
+        ::close(sharer_up[0]);
+        ::close(sharer_down[1]);
+        _exit(cache_sharer(sock, dir.file("data"), size, sharer_up[1], sharer_down[0]));
+    }
+    for (int fd : {keeper_up[1], keeper_down[0], sharer_up[1], sharer_down[0]}) ::close(fd);
+    // A client's stage, or why it did not come: its exit status.
+    auto stage = [&](int fd, pid_t& pid, const char* what) {
+        if (read_stage(fd, sm)) return;
+        const int st = wait_exit_pumping(pid, sm, 10s, "a client neither reported its stage nor exited");
+        pid = -1;
+        INFO(logs());
+        FAIL(what << ": the client ended with status " << st << " (exit code " << (WIFEXITED(st) ? WEXITSTATUS(st) : -1)
+                  << ", signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0) << ")");
+    };
+    auto go = [](int fd) { REQUIRE(::write(fd, "g", 1) == 1); };
+    // The daemon's status through a connection of its own, opened and closed while the
+    // clients wait (nothing else makes it write to NOTIFY_SOCKET meanwhile).
+    auto status_now = [&] {
+        sm.pump();
+        libclient::Status s;
+        {
+            auto w = connect_within(sock, 5s);
+            REQUIRE(w);
+            auto got = w->status();
+            REQUIRE(got);
+            s = got.value();
+        }
+        sm.pump("", 100ms);
+        return s;
+    };
+
+    // 1. The first daemon: the keeper has read the first half through the cache.
+    stage(keeper_up[0], keeper, "reading the first half before the restart");
+    const libclient::Status before = status_now();
+    INFO("first daemon before the restart: " << cache_figures(before));
+    CHECK(before.cache_files == 1);  // both regions of the keeper share the file's cache
+    REQUIRE(before.cache_bytes >= half);
+    CHECK(before.cache_loads >= half_pages);
+
+    // 2. The restart, as the existing tests do it.
+    ::kill(daemon, how == "SIGKILL" ? SIGKILL : SIGTERM);
+    const int st1 = wait_daemon(daemon, sm);
+    daemon = -1;
+    sm.pump("", 200ms);
+    if (how == "SIGTERM") CHECK(exited_with(st1, 0));
+    CHECK(sm.stored_with_prefix("c") >= 7);  // state, sock, uffd, and file + cache of each region
+    daemon = sm.start({"--socket", sock, "--log-level", "debug"}, log2);
+    REQUIRE(sm.pump("READY=1", 10s));
+    const libclient::Status adopted = status_now();
+    INFO("second daemon once started: " << cache_figures(adopted));
+    {
+        INFO(logs());
+        CHECK_THAT(slurp(log2), Catch::Contains("taken back from the descriptor store with 2 region(s)"));
+        CHECK_THAT(slurp(log2), !Catch::Contains("dropping"));
+        CHECK(adopted.cache_files == 1);
+        CHECK(adopted.cache_bytes >= before.cache_bytes);  // nothing resident was lost
+        CHECK(adopted.bytes_read == 0);
+        CHECK(adopted.cache_loads == 0);  // taking the cache back loads nothing from the file
+    }
+
+    // 3. A new client of the same file reads the first half: all of it from the adopted
+    //    cache, shared (no second cache of the file), nothing loaded.
+    go(sharer_down[1]);
+    stage(sharer_up[0], sharer, "the second client reading the first half after the restart");
+    const libclient::Status shared_half = status_now();
+    INFO("second daemon after the second client read the first half: " << cache_figures(shared_half));
+    {
+        INFO(logs());
+        CHECK(shared_half.cache_files == 1);
+        CHECK(shared_half.cache_loads == adopted.cache_loads);
+        CHECK(shared_half.bytes_read == adopted.bytes_read);
+        CHECK(shared_half.cache_hits - adopted.cache_hits >= half_pages);
+    }
+
+    // 4. The keeper reads the whole file: only what was not resident is loaded.
+    go(keeper_down[1]);
+    stage(keeper_up[0], keeper, "reading the whole file after the restart");
+    const libclient::Status whole = status_now();
+    INFO("second daemon after the keeper read the whole file: " << cache_figures(whole));
+    {
+        INFO(logs());
+        CHECK(whole.cache_files == 1);
+        CHECK(whole.cache_evictions == 0);
+        CHECK(whole.cache_bytes >= size);  // everything resident now
+        // The new daemon's loads: the second half's pages at most.
+        CHECK(whole.cache_loads <= pages - half_pages + margin);
+        // And not one page of what it took back.
+        CHECK(whole.cache_loads - shared_half.cache_loads <= pages - adopted.cache_bytes / ps + margin);
+        CHECK(whole.bytes_read - shared_half.bytes_read <= (pages - adopted.cache_bytes / ps + margin) * ps);
+    }
+
+    // 5. The second client reads the whole file: all resident, nothing loaded.
+    go(sharer_down[1]);
+    stage(sharer_up[0], sharer, "the second client reading the whole file");
+    const libclient::Status shared_whole = status_now();
+    INFO("second daemon after the second client read the whole file: " << cache_figures(shared_whole));
+    {
+        INFO(logs());
+        CHECK(shared_whole.cache_files == 1);
+        CHECK(shared_whole.cache_loads == whole.cache_loads);
+        CHECK(shared_whole.bytes_read == whole.bytes_read);
+    }
+
+    go(keeper_down[1]);
+    go(sharer_down[1]);
+    const int kst = wait_exit_pumping(keeper, sm, 30s, "the first client did not exit");
+    keeper = -1;
+    const int sst = wait_exit_pumping(sharer, sm, 30s, "the second client did not exit");
+    sharer = -1;
+    CHECK(exited_with(kst, 0));
+    CHECK(exited_with(sst, 0));
+    ::kill(daemon, SIGTERM);
+    const int st2 = wait_daemon(daemon, sm);
+    daemon = -1;
+    CHECK(exited_with(st2, 0));
+    for (int fd : {keeper_up[0], keeper_down[1], sharer_up[0], sharer_down[1]}) ::close(fd);
 }
