@@ -383,19 +383,24 @@ std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, int file_fd, std::
         c = make(std::move(memfd), st.st_dev, st.st_ino, static_cast<std::uint64_t>(mst.st_size), why);
         if (!c) return nullptr;
     }
-    loaded(*c, c->adopt_present_pages());
+    admit(*c, c->adopt_present_pages(), false);  // held, not loaded by this daemon
+    spdlog::info("cache {}: taken back from the descriptor store with {} page(s)", c->id(), c->resident_pages());
     return c;
 }
 
-void CachePool::loaded(Cache& c, const std::vector<std::uint64_t>& pages)
+void CachePool::loaded(Cache& c, const std::vector<std::uint64_t>& pages) { admit(c, pages, true); }
+
+void CachePool::admit(Cache& c, const std::vector<std::uint64_t>& pages, bool count_loads)
 {
     if (pages.empty()) return;
     {
         std::lock_guard lock(m_mutex);
         std::uint64_t refaults = 0;
         for (std::uint64_t p : pages) refaults += m_policy.on_load({c.id(), p});
-        m_refaults.fetch_add(refaults, std::memory_order_relaxed);
-        m_loads.fetch_add(pages.size(), std::memory_order_relaxed);
+        if (count_loads) {
+            m_refaults.fetch_add(refaults, std::memory_order_relaxed);
+            m_loads.fetch_add(pages.size(), std::memory_order_relaxed);
+        }
         m_resident = m_policy.resident();
     }
     enforce_budget();

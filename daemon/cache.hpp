@@ -154,6 +154,8 @@ private:
     void closed(Cache& c);  // from ~Cache
     std::shared_ptr<Cache> make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size, std::string& why);
     void enforce_budget();
+    // Pages now held by c: to the policy, then the budget enforced; counted as loads or not.
+    void admit(Cache& c, const std::vector<std::uint64_t>& pages, bool count_loads);
 
     const std::uint32_t m_page;
     util::UniqueFd m_uffd;  // the daemon's own: its mappings of the caches are registered here

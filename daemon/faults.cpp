@@ -147,7 +147,11 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
     }
     if (r->state->prefetch != proto::Prefetch::NONE) readahead(c, *r, f.page, inflight_at(c, f.page) != nullptr);
     const std::uint64_t offset = r->file_offset + (f.page - r->start);
-    const std::uint64_t window = std::max<std::uint64_t>(m_ctx.config.readahead_max_bytes, m_ctx.page_size);
+    // An `all` region maps everything the cache holds from here on at once: after its fill,
+    // one fault, and touches run at the speed of mapped memory.
+    const std::uint64_t window = r->state->prefetch == proto::Prefetch::ALL
+                                     ? r->end() - f.page
+                                     : std::max<std::uint64_t>(m_ctx.config.readahead_max_bytes, m_ctx.page_size);
     int err = 0;
     std::uint64_t fresh = 0;
     const std::uint64_t mapped = r->cache->map_into(c.uffds[f.slot].fd.get(), f.page, offset,
