@@ -149,6 +149,13 @@ Message build(FuzzedDataProvider& in, Message& expected)
         m.body = PrefetchRequest{in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint64_t>(),
                                  in.ConsumeIntegral<std::uint32_t>()};
         break;
+    case Type::CACHES: m.body = CachesRequest{in.ConsumeIntegral<std::uint32_t>()}; break;
+    case Type::CACHES_REPLY:
+        m.body = CachesReply{in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>(),
+                             in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint64_t>(),
+                             in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint64_t>(),
+                             in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>()};
+        break;
     }
     if (expected.body.index() != m.body.index()) expected.body = m.body;  // nothing to cut
     return m;

@@ -69,6 +69,8 @@ std::vector<std::pair<std::string, Message>> messages()
         {"04-map-private-all", {6, Map{0x7f0000100000, 1 << 16, 4096, k_map_private_writable, Prefetch::ALL}}},
         {"05-mapped", {5, Mapped{1}}},
         {"19-cache-mapped", {5, CacheMapped{1}}},
+        {"20-caches", {6, CachesRequest{0}}},
+        {"21-caches-reply", {7, CachesReply{2, 0, 64769, 1234, 1 << 30, 1 << 20, 2, 3}}},
         {"06-unmap", {7, Unmap{1}}},
         {"07-ok", {7, Ok{}}},
         {"08-status", {8, StatusRequest{}}},

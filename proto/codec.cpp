@@ -265,6 +265,30 @@ void get(Reader& r, MapShared& m)
     m.prefetch = prefetch_of(r.u32());
 }
 void get(Reader& r, Flush& m) { m.region_id = r.u64(); }
+void put(Writer& w, const CachesRequest& m) { w.u32(m.index); }
+void get(Reader& r, CachesRequest& m) { m.index = r.u32(); }
+void put(Writer& w, const CachesReply& m)
+{
+    w.u32(m.total);
+    w.u32(m.index);
+    w.u64(m.dev);
+    w.u64(m.ino);
+    w.u64(m.size);
+    w.u64(m.resident);
+    w.u32(m.clients);
+    w.u32(m.regions);
+}
+void get(Reader& r, CachesReply& m)
+{
+    m.total = r.u32();
+    m.index = r.u32();
+    m.dev = r.u64();
+    m.ino = r.u64();
+    m.size = r.u64();
+    m.resident = r.u64();
+    m.clients = r.u32();
+    m.regions = r.u32();
+}
 void put(Writer& w, const PrefetchRequest& m)
 {
     w.u64(m.addr);
@@ -343,6 +367,8 @@ Body empty_body(Type t)
     case Type::REGIONS_REPLY: return RegionsReply{};
     case Type::PREFETCH: return PrefetchRequest{};
     case Type::CACHE_MAPPED: return CacheMapped{};
+    case Type::CACHES: return CachesRequest{};
+    case Type::CACHES_REPLY: return CachesReply{};
     }
     return Ok{};
 }
@@ -383,6 +409,8 @@ Type type_of(const Body& body)
             else if constexpr (std::is_same_v<T, RegionsReply>) return Type::REGIONS_REPLY;
             else if constexpr (std::is_same_v<T, PrefetchRequest>) return Type::PREFETCH;
             else if constexpr (std::is_same_v<T, CacheMapped>) return Type::CACHE_MAPPED;
+            else if constexpr (std::is_same_v<T, CachesRequest>) return Type::CACHES;
+            else if constexpr (std::is_same_v<T, CachesReply>) return Type::CACHES_REPLY;
             else return Type::ERROR;
         },
         body);

@@ -60,6 +60,11 @@ auto fields(const RegionEntry& e)
                            e.dirty_pages, e.prefetch, e.faults, e.latency_p50_ns,
                            e.latency_p99_ns, e.prefetch_pending, e.latency_histogram);
 }
+auto fields(const CachesRequest& m) { return std::tie(m.index); }
+auto fields(const CachesReply& m)
+{
+    return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions);
+}
 auto fields(const RegionsReply& m)
 {
     std::vector<decltype(fields(RegionEntry{}))> entries;
@@ -204,6 +209,15 @@ std::vector<Message> samples()
         {20, PrefetchRequest{.addr = 0x7ffe12345000,
                              .length = 0x8000000000003000,
                              .flags = k_prefetch_wait | 0x80000000}},
+        {21, CachesRequest{.index = 0xfffffffe}},
+        {22, CachesReply{.total = 0x80000001,
+                         .index = 7,
+                         .dev = 0xfd01,
+                         .ino = 0x123456789abcdef0,
+                         .size = 1ull << 40,
+                         .resident = 0x7ff000,
+                         .clients = 0xfffffffe,
+                         .regions = 0x80000001}},
     };
 }
 
@@ -391,7 +405,7 @@ TEST_CASE("codec: an unknown type is UNKNOWN_TYPE and not a framing error", "[co
 #define PAGERD_X(name, value, fds) last = value > last ? value : last;
     PAGERD_MESSAGE_TYPES(PAGERD_X)
 #undef PAGERD_X
-    REQUIRE(last == static_cast<std::uint16_t>(Type::CACHE_MAPPED));
+    REQUIRE(last == static_cast<std::uint16_t>(Type::CACHES_REPLY));
     const auto next = static_cast<std::uint16_t>(last + 1);
     Bytes b = encode(Message{9, Ping{.nonce = 5}});
     for (std::uint16_t t : {std::uint16_t{0}, next, std::uint16_t{0xffff}}) {

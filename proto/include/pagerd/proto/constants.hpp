@@ -35,7 +35,9 @@ inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
     X(REGIONS, 16, 0)           \
     X(REGIONS_REPLY, 17, 0)     \
     X(PREFETCH, 18, 0)          \
-    X(CACHE_MAPPED, 19, 1)
+    X(CACHE_MAPPED, 19, 1)      \
+    X(CACHES, 20, 0)            \
+    X(CACHES_REPLY, 21, 0)
 
 enum class Type : std::uint16_t {
 #define PAGERD_X(name, value, fds) name = value,

@@ -115,6 +115,18 @@ struct RegionsReply {
     std::uint32_t first = 0;
     std::vector<RegionEntry> entries;  // at most k_max_region_entries
 };
+struct CachesRequest {
+    std::uint32_t index = 0;  // which cache of the list
+};
+struct CachesReply {  // one file's page cache; all 0 but total when index >= total
+    std::uint32_t total = 0;  // caches in the list
+    std::uint32_t index = 0;
+    std::uint64_t dev = 0, ino = 0;  // the file (st_dev, st_ino)
+    std::uint64_t size = 0;          // bytes the cache spans (the file's size, page-rounded)
+    std::uint64_t resident = 0;      // bytes it holds
+    std::uint32_t clients = 0;       // connections with a region of it
+    std::uint32_t regions = 0;       // region pieces mapping it
+};
 struct PrefetchRequest {  // PREFETCH: load [addr, addr + length) of this connection's regions
     std::uint64_t addr = 0;
     std::uint64_t length = 0;
@@ -127,7 +139,7 @@ struct ErrorReply {
 
 using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, CacheMapped, Unmap, Ok, StatusRequest,
                           StatusReply, Ping, Pong, ErrorReply, MapShared, Flush, Flushed,
-                          RegionsRequest, RegionsReply, PrefetchRequest>;
+                          RegionsRequest, RegionsReply, PrefetchRequest, CachesRequest, CachesReply>;
 
 struct Message {
     std::uint32_t request_id = 0;
