@@ -199,6 +199,57 @@ long long process_vm_kib(pid_t pid, const char* field);
 Result<std::unique_ptr<libclient::Connection>> connect_with_retry(const std::string& socket,
                                                                   int wait_ms, Daemon* daemon);
 
+// ---- cache.cpp: the daemon's page cache against the kernel's (--cases cache) ------------
+
+// One row of the cache table: a pagerd figure against a baseline figure of the same run.
+struct CacheCase {
+    std::string num;       // "1", "2", "3m" (memory), "3t" (time), "4", "5"; "x1".. rows without a target
+    std::string id;        // unique, for --json
+    std::string name;      // the pagerd side
+    std::string baseline;  // short name of the baseline
+    std::string title;     // the case in words
+    bool memory = false;   // values are bytes and lower is better; else GB/s, higher is better
+    bool target_case = true;
+    double target = -1;    // ratio pagerd / baseline to reach (memory: at most); negative: none
+    double base_value = -1, pagerd_value = -1;  // GB/s (all processes together), or bytes
+    bool base_bound = false;  // the baseline was stopped: base_value is an upper bound
+    std::uint64_t pages = 0;  // 4 KiB touches per process
+    unsigned processes = 1;
+    std::string failure, skipped;
+    std::vector<std::string> notes;                         // what the daemon and the kernel said
+    std::vector<std::pair<std::string, double>> figures;    // the same as numbers, for --json
+
+    bool ran() const { return base_value > 0 && pagerd_value > 0; }
+    double ratio() const { return ran() ? pagerd_value / base_value : -1; }
+    bool met() const { return ran() && target > 0 && (memory ? ratio() <= target : ratio() >= target); }
+};
+
+struct CacheSetup {
+    int fd = -1;              // the file, read-only
+    std::uint64_t bytes = 0;  // whole pages
+    std::string pagerd;       // executable (empty: find_pagerd)
+    std::vector<std::string> daemon_args;  // --daemon-arg, before the case's own --memory-max
+    std::vector<std::uint32_t> random;     // case 4's pages (the read cases' random set)
+    std::uint64_t zipf_reads = 200000;
+    bool cold_possible = false;
+    std::string cold_note;
+    bool progress = false;
+    std::function<void(const std::string&)> error;  // reports an error (exit status 1)
+};
+
+struct CacheRun {
+    std::vector<CacheCase> cases;
+    std::vector<std::string> daemons;  // how each daemon of the group was started, and its peak RSS
+    double seconds = -1;               // wall time of the whole group
+    std::string load;                  // /proc/loadavg when it started (other work on the machine)
+};
+
+CacheRun run_cache_cases(const CacheSetup& s);
+// pagerd-bench runs itself (fork + exec of /proc/self/exe) for every reading process of
+// the cache cases: `pagerd-bench --cache-child key=value...`.
+inline constexpr const char* k_cache_child_flag = "--cache-child";
+int cache_child_main(int argc, char** argv);
+
 // ---- report.cpp: the table and the JSON object ------------------------------------------
 
 // One read case: a pagerd side against a baseline, measured back to back on the same file.
@@ -247,7 +298,7 @@ struct RunInfo {
     std::string kernel;  // uname -r
     long cpus = 0;
     std::string date;    // start of the run, UTC, ISO 8601
-    bool reads = true, extras = false, writes = false, flushes = false;  // the groups of --cases run
+    bool reads = true, extras = false, writes = false, flushes = false, caches = false;  // the groups of --cases run
     std::string file;
     std::uint64_t file_bytes = 0;
     unsigned threads = 1;
@@ -268,6 +319,7 @@ struct RunInfo {
     std::uint64_t write_pages = 0;
     std::vector<WriteCase> write_cases;
     std::vector<FlushCase> flush_cases;
+    CacheRun cache;  // --cases cache
 };
 
 void set_machine(RunInfo& info);  // kernel, cpus, date
@@ -295,5 +347,9 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
 // report_write.cpp: the write and flush tables, and their JSON members.
 void print_write_tables(const RunInfo& info);
 void print_write_json(const RunInfo& info);  // prints ,"write_cases":[...],"flush_cases":[...]
+
+// report_cache.cpp: the cache table, and its JSON member.
+void print_cache_tables(const RunInfo& info);
+void print_cache_json(const RunInfo& info);  // prints ,"cache_cases":[...],"cache_daemons":[...],...
 
 }  // namespace pagerd::bench

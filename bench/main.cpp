@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <limits>
 
@@ -33,6 +34,7 @@ struct Options {
     std::string plot;
     std::vector<std::string> cases = {"read", "extra", "write", "flush"};
     std::uint64_t write_pages = 16384;
+    std::uint64_t zipf_reads = 200000;
 };
 
 // One read case: the pagerd side and its baseline.
@@ -139,6 +141,51 @@ when the temporary file is smaller than --write-pages pages, they use a temporar
 their own in --tmpdir). Without read or extra in --cases the temporary file is
 --write-pages pages.
 
+Cache cases (--cases cache; not in the default set: about 75 s with the 1 GiB file, 30 s
+of it x1): the daemon's page cache (one memfd per file, shared by its clients, bounded by
+--memory-max, charged to the daemon) against the kernel's. Every reader is a process of
+its own (pagerd-bench runs itself); pagerd readers use the cache (PAGERD_CACHE is unset for
+them), ReadOnly, default policy. Each group of cases starts its own pagerd (--daemon-arg
+options, then --memory-max) and stops it after:
+  case  pagerd side                        baseline                              target
+  1     seq-cold, reader in a 256 MiB      kernel mmap, reader in a 256 MiB      >= 1.0x
+        cgroup, --memory-max 256MiB        cgroup
+  2     --zipf-reads random 4 KiB reads,   kernel mmap + MADV_RANDOM, reader in  >= 1.0x
+        Zipf(0.99), cold, same setup       a 256 MiB cgroup
+  x1    case 2's pagerd side               plain mmap, 256 MiB cgroup, stopped   -
+                                           after 30 s (it reads 128 KiB around
+                                           every miss and thrashes the cgroup:
+                                           it did not finish in 300 s here); its
+                                           GB/s is then an upper bound
+  3m    4 processes read the whole file    one copy of the file (its size)       <= 1.1x
+        at once, cold: cache_bytes peak
+  3t    the same, GB/s of the 4 together   4 processes with kernel mmap, cold    >= 0.8x
+  4     a 2nd process's random reads       kernel mmap, page cache hot, the 1st  >= 0.8x
+        (--random-pages) of a file a 1st   process keeps its mapping
+        process loaded and keeps mapped
+  5     seq-cold-1t                        the fastest of x2-x5 below            >= 1.0x
+  x2-x5 case 5's pagerd side               mmap, mmap+MADV_SEQUENTIAL, pread loop
+                                           of 1 MiB, O_DIRECT 1 MiB reads 32 deep
+                                           (io_uring)                            -
+  x6    case 5 with PAGERD_CACHE=0 (no     the best kernel path of case 5        -
+        cache: the old private path)
+Cases 3 to 5: pagerd --memory-max 1536MiB, no cgroup; case 5 runs in pagerd-bench itself.
+Cold: the page cache dropped as for the read cases, and the daemon's cache empty (checked
+in its status: no reader maps the file any more) before each side. Memory cgroups: v1 or
+v2, a new one per side, limit 256 MiB, no swap; the reader moves itself in before it execs.
+One touch loop everywhere (one byte per 4 KiB page, as the read cases); the pread and
+O_DIRECT baselines sum the same bytes from their buffers; the sums must agree. Zipf: page rank k
+drawn with probability ~ 1/k^0.99, ranks scattered over the file by a fixed permutation,
+fixed seed. Reported per case: the daemon's cache figures over the pagerd side (loads,
+hits, hit ratio = hits / (hits + loads), evictions, refaults, faults, cache_bytes peak,
+bytes the daemon read from the disk, its CPU time), the share of the file left in the
+kernel's page cache, the kernel readers' major faults and disk reads, the cgroups' peak
+charge and OOM kills, each cache daemon's peak RSS, the load average at the start. A
+reader re-reading a page it has mapped does not fault, so with one reader the daemon
+counts a hit only for a page another reader loaded (case 4) or one mapped from the cache
+without a load. With --socket the cache cases still start their own pagerd (found as
+without --pagerd). --repeat does not apply to them (one run each).
+
 Daemon: without --socket, pagerd-bench starts its own pagerd on a temporary socket (from
 --pagerd, else ../daemon/pagerd next to pagerd-bench as in the build tree, else pagerd next
 to it, else pagerd on $PATH), waits up to 5 s for it to accept, and stops it with SIGTERM
@@ -228,7 +275,10 @@ int run(const Options& o)
     info.extras = wanted("extra");
     info.writes = wanted("write");
     info.flushes = wanted("flush");
+    info.caches = wanted("cache");
     const bool any_reads = info.reads || info.extras;
+    const bool read_file = any_reads || info.caches;  // the file of --size (or --file) is read
+    const bool main_daemon = any_reads || info.writes || info.flushes;  // the cache cases start their own
     const std::uint64_t write_bytes = o.write_pages * k_page;
 
     std::string gnuplot;
@@ -243,7 +293,7 @@ int run(const Options& o)
     }
 
     if (progress && o.file.empty()) std::fprintf(stderr, "creating the file...\n");
-    auto file = o.file.empty() ? create_temp_file(o.tmpdir, any_reads ? o.size : write_bytes) : open_file(o.file);
+    auto file = o.file.empty() ? create_temp_file(o.tmpdir, read_file ? o.size : write_bytes) : open_file(o.file);
     if (!file) return fail(file.error().message);
     const int fd = file->fd.get();
     const std::uint64_t bytes = file->bytes;
@@ -253,7 +303,7 @@ int run(const Options& o)
     const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
     info.threads = o.threads ? o.threads : static_cast<unsigned>(std::max(1L, cpus));
 
-    const ColdProbe cold = any_reads ? probe_cold(fd, bytes) : ColdProbe{};
+    const ColdProbe cold = read_file ? probe_cold(fd, bytes) : ColdProbe{};
     info.cold_possible = cold.possible;
     info.cold_note = cold.note;
 
@@ -272,9 +322,34 @@ int run(const Options& o)
         }
     }
 
+    auto error = [&](const std::string& e) {
+        std::fprintf(stderr, "pagerd-bench: error: %s\n", e.c_str());
+        info.errors.push_back(e);
+    };
+
+    // The cache cases first: they start and stop daemons of their own, one at a time,
+    // before the run's daemon exists.
+    if (info.caches) {
+        CacheSetup cs;
+        cs.fd = fd;
+        cs.bytes = bytes;
+        cs.pagerd = o.pagerd;
+        cs.daemon_args = o.daemon_args;
+        cs.random = random_pages(bytes / k_page, o.random_pages);
+        cs.zipf_reads = o.zipf_reads;
+        cs.cold_possible = cold.possible;
+        cs.cold_note = cold.note;
+        cs.progress = progress;
+        cs.error = error;
+        info.cache = run_cache_cases(cs);
+    }
+
     std::unique_ptr<Daemon> daemon;
+    std::unique_ptr<libclient::Connection> connection;
     std::string socket = o.socket;
-    if (socket.empty()) {
+    if (!main_daemon) {
+        info.daemon = "none for the whole run (each group of cache cases starts its own, below)";
+    } else if (socket.empty()) {
         auto started = Daemon::start(o.pagerd, o.daemon_args);
         if (!started) return fail(started.error().message);
         daemon = std::move(started.value());
@@ -288,9 +363,11 @@ int run(const Options& o)
     } else {
         info.daemon = "running daemon at " + socket + " (its pid is not known: no CPU time or RSS)";
     }
-    auto connected = connect_with_retry(socket, daemon ? 5000 : 0, daemon.get());
-    if (!connected) return fail(connected.error().message);
-    libclient::Connection& conn = *connected.value();
+    if (main_daemon) {
+        auto connected = connect_with_retry(socket, daemon ? 5000 : 0, daemon.get());
+        if (!connected) return fail(connected.error().message);
+        connection = std::move(connected.value());
+    }
 
     const std::vector<std::uint32_t> seq = sequential_pages(bytes / k_page);
     const std::vector<std::uint32_t> rnd = random_pages(bytes / k_page, o.random_pages);
@@ -307,10 +384,6 @@ int run(const Options& o)
         hot_now = true;
         return make_hot(fd, bytes);
     };
-    auto error = [&](const std::string& e) {
-        std::fprintf(stderr, "pagerd-bench: error: %s\n", e.c_str());
-        info.errors.push_back(e);
-    };
 
     PagerdSetup plain;
     plain.daemon_pid = info.daemon_pid;
@@ -318,6 +391,7 @@ int run(const Options& o)
     std::vector<CaseResult> results;
     bool daemon_lost = false;
     for (std::size_t i = 0; i < specs.size(); ++i) {
+        libclient::Connection& conn = *connection;
         const ReadSpec& s = specs[i];
         const auto& pages = s.random ? rnd : seq;
         CaseResult r;
@@ -439,14 +513,16 @@ int run(const Options& o)
     ws.repeat = o.repeat;
     ws.progress = progress;
     ws.error = error;
-    if (info.writes && !daemon_lost) info.write_cases = run_write_cases(conn, ws);
-    if (info.flushes && !daemon_lost) info.flush_cases = run_flush_cases(conn, ws);
+    if (info.writes && !daemon_lost) info.write_cases = run_write_cases(*connection, ws);
+    if (info.flushes && !daemon_lost) info.flush_cases = run_flush_cases(*connection, ws);
 
-    if (auto st = conn.status()) {
-        info.status = st.value();
-        info.have_status = true;
-    } else {
-        error("pagerd status: " + st.error().message);
+    if (connection) {
+        if (auto st = connection->status()) {
+            info.status = st.value();
+            info.have_status = true;
+        } else {
+            error("pagerd status: " + st.error().message);
+        }
     }
     if (info.daemon_pid > 0) {
         info.daemon_peak_rss_kib = process_vm_kib(info.daemon_pid, "VmHWM");
@@ -467,6 +543,7 @@ int run(const Options& o)
 
 int main(int argc, char** argv)
 {
+    if (argc >= 2 && std::strcmp(argv[1], k_cache_child_flag) == 0) return cache_child_main(argc, argv);
     Options o;
     CLI::App app{"pagerd-bench: how fast first touches of one file are through pagerd compared "
                  "with a baseline measured in the same run (kernel mmap with and without madvise, "
@@ -505,9 +582,12 @@ int main(int argc, char** argv)
     app.add_option("--cases", o.cases,
                    "Groups to run, comma-separated: read (the table of targets), extra (more pagerd "
                    "against mmap read cases, no target), write (write faults), flush (flush "
-                   "throughput) (default read,extra,write,flush)")
+                   "throughput), cache (the daemon's page cache against the kernel's: memory cgroups, "
+                   "shared readers; about 75 s, so not in the default) (default read,extra,write,flush)")
         ->delimiter(',')
-        ->check(CLI::IsMember({"read", "extra", "write", "flush"}));
+        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache"}));
+    app.add_option("--zipf-reads", o.zipf_reads, "4 KiB reads of cache case 2 (Zipf 0.99) (default 200000)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
     app.add_option("--write-pages", o.write_pages,
                    "4 KiB pages written by each write and flush case (default 16384 = 64 MiB)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 28));

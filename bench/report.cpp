@@ -236,6 +236,7 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
         print_read_tables(info, cases);
     }
     print_write_tables(info);
+    print_cache_tables(info);
 
     if (info.have_status) {
         const auto& s = info.status;
@@ -254,7 +255,7 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
     if (info.daemon_pid > 0)
         std::printf("daemon memory: peak RSS (VmHWM) %s, RSS now %s\n", kib(info.daemon_peak_rss_kib).c_str(),
                     kib(info.daemon_rss_kib).c_str());
-    else
+    else if (any_reads || info.writes || info.flushes)
         std::printf("daemon memory: n/a (a running daemon: its pid is not known)\n");
     for (const auto& e : info.errors) std::printf("ERROR: %s\n", e.c_str());
 }
@@ -307,6 +308,7 @@ void print_json(const RunInfo& info, const std::vector<CaseResult>& cases)
     }
     std::printf("]");
     print_write_json(info);
+    print_cache_json(info);
     std::printf(",\"daemon\":{\"description\":%s,\"pid\":%s,\"peak_rss_kib\":%s,\"rss_kib\":%s,\"status\":",
                 json_string(info.daemon).c_str(), info.daemon_pid > 0 ? std::to_string(info.daemon_pid).c_str() : "null",
                 info.daemon_peak_rss_kib >= 0 ? std::to_string(info.daemon_peak_rss_kib).c_str() : "null",
