@@ -75,6 +75,25 @@ public:
         REQUIRE(msg.ok());
         return std::move(msg).value();
     }
+    // Next message from the daemon with the descriptors it carried (CACHE_MAPPED: the
+    // cache), or nothing when it closed the connection.
+    struct WithFds {
+        proto::Message msg;
+        std::vector<util::UniqueFd> fds;
+    };
+    std::optional<WithFds> receive_with_fds(std::chrono::milliseconds timeout = std::chrono::seconds(5))
+    {
+        pollfd p{m_fd.get(), POLLIN, 0};
+        REQUIRE(::poll(&p, 1, static_cast<int>(timeout.count())) == 1);
+        auto got = proto::receive(m_fd.get());
+        if (!got.ok() && got.error().is_errno(ECONNRESET)) got = proto::receive(m_fd.get());
+        INFO("receive: " << (got.ok() ? std::string("ok") : got.error().message));
+        REQUIRE(got.ok());
+        if (got->closed) return std::nullopt;
+        auto msg = proto::decode(got->bytes, got->fds.size());
+        REQUIRE(msg.ok());
+        return WithFds{std::move(msg).value(), std::move(got->fds)};
+    }
     proto::ErrorReply expect_error(proto::ErrorCode code)
     {
         auto m = receive();
