@@ -13,6 +13,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "fdstore.hpp"
 #include "pagerd/util/uffd.hpp"
 
 namespace pagerd::daemon {
@@ -93,6 +94,12 @@ Cache::Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::Uniq
 Cache::~Cache()
 {
     m_pool.closed(*this);
+    if (!m_pool.keeping()) {
+        fdstore::forget_cache(*this);
+        // Out of the budget now, so out of memory too: a client that still holds a
+        // descriptor or a mapping of the memfd must not keep its pages resident, uncounted.
+        ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(m_size));
+    }
     ::munmap(m_base, m_reserved);
 }
 
@@ -162,13 +169,17 @@ std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t*
             added.push_back((offset + o) / ps);
         }
         off += copied;
+        if (copied) retries = 0;
         if (ok || copied) continue;
         if (err == EEXIST && ++retries <= 4) {
             // The memfd holds a page the daemon did not load: a client made it through a
             // mapping it did not register. Nobody sees it: out it goes, then ours goes in.
             punch((offset + off) / ps);
         } else if (err == EEXIST || (err == EAGAIN && ++retries <= 16)) {
-            if (err == EEXIST) off += ps;  // someone keeps making it: leave it unloaded
+            if (err == EEXIST) {  // someone keeps making it: leave it unloaded
+                off += ps;
+                retries = 0;
+            }
         } else {
             spdlog::warn("cache {}: UFFDIO_COPY at offset {} failed: {}", m_id, offset + off, std::strerror(err));
             break;
@@ -183,32 +194,32 @@ std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset
     const std::uint64_t ps = m_pool.page_size();
     err = 0;
     fresh = 0;
-    std::lock_guard lock(m_mutex);
     std::uint64_t covered = 0;
-    while (covered < len) {
+    while (covered < len && err == 0) {
+        // The lock is held for at most 2 MiB of pages at a time: a client slow to give its
+        // mmap lock holds up the other users of the file that little.
+        std::lock_guard lock(m_mutex);
         std::uint64_t n = 0;
-        while (covered + n < len && m_loaded.test((offset + covered + n) / ps)) n += ps;
+        while (covered + n < len && n < 512 * ps && m_loaded.test((offset + covered + n) / ps)) n += ps;
         if (n == 0) break;
-        uffdio_continue cont{};
-        cont.range.start = addr + covered;
-        cont.range.len = n;
-        if (::ioctl(uffd, UFFDIO_CONTINUE, &cont) == 0) {
-            covered += n;
-            fresh += n;
-            continue;
+        const std::uint64_t end = covered + n;
+        while (covered < end) {
+            uffdio_continue cont{};
+            cont.range.start = addr + covered;
+            cont.range.len = end - covered;
+            const bool ok = ::ioctl(uffd, UFFDIO_CONTINUE, &cont) == 0;
+            const int e = errno;
+            const std::uint64_t done = ok ? cont.range.len : cont.mapped > 0 ? static_cast<std::uint64_t>(cont.mapped) : 0;
+            covered += done;
+            fresh += done;
+            if (ok || done) continue;
+            if (e == EEXIST) {  // mapped already (or the client's private copy): go on after it
+                covered += ps;
+                continue;
+            }
+            err = e;
+            break;
         }
-        const int e = errno;
-        if (cont.mapped > 0) {
-            covered += static_cast<std::uint64_t>(cont.mapped);
-            fresh += static_cast<std::uint64_t>(cont.mapped);
-            continue;
-        }
-        if (e == EEXIST) {  // mapped already (or the client's private copy): go on after it
-            covered += ps;
-            continue;
-        }
-        err = e;
-        break;
     }
     return covered;
 }
@@ -231,22 +242,33 @@ std::uint64_t Cache::resident_pages() const
     return m_loaded.count();
 }
 
-bool Cache::evict(std::uint64_t page)
+std::uint64_t Cache::evict(std::uint64_t first, std::uint64_t count)
 {
+    const std::uint64_t ps = m_pool.page_size();
     std::lock_guard lock(m_mutex);
-    if (!m_loaded.test(page)) return false;
-    if (!punch(page)) {
-        spdlog::warn("cache {}: punching page {} failed: {}", m_id, page, std::strerror(errno));
-        return false;
+    if (::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(first * ps),
+                    static_cast<off_t>(count * ps)) != 0) {
+        spdlog::warn("cache {}: punching {} page(s) at {} failed: {}", m_id, count, first, std::strerror(errno));
+        return 0;
     }
-    m_loaded.clear(page);
-    return true;
+    std::uint64_t n = 0;
+    for (std::uint64_t p = first; p < first + count; ++p)
+        if (m_loaded.test(p)) {
+            m_loaded.clear(p);
+            ++n;
+        }
+    return n;
 }
 
+// The previous daemon's bits are gone. A page it loaded holds the file's bytes; a page a
+// client made in a hole (touching it through a mapping it did not register) holds zeros,
+// since no client can write the memfd. So zero pages are punched (a file's own zero page
+// is loaded again, no harm) and the others count as loaded.
 std::vector<std::uint64_t> Cache::adopt_present_pages()
 {
     const std::uint64_t ps = m_pool.page_size();
     std::vector<std::uint64_t> pages;
+    std::vector<std::uint8_t> buf(256 * ps);
     std::lock_guard lock(m_mutex);
     off_t pos = 0;
     while (static_cast<std::uint64_t>(pos) < m_size) {
@@ -254,9 +276,22 @@ std::vector<std::uint64_t> Cache::adopt_present_pages()
         if (data < 0) break;
         off_t hole = ::lseek(m_memfd.get(), data, SEEK_HOLE);
         if (hole < 0) hole = static_cast<off_t>(m_size);
-        for (std::uint64_t p = static_cast<std::uint64_t>(data) / ps; p * ps < static_cast<std::uint64_t>(hole); ++p) {
-            m_loaded.set(p);
-            pages.push_back(p);
+        for (std::uint64_t at = static_cast<std::uint64_t>(data) / ps * ps; at < static_cast<std::uint64_t>(hole);) {
+            const std::uint64_t n = std::min<std::uint64_t>(buf.size(), static_cast<std::uint64_t>(hole) - at);
+            const ssize_t got = ::pread(m_memfd.get(), buf.data(), n, static_cast<off_t>(at));
+            if (got <= 0) break;
+            for (std::uint64_t o = 0; o + ps <= static_cast<std::uint64_t>(got); o += ps) {
+                const std::uint8_t* q = buf.data() + o;
+                const bool zero = q[0] == 0 && std::memcmp(q, q + 1, ps - 1) == 0;
+                if (zero) {
+                    punch((at + o) / ps);
+                } else {
+                    m_loaded.set((at + o) / ps);
+                    pages.push_back((at + o) / ps);
+                }
+            }
+            at += static_cast<std::uint64_t>(got) / ps * ps;
+            if (static_cast<std::uint64_t>(got) < ps) break;
         }
         pos = hole;
     }
@@ -289,8 +324,20 @@ CachePool::~CachePool() = default;
 std::shared_ptr<Cache> CachePool::make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size,
                                        std::string& why)
 {
-    // Address space to grow into if the file grows while mapped: free until touched.
-    const std::uint64_t reserved = round_up(std::max<std::uint64_t>(size, m_page) * 2 + (std::uint64_t{1} << 30), m_page);
+    // The daemon maps each cache whole, with 1 GiB to grow into if the file grows while
+    // mapped: address space only, free until touched, but finite. A client can name a huge
+    // sparse file: files above k_max_file are not cached, and all caches together reserve
+    // at most k_max_reserved (a client over it gets LIMIT, the others keep theirs).
+    if (size > k_max_file) {
+        why = "the file is larger than the page cache takes (" + std::to_string(k_max_file >> 40) + " TiB)";
+        return nullptr;
+    }
+    const std::uint64_t reserved = round_up(std::max<std::uint64_t>(size, m_page), m_page) + (std::uint64_t{1} << 30);
+    if (m_reserved_total + reserved > k_max_reserved) {
+        why = "the page cache's address space is used up (" + std::to_string(k_max_reserved >> 40) +
+              " TiB of files cached at once)";
+        return nullptr;
+    }
     void* base = ::mmap(nullptr, reserved, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, memfd.get(), 0);
     if (base == MAP_FAILED) {
         why = std::string("mapping the cache failed: ") + std::strerror(errno);
@@ -306,6 +353,7 @@ std::shared_ptr<Cache> CachePool::make(util::UniqueFd memfd, dev_t dev, ino_t in
         return nullptr;
     }
     const std::uint32_t id = m_next_id++;
+    m_reserved_total += reserved;
     auto c = std::make_shared<Cache>(*this, id, dev, ino, std::move(memfd), static_cast<std::uint8_t*>(base), reserved);
     m_by_file[{dev, ino}] = c;
     m_by_id[id] = c;
@@ -349,6 +397,15 @@ std::shared_ptr<Cache> CachePool::open(int file_fd, std::uint64_t min_size, std:
     }
     if (!c->grow(min_size, why)) return nullptr;
     return c;
+}
+
+std::shared_ptr<Cache> CachePool::find(int file_fd)
+{
+    struct stat st{};
+    if (::fstat(file_fd, &st) != 0) return nullptr;
+    std::lock_guard lock(m_mutex);
+    auto it = m_by_file.find({st.st_dev, st.st_ino});
+    return it != m_by_file.end() ? it->second.lock() : nullptr;
 }
 
 std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, int file_fd, std::string& why)
@@ -417,8 +474,18 @@ void CachePool::enforce_budget()
         }
         m_resident = m_policy.resident();
     }
+    // Runs of pages of one cache go in one punch (a scan evicts what it loaded in order).
+    std::sort(victims.begin(), victims.end(), [](const auto& a, const auto& b) {
+        return a.first->id() != b.first->id() ? a.first->id() < b.first->id() : a.second < b.second;
+    });
     std::uint64_t evicted = 0;
-    for (auto& [c, page] : victims) evicted += c->evict(page);
+    for (std::size_t i = 0; i < victims.size();) {
+        std::size_t j = i + 1;
+        while (j < victims.size() && victims[j].first == victims[i].first && victims[j].second == victims[j - 1].second + 1)
+            ++j;
+        evicted += victims[i].first->evict(victims[i].second, j - i);
+        i = j;
+    }
     m_evictions.fetch_add(evicted, std::memory_order_relaxed);
     victims.clear();  // a cache whose last user went meanwhile closes here, outside the lock
 }
@@ -442,6 +509,7 @@ void CachePool::set_min_probation(std::uint64_t bytes)
 void CachePool::closed(Cache& c)
 {
     std::lock_guard lock(m_mutex);
+    m_reserved_total -= c.reserved();
     m_by_id.erase(c.id());
     if (auto it = m_by_file.find({c.dev(), c.ino()}); it != m_by_file.end()) {
         auto live = it->second.lock();

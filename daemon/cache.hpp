@@ -68,6 +68,7 @@ public:
     ino_t ino() const { return m_ino; }
     int memfd() const { return m_memfd.get(); }
     std::uint64_t size() const;  // bytes the memfd spans now
+    std::uint64_t reserved() const { return m_reserved; }
     // Grows the memfd to at least `bytes` (the file grew): false with why when it cannot.
     bool grow(std::uint64_t bytes, std::string& why);
     // A descriptor of the cache for a client: read-only, so it can map the cache
@@ -88,8 +89,9 @@ public:
     void drop_foreign(std::uint64_t page);
     bool loaded(std::uint64_t page) const;
     std::uint64_t resident_pages() const;
-    // Eviction: punches the page out of the memfd, if the daemon still holds it loaded.
-    bool evict(std::uint64_t page);
+    // Eviction: punches pages [first, first + count) out of the memfd (each one the policy
+    // chose, so each one loaded); returns how many were loaded.
+    std::uint64_t evict(std::uint64_t first, std::uint64_t count);
     // Restart: every page the memfd holds counts as loaded (the previous daemon loaded it).
     std::vector<std::uint64_t> adopt_present_pages();
 
@@ -121,12 +123,18 @@ public:
     // The cache of the file behind `file_fd` (made on first use), spanning at least
     // `min_size` bytes. Null with why when it cannot be made.
     std::shared_ptr<Cache> open(int file_fd, std::uint64_t min_size, std::string& why);
+    // The cache of the file behind `file_fd` if there is one, else null.
+    std::shared_ptr<Cache> find(int file_fd);
     // Restart: the cache memfd an earlier daemon kept for the file behind `file_fd`.
     std::shared_ptr<Cache> adopt(util::UniqueFd memfd, int file_fd, std::string& why);
     // Pages newly loaded into `c`: counted, told to the policy, and the budget enforced.
     void loaded(Cache& c, const std::vector<std::uint64_t>& pages);
     void count_hits(std::uint64_t pages) { m_hits.fetch_add(pages, std::memory_order_relaxed); }
     void set_budget(std::uint64_t bytes);
+    // The daemon stops for a restart: caches closing from now on stay in the descriptor
+    // store with their pages, for the next daemon.
+    void keep_for_restart() { m_keep = true; }
+    bool keeping() const { return m_keep; }
     // Pages loaded ahead of the touches (read-ahead windows of every worker) stay at least
     // this long on probation before a scan can push them out.
     void set_min_probation(std::uint64_t bytes);
@@ -164,6 +172,10 @@ private:
     std::map<std::pair<dev_t, ino_t>, std::weak_ptr<Cache>> m_by_file;
     std::unordered_map<std::uint32_t, std::weak_ptr<Cache>> m_by_id;
     std::uint32_t m_next_id = 1;
+    static constexpr std::uint64_t k_max_file = std::uint64_t{16} << 40;
+    static constexpr std::uint64_t k_max_reserved = std::uint64_t{64} << 40;
+    std::uint64_t m_reserved_total = 0;  // address space of every cache's mapping
+    std::atomic<bool> m_keep{false};
     EvictionPolicy m_policy;
     std::atomic<std::uint64_t> m_budget{0}, m_resident{0}, m_loads{0}, m_hits{0}, m_evictions{0}, m_refaults{0};
 };

@@ -67,7 +67,7 @@ ParsedConfig parse_config(int argc, char** argv)
                    "Bytes the page cache may hold for all clients together, e.g. 512MiB or 2GiB "
                    "(default: half of the RAM, or of the daemon's cgroup limit)")
         ->transform(CLI::AsSizeValue(false))
-        ->check(CLI::Range(std::uint64_t{1} << 20, std::uint64_t{1} << 50));
+        ->check(CLI::Range(std::uint64_t{1} << 20, std::uint64_t{1} << 40));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

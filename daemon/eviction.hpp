@@ -68,11 +68,12 @@ public:
     std::uint64_t am_size() const { return m_count[k_am]; }
     std::uint64_t ghost_size() const { return m_count[k_ghost]; }
     // A1in above this is evicted first: a quarter of the budget, or more when the loads
-    // in flight together are larger (pages read ahead must live until they are touched).
+    // in flight together are larger (pages read ahead must live until they are touched),
+    // but never more than half: Am keeps room, or a refaulted page would be the next victim.
     std::uint64_t a1in_target() const
     {
         const std::uint64_t t = m_budget / 4 > m_min_a1in ? m_budget / 4 : m_min_a1in;
-        return t < m_budget ? t : m_budget;
+        return t < m_budget / 2 ? t : m_budget / 2;
     }
     void set_min_probation(std::uint64_t pages) { m_min_a1in = pages; }
     std::uint64_t ghost_capacity() const { return m_budget; }

@@ -48,15 +48,14 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
     switch (msg.event) {
     case UFFD_EVENT_PAGEFAULT: {
         const auto flags = msg.arg.pagefault.flags;
-        Fault f{msg.arg.pagefault.address & page_mask, Clock::now(), (flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0, slot};
+        Fault f{msg.arg.pagefault.address & page_mask, Clock::now(), (flags & UFFD_PAGEFAULT_FLAG_WRITE) != 0, slot,
+                (flags & UFFD_PAGEFAULT_FLAG_MINOR) != 0};
         m_fault_seen = true;
         if (m_ctx.config.poll_us && m_busy.size() < 16 &&
             std::find(m_busy.begin(), m_busy.end(), c.serial) == m_busy.end())
             m_busy.push_back(c.serial);
         if (flags & UFFD_PAGEFAULT_FLAG_WP)
             handle_write_protect_fault(c, f);  // never waits for I/O: no need to defer
-        else if (flags & UFFD_PAGEFAULT_FLAG_MINOR)
-            handle_minor_fault(c, f);  // likewise
         else if (defer_faults)
             c.deferred.push_back(f);
         else
@@ -111,8 +110,8 @@ void Worker::drain_events(Client& c)
 
 void Worker::handle_fault(Client& c, Fault f)
 {
-
     if (m_stopping) return;  // left waiting: see stop_client_when_idle
+    if (f.minor) return handle_minor_fault(c, f);
     const Region* r = c.regions.find(f.page);
     if (!r || r->uffd_slot != f.slot) {
         signal_unservable(c, f.slot, f.page);
@@ -149,9 +148,11 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
     const std::uint64_t offset = r->file_offset + (f.page - r->start);
     // An `all` region maps everything the cache holds from here on at once: after its fill,
     // one fault, and touches run at the speed of mapped memory.
+    // Others: the fault block, as a load would (a stream's read-ahead, started above, maps
+    // the cached windows ahead of it).
     const std::uint64_t window = r->state->prefetch == proto::Prefetch::ALL
                                      ? r->end() - f.page
-                                     : std::max<std::uint64_t>(m_ctx.config.readahead_max_bytes, m_ctx.page_size);
+                                     : std::max<std::uint64_t>(m_ctx.config.fault_block_bytes, m_ctx.page_size);
     int err = 0;
     std::uint64_t fresh = 0;
     const std::uint64_t mapped = r->cache->map_into(c.uffds[f.slot].fd.get(), f.page, offset,
@@ -161,7 +162,7 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
         // not register, or it is being evicted): nobody sees it; it is loaded properly.
         if (err == 0 || err == EFAULT) {
             r->cache->drop_foreign(offset / m_ctx.page_size);
-            handle_fault(c, Fault{f.page, f.t0, f.write, f.slot});
+            handle_fault(c, Fault{f.page, f.t0, f.write, f.slot, false});
         } else {
             util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, m_ctx.page_size);  // faults again
         }
@@ -303,11 +304,29 @@ void Worker::install(Client& c, Load& l)
 std::uint64_t Worker::install_cached(Client& c, Load& l, std::uint64_t valid)
 {
     const std::uint64_t page = m_ctx.page_size;
+    std::vector<std::uint64_t> added;
     if (!l.from_cache && valid > 0) {
-        m_ctx.cache->loaded(*l.cache, l.cache->fill(l.file_offset, l.buf, valid));
+        added = l.cache->fill(l.file_offset, l.buf, valid);
         ::posix_fadvise(l.file->get(), static_cast<off_t>(l.file_offset), static_cast<off_t>(valid),
                         POSIX_FADV_DONTNEED);
+        // A fault whose page did not go in (the daemon's memory cgroup is full, ...) gets
+        // SIGBUS rather than a loop of loads that fail the same way.
+        for (const Fault& f : l.faults)
+            if (f.page < l.addr + valid && !l.cache->loaded((l.file_offset + (f.page - l.addr)) / page) &&
+                still_backs(c, l, f.page)) {
+                spdlog::warn("client {}: page at file offset {} could not be put into the cache; SIGBUS",
+                             c.serial, l.file_offset + (f.page - l.addr));
+                signal_unservable(c, l.slot, f.page);
+            }
     }
+    // Told to the eviction policy only once mapped: a page not yet admitted cannot be
+    // chosen for eviction between the fill and the mapping.
+    struct Admit {
+        CachePool& pool;
+        Cache& cache;
+        std::vector<std::uint64_t>& pages;
+        ~Admit() { pool.loaded(cache, pages); }
+    } admit{*m_ctx.cache, *l.cache, added};
     if (valid == 0 || !still_backs(c, l, l.addr)) return 0;
     const int uffd = c.uffds[l.slot].fd.get();
     const std::uint64_t skip = l.skip ? l.skip - l.addr : valid;

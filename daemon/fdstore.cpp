@@ -9,14 +9,19 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <set>
 #include <sstream>
 
+#include "cache.hpp"
 #include "worker.hpp"
 
 namespace pagerd::daemon::fdstore {
 namespace {
 
 bool g_enabled = false;
+std::mutex g_caches_mutex;  // workers store and forget caches; names of the caches stored
+std::set<std::string> g_caches;
 
 std::string prefix(std::uint64_t serial) { return "c" + std::to_string(serial) + "."; }
 
@@ -100,7 +105,7 @@ std::optional<StoredClient> parse_state(const std::string& text)
         std::string rest;  // the prefetch policy, absent in the state of older daemons
         std::getline(in, rest);
         std::istringstream(rest) >> r.prefetch >> r.cached;
-        if (r.cached > 1 || (r.cached && r.access == 2)) return std::nullopt;
+        if (r.cached > 1 || (r.cached && (r.access == 2 || r.tracking != 0))) return std::nullopt;
     }
     return s;
 }
@@ -128,8 +133,35 @@ void save(Client& c)
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
         store(c, rp + "file", r.file ? r.file->get() : -1);
         store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);
-        store(c, rp + "cache", r.cache ? r.cache->memfd() : -1);
+        if (r.cache) store_cache(*r.cache);
     });
+}
+
+std::string cache_name(std::uint64_t dev, std::uint64_t ino)
+{
+    return "cache." + std::to_string(dev) + "." + std::to_string(ino);
+}
+
+void store_cache(const Cache& cache)
+{
+    if (!g_enabled) return;
+    const std::string name = cache_name(cache.dev(), cache.ino());
+    std::lock_guard lock(g_caches_mutex);
+    if (g_caches.count(name)) return;
+    const std::string msg = "FDSTORE=1\nFDNAME=" + name;
+    int fd = cache.memfd();
+    if (sd_pid_notify_with_fds(0, 0, msg.c_str(), &fd, 1) <= 0)
+        spdlog::warn("cannot keep the cache of file {}:{} in the descriptor store", cache.dev(), cache.ino());
+    else
+        g_caches.insert(name);
+}
+
+void forget_cache(const Cache& cache)
+{
+    if (!g_enabled) return;
+    const std::string name = cache_name(cache.dev(), cache.ino());
+    std::lock_guard lock(g_caches_mutex);
+    if (g_caches.erase(name)) remove(name);
 }
 
 void forget(const Client& c)
@@ -234,9 +266,20 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             }
             if (r.shared()) r.mem = mems[r.id];
             if (sr.cached && !caches.count(r.id)) {
-                util::UniqueFd memfd = take(rp + "cache");
-                std::string why = "no cache memfd";
-                auto got = memfd && *r.file ? cache.adopt(std::move(memfd), r.file->get(), why) : nullptr;
+                // One entry per file (systemd keeps one copy of a descriptor stored twice):
+                // the first region of the file takes it, the others find the cache.
+                std::string why = "no cache memfd in the store";
+                std::shared_ptr<Cache> got = *r.file ? cache.find(r.file->get()) : nullptr;
+                struct stat fst{};
+                if (!got && *r.file && ::fstat(r.file->get(), &fst) == 0) {
+                    const std::string name = cache_name(fst.st_dev, fst.st_ino);
+                    util::UniqueFd memfd = take(name);
+                    if (memfd) got = cache.adopt(std::move(memfd), r.file->get(), why);
+                    if (got) {
+                        std::lock_guard lock(g_caches_mutex);
+                        g_caches.insert(name);
+                    }
+                }
                 if (!got) {
                     spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
                     ok = false;
@@ -261,7 +304,6 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         c->regions.for_each([&](const Region& r) {
             c->stored.insert(p + "r" + std::to_string(r.id) + ".file");
             if (r.mem) c->stored.insert(p + "r" + std::to_string(r.id) + ".mem");
-            if (r.cache) c->stored.insert(p + "r" + std::to_string(r.id) + ".cache");
         });
         spdlog::info("client {} (pid {}) taken back from the descriptor store with {} region(s)", c->serial,
                      c->peer.pid, c->regions.count());

@@ -17,6 +17,7 @@
 namespace pagerd::daemon {
 
 struct Client;
+class Cache;
 class CachePool;
 
 namespace fdstore {
@@ -31,6 +32,11 @@ void save(Client& c);
 void forget(const Client& c);
 // Removes the descriptors of one region of c.
 void forget_region(Client& c, std::uint64_t region_id);
+// A page cache, stored once however many regions map it (systemd keeps one copy of a
+// descriptor stored twice), as "cache.<dev>.<ino>"; removed when the cache closes.
+void store_cache(const Cache& cache);
+void forget_cache(const Cache& cache);
+std::string cache_name(std::uint64_t dev, std::uint64_t ino);
 
 // Descriptors passed back at start, by name.
 using Passed = std::map<std::string, util::UniqueFd>;

@@ -31,8 +31,8 @@ int main(int argc, char** argv)
     const auto page = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
     CachePool cache(config.memory_max ? config.memory_max : CachePool::default_budget(), page);
     if (!cache.unavailable().empty()) spdlog::warn("no page cache: {}", cache.unavailable());
-    cache.set_min_probation(2 * std::max<std::uint64_t>(config.readahead_max_bytes, config.staging_buffer_bytes()) *
-                            config.workers);
+    // Pages read ahead wait on probation until the client gets to them: two windows.
+    cache.set_min_probation(2 * std::max<std::uint64_t>(config.readahead_max_bytes, config.staging_buffer_bytes()));
     fdstore::set_enabled(config.fd_store);
     auto passed = systemd::take_passed();
     auto resumed = fdstore::restore(passed.stored, page, cache);

@@ -164,6 +164,8 @@ int Server::run()
                 // Workers close their clients: faults in flight finish, dirty pages of
                 // Shared regions are written back, then the workers return. Under the
                 // descriptor store the clients stay there for the next daemon.
+                // Kept for the next daemon: the caches stay in the store, with their pages.
+                if (fdstore::enabled()) m_ctx.cache->keep_for_restart();
                 for (auto& w : m_workers) w->stop(fdstore::enabled());
                 for (auto& w : m_workers) w->join();
                 spdlog::info("stopped");

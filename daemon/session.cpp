@@ -259,8 +259,10 @@ void Worker::add_region(Client& c, Region r)
         return 0;
     });
     const Region* added = c.regions.find(start);
-    if (added && added->state->prefetch == proto::Prefetch::ALL)
-        queue_prefetch(c, *added, added->start, added->end(), nullptr);  // the fill, behind faults
+    // The fill, behind faults. A CACHE region's waits for the client's PREFETCH after it
+    // registered the range: only then can the pages be mapped as they are loaded.
+    if (added && added->state->prefetch == proto::Prefetch::ALL && !added->cache)
+        queue_prefetch(c, *added, added->start, added->end(), nullptr);
 }
 
 proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)

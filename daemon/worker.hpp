@@ -82,6 +82,7 @@ struct Fault {
     Clock::time_point t0;
     bool write = false;  // a first touch that is a write
     unsigned slot = 0;   // the userfaultfd it came from
+    bool minor = false;  // a CACHE region's page the cache holds (UFFD_PAGEFAULT_FLAG_MINOR)
 };
 
 struct PrefetchJob;

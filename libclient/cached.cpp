@@ -42,6 +42,7 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
         ::munmap(addr, o.length);
         if (!reply) return reply.error();
         if (const auto* plain = std::get_if<proto::Mapped>(&reply->body)) (void)request(proto::Unmap{plain->region_id});
+        if (mapped) (void)request(proto::Unmap{mapped->region_id});
         return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered MAP CACHE with something other than "
                                                             "CACHE_MAPPED and a descriptor");
     }
@@ -67,6 +68,9 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
     reg.range.len = o.length;
     reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR;
     if (::ioctl(uffd.get(), UFFDIO_REGISTER, &reg) != 0) return undo(sys_error("UFFDIO_REGISTER", errno));
+    // 4. Prefetch::All: the fill starts now, so that every page is mapped as it is loaded.
+    if (o.prefetch == Prefetch::All)
+        if (auto fill = request(proto::PrefetchRequest{reg.range.start, o.length, 0}); !fill) return undo(fill.error());
     Region r{id, addr, o.length, o.access, Tracking::Auto};
     std::lock_guard lock(regions_mutex);
     regions.emplace(r.id, Mapping{r});

@@ -208,7 +208,13 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     if (!S_ISREG(st.st_mode)) return Error::system(EINVAL, "only regular files can be mapped");
     std::lock_guard layout(m_impl->layout_mutex);
     if (o.access == Access::Shared) return m_impl->map_shared(fd, o);
-    if (m_impl->cache_usable()) return m_impl->map_cached(fd, o);
+    if (m_impl->cache_usable()) {
+        // No room in the daemon's page cache for this file (its address space is taken, or
+        // the file is too large for it): the region is mapped the old way, private memory
+        // the daemon copies into.
+        auto cached = m_impl->map_cached(fd, o);
+        if (cached || !cached.error().is_daemon(proto::ErrorCode::LIMIT)) return cached;
+    }
     const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
     void* addr = ::mmap(o.addr, o.length, prot,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (o.addr ? MAP_FIXED : 0), -1, 0);

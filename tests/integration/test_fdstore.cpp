@@ -26,6 +26,10 @@ using namespace std::chrono_literals;
 using libclient::Access;
 using libclient::Tracking;
 
+// fcntl(a, F_DUPFD_QUERY, b): 1 when a and b are the same open file (Linux 6.10; older
+// headers lack the name).
+constexpr int k_dupfd_query = 1027;
+
 namespace {
 
 // systemd's end of NOTIFY_SOCKET, with its descriptor store.
@@ -70,7 +74,11 @@ public:
             const std::string msg(buf, static_cast<std::size_t>(n));
             const auto name_at = msg.find("FDNAME=");
             const std::string name = name_at == std::string::npos ? "" : msg.substr(name_at + 7, msg.find('\n', name_at) - name_at - 7);
-            if (msg.find("FDSTORE=1") != std::string::npos && !fds.empty()) {
+            if (msg.find("FDSTORE=1") != std::string::npos && !fds.empty() && stored_already(fds[0])) {
+                // systemd keeps one copy of a descriptor (same open file, F_DUPFD_QUERY /
+                // kcmp) and drops a second, whatever its name ("Suppressing duplicate fd").
+                for (int fd : fds) ::close(fd);
+            } else if (msg.find("FDSTORE=1") != std::string::npos && !fds.empty()) {
                 m_store[name] = util::UniqueFd(fds[0]);
                 for (std::size_t i = 1; i < fds.size(); ++i) ::close(fds[i]);
             } else {
@@ -81,6 +89,12 @@ public:
         }
     }
     std::size_t stored() const { return m_store.size(); }
+    bool stored_already(int fd) const
+    {
+        for (const auto& [name, have] : m_store)
+            if (::fcntl(fd, k_dupfd_query, have.get()) == 1) return true;
+        return false;
+    }
     std::size_t stored_with_prefix(const std::string& p) const
     {
         std::size_t n = 0;
@@ -515,7 +529,10 @@ TEST_CASE("restart through the descriptor store keeps the page cache: nothing re
     daemon = -1;
     sm.pump("", 200ms);
     if (how == "SIGTERM") CHECK(exited_with(st1, 0));
-    CHECK(sm.stored_with_prefix("c") >= 7);  // state, sock, uffd, and file + cache of each region
+    // state, sock, uffd and the file of each region ("c1."), and the file's cache, stored
+    // once for both regions ("cache.").
+    CHECK(sm.stored_with_prefix("c1.") >= 5);
+    CHECK(sm.stored_with_prefix("cache.") == 1);
     daemon = sm.start({"--socket", sock, "--log-level", "debug"}, log2);
     REQUIRE(sm.pump("READY=1", 10s));
     const libclient::Status adopted = status_now();
