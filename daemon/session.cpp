@@ -147,6 +147,7 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg, std::vector<u
     if (auto* m = std::get_if<Flush>(&msg.body)) return on_flush(c, *m, msg.request_id, deferred);
     if (std::holds_alternative<StatusRequest>(msg.body)) return on_status(c);
     if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(c, *m);
+    if (auto* m = std::get_if<CachesRequest>(&msg.body)) return on_caches(c, *m);
     if (auto* m = std::get_if<Ping>(&msg.body)) return Pong{m->nonce};
     if (auto* m = std::get_if<PrefetchRequest>(&msg.body)) return on_prefetch(c, *m, msg.request_id, deferred);
     reject(ErrorCode::UNKNOWN_TYPE,
@@ -393,6 +394,35 @@ proto::Body Worker::on_regions(Client& c, const proto::RegionsRequest& m)
     reply.first = m.first;
     for (std::size_t i = m.first; i < all.size() && reply.entries.size() < proto::k_max_region_entries; ++i)
         reply.entries.push_back(all[i]);
+    return reply;
+}
+
+proto::Body Worker::on_caches(Client& c, const proto::CachesRequest& m)
+{
+    const bool admin = c.peer.uid == 0 || c.peer.uid == ::geteuid();
+    std::map<std::uint32_t, CacheUse> uses;
+    for (Worker* w : m_ctx.workers) {
+        std::map<std::uint32_t, CacheUse> one;
+        w->list_caches(one, admin ? -1 : static_cast<long>(c.peer.uid));
+        for (auto& [id, u] : one) {
+            CacheUse& all = uses[id];
+            all.cache = u.cache;
+            all.clients.insert(u.clients.begin(), u.clients.end());
+            all.regions += u.regions;
+        }
+    }
+    proto::CachesReply reply;
+    reply.total = static_cast<std::uint32_t>(uses.size());
+    reply.index = m.index;
+    if (m.index < uses.size()) {
+        const CacheUse& u = std::next(uses.begin(), m.index)->second;
+        reply.dev = u.cache->dev();
+        reply.ino = u.cache->ino();
+        reply.size = u.cache->size();
+        reply.resident = u.cache->resident_pages() * m_ctx.page_size;
+        reply.clients = static_cast<std::uint32_t>(u.clients.size());
+        reply.regions = u.regions;
+    }
     return reply;
 }
 

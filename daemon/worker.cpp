@@ -387,4 +387,19 @@ void Worker::list_regions(std::vector<proto::RegionEntry>& out, long only_uid)
     }
 }
 
+void Worker::list_caches(std::map<std::uint32_t, CacheUse>& out, long only_uid)
+{
+    std::lock_guard lock(m_table_mutex);
+    for (const auto& [serial, c] : m_clients) {
+        if (only_uid >= 0 && static_cast<long>(c->peer.uid) != only_uid) continue;
+        c->regions.for_each([&](const Region& r) {
+            if (!r.cache) return;
+            CacheUse& u = out[r.cache->id()];
+            u.cache = r.cache;
+            u.clients.insert(serial);
+            ++u.regions;
+        });
+    }
+}
+
 }  // namespace pagerd::daemon

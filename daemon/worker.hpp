@@ -176,6 +176,14 @@ public:
     // Thread-safe: appends an entry for every region of this worker's clients (of the
     // clients of `only_uid`, unless it is -1).
     void list_regions(std::vector<proto::RegionEntry>& out, long only_uid = -1);
+    // Thread-safe: the caches this worker's clients (of `only_uid`, unless -1) map, by
+    // cache id, with the connections and region pieces that map each.
+    struct CacheUse {
+        std::shared_ptr<Cache> cache;
+        std::set<std::uint64_t> clients;
+        std::uint32_t regions = 0;
+    };
+    void list_caches(std::map<std::uint32_t, CacheUse>& out, long only_uid = -1);
     std::uint32_t client_count() const { return m_stats.clients.load(std::memory_order_relaxed); }
     // When the worker's loop last turned (it turns at least every 200 ms): the watchdog
     // pings only while every worker keeps turning.
@@ -227,6 +235,7 @@ private:
     proto::Body on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd);
     proto::Body on_flush(Client& c, const proto::Flush& m, std::uint32_t request_id, bool& deferred);
     proto::Body on_regions(Client& c, const proto::RegionsRequest& m);
+    proto::Body on_caches(Client& c, const proto::CachesRequest& m);
     proto::Body on_prefetch(Client& c, const proto::PrefetchRequest& m, std::uint32_t request_id, bool& deferred);
     void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
                          int file_fd);

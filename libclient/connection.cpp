@@ -320,6 +320,19 @@ Result<Region> Connection::find(const void* addr) const
     return Error::system(EINVAL, "no region of this connection contains that address");
 }
 
+Result<std::vector<CacheInfo>> Connection::caches()
+{
+    std::vector<CacheInfo> out;
+    for (std::uint32_t i = 0;; ++i) {
+        auto reply = m_impl->request(proto::CachesRequest{i});
+        if (!reply) return reply.error();
+        const auto* e = std::get_if<proto::CachesReply>(&reply->body);
+        if (!e) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered CACHES with something else");
+        if (i >= e->total || i >= 100000) return out;
+        out.push_back({e->dev, e->ino, e->size, e->resident, e->clients, e->regions});
+    }
+}
+
 Result<std::vector<RegionInfo>> Connection::regions()
 {
     std::vector<RegionInfo> out;

@@ -146,6 +146,8 @@ int run_status(const std::string& socket, bool json)
     if (!s) return report(s.error());
     auto regions = conn.value()->regions();
     if (!regions) return report(regions.error());
+    auto caches = conn.value()->caches();
+    if (!caches) return report(caches.error());
     if (json) {
         std::printf("{\"version\":%s,\"uptime_ms\":%llu,\"workers\":%u,\"clients\":%u,"
                     "\"regions\":%llu,\"mapped_bytes\":%llu,\"faults\":%llu,\"pages_installed\":%llu,"
@@ -172,6 +174,13 @@ int run_status(const std::string& socket, bool json)
                         (ull)r.dirty_pages, libclient::prefetch_name(r.prefetch), (ull)r.faults,
                         (ull)r.latency_p50_ns, (ull)r.latency_p99_ns, (ull)r.prefetch_pending,
                         json_array(r.latency_histogram).c_str());
+        }
+        std::printf("],\"cache_list\":[");
+        for (std::size_t i = 0; i < caches->size(); ++i) {
+            const auto& k = (*caches)[i];
+            std::printf("%s{\"dev\":%llu,\"ino\":%llu,\"size\":%llu,\"resident\":%llu,\"clients\":%u,"
+                        "\"regions\":%u}",
+                        i ? "," : "", (ull)k.dev, (ull)k.ino, (ull)k.size, (ull)k.resident, k.clients, k.regions);
         }
         std::printf("]}\n");
         return 0;
@@ -206,6 +215,12 @@ int run_status(const std::string& socket, bool json)
                     r.latency_p50_ns / 1e3, r.latency_p99_ns / 1e3,
                     pad_left(human_bytes(r.prefetch_pending), 10).c_str(),
                     compact_histogram(r.latency_histogram).c_str());
+    if (!caches->empty())
+        std::printf("\n%-12s %-12s %14s %14s %8s %8s\n", "cache dev", "inode", "file bytes", "resident", "clients",
+                    "regions");
+    for (const auto& k : *caches)
+        std::printf("%-12llu %-12llu %14llu %14llu %8u %8u\n", (ull)k.dev, (ull)k.ino, (ull)k.size, (ull)k.resident,
+                    k.clients, k.regions);
     return 0;
 }
 

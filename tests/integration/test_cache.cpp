@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -955,4 +956,56 @@ TEST_CASE("prefetch All fills the cache and the region", "[cache][prefetch]")
     CHECK(s3.cache_loads == s1.cache_loads);
     CHECK(s3.cache_hits - s2.cache_hits >= pages);
     CHECK(daemon.alive());
+}
+
+TEST_CASE("the daemon lists its caches per file with what they hold and who maps them", "[cache][status]")
+{
+    TempDir dir;
+    const std::uint64_t size = 4 * 1024 * 1024, half = size / 2;
+    make_file(dir.file("a"), size, 71);
+    make_file(dir.file("b"), size, 72);
+    Daemon daemon;
+    auto one = daemon.connect("one");
+    auto two = daemon.connect("two");
+    REQUIRE(one->caches().ok());
+    CHECK(one->caches()->empty());  // no region: no cache
+    auto ra = one->map_file(dir.file("a"), {0, size, Access::ReadOnly, libclient::Tracking::Auto, nullptr, Prefetch::None});
+    auto rb = one->map_file(dir.file("b"), {0, size, Access::ReadOnly, libclient::Tracking::Auto, nullptr, Prefetch::None});
+    auto ra2 = two->map_file(dir.file("a"), {0, half, Access::PrivateWritable, libclient::Tracking::Auto, nullptr, Prefetch::None});
+    REQUIRE(ra.ok());
+    REQUIRE(rb.ok());
+    REQUIRE(ra2.ok());
+    const auto* pa = static_cast<const volatile std::uint8_t*>(ra->addr);
+    for (std::uint64_t off = 0; off < half; off += 4096) (void)pa[off];  // half of a, nothing of b
+    struct stat sa{}, sb{};
+    REQUIRE(::stat(dir.file("a").c_str(), &sa) == 0);
+    REQUIRE(::stat(dir.file("b").c_str(), &sb) == 0);
+    auto list = two->caches();
+    REQUIRE(list.ok());
+    REQUIRE(list->size() == 2);
+    const libclient::CacheInfo* a = nullptr;
+    const libclient::CacheInfo* b = nullptr;
+    for (const auto& k : *list) {
+        if (k.dev == sa.st_dev && k.ino == sa.st_ino) a = &k;
+        if (k.dev == sb.st_dev && k.ino == sb.st_ino) b = &k;
+    }
+    REQUIRE(a != nullptr);
+    REQUIRE(b != nullptr);
+    CHECK(a->size == size);
+    CHECK(a->resident == half);  // what the touches loaded (prefetch none: nothing more)
+    CHECK(a->clients == 2);
+    CHECK(a->regions == 2);
+    CHECK(b->resident == 0);
+    CHECK(b->clients == 1);
+    CHECK(b->regions == 1);
+    // pagerctl shows the same list.
+    const auto out = run_command({PAGERCTL_BINARY, "--socket", daemon.socket(), "status", "--json"});
+    CHECK(exited_with(out.status, 0));
+    CHECK_THAT(out.out, Catch::Contains("\"cache_list\":[{\"dev\":"));
+    CHECK_THAT(out.out, Catch::Contains("\"resident\":" + std::to_string(half) + ",\"clients\":2,\"regions\":2}"));
+    REQUIRE(one->unmap(ra.value()).ok());
+    REQUIRE(one->unmap(rb.value()).ok());
+    REQUIRE(two->unmap(ra2.value()).ok());
+    CHECK(daemon.wait_until([](const auto& s) { return s.cache_files == 0 && s.cache_bytes == 0; }));
+    CHECK(two->caches()->empty());
 }

@@ -132,6 +132,15 @@ struct Region {
 };
 
 // One region of any client, as `pagerctl status` lists them.
+// One file's page cache in the daemon (Connection::caches()).
+struct CacheInfo {
+    std::uint64_t dev = 0, ino = 0;  // the file (st_dev, st_ino)
+    std::uint64_t size = 0;          // bytes the cache spans
+    std::uint64_t resident = 0;      // bytes it holds now
+    std::uint32_t clients = 0;       // connections that map the file
+    std::uint32_t regions = 0;       // region pieces that map it
+};
+
 struct RegionInfo {
     std::uint64_t client = 0;  // the daemon's serial number of the connection
     std::uint32_t pid = 0;
@@ -202,6 +211,9 @@ public:
     Result<Region> find(const void* addr) const;
     Result<Status> status();
     Result<std::vector<RegionInfo>> regions();  // every client's regions
+    // The daemon's page caches, one per file (a caller that is not root or the daemon's
+    // user sees those of files its own uid maps).
+    Result<std::vector<CacheInfo>> caches();
     Result<void> ping();
 
     // True when the kernel only gave a userfaultfd that handles faults from user mode:
