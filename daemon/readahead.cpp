@@ -88,8 +88,12 @@ void Worker::readahead(Client& c, const Region& r, std::uint64_t page, bool in_f
     const std::uint64_t marker = marker_hit ? from : (half ? from + half : 0);
     const unsigned reserve = std::max(1u, m_ctx.config.staging_buffers / 8);
     // The whole window to the block layer at once (deep queue), then the loads read it.
-    ::posix_fadvise(r.file->get(), static_cast<off_t>(r.file_offset + (from - r.start)),
-                    static_cast<off_t>(to - from), POSIX_FADV_WILLNEED);
+    // Not for a CACHE region whose cache holds the window's start already (another client
+    // loaded it): that would bring back into the kernel's page cache what the daemon's
+    // cache holds.
+    if (!r.cache || !r.cache->loaded((r.file_offset + (from - r.start)) / m_ctx.page_size))
+        ::posix_fadvise(r.file->get(), static_cast<off_t>(r.file_offset + (from - r.start)),
+                        static_cast<off_t>(to - from), POSIX_FADV_WILLNEED);
     const std::uint64_t stopped = load_range(c, r, from, to, Load::Kind::Readahead, nullptr, marker, reserve);
     s->next = stopped;
     s->marker = marker && marker < stopped && marker != page ? marker : 0;
