@@ -39,6 +39,12 @@ using namespace std::chrono_literals;
 using libclient::Access;
 using libclient::Prefetch;
 
+#if defined(__SANITIZE_THREAD__)
+constexpr bool k_tsan = true;
+#else
+constexpr bool k_tsan = false;
+#endif
+
 namespace {
 
 constexpr std::uint64_t k_page = 4096;
@@ -278,7 +284,8 @@ TEST_CASE("four clients of one file share one copy in the daemon's cache", "[cac
     }
     TempDir dir;
     const std::string path = dir.file("big");
-    constexpr std::uint64_t size = 256 * k_mib, pages = size / k_page;
+    // Four instrumented readers of 256 MiB are slow under ThreadSanitizer.
+    constexpr std::uint64_t size = (k_tsan ? 32 : 256) * k_mib, pages = size / k_page;
     constexpr std::uint32_t seed = 33;
     make_file(path, size, seed);
 
@@ -353,10 +360,12 @@ TEST_CASE("four clients of one file share one copy in the daemon's cache", "[cac
     CHECK(s2.cache_evictions == 0);
     for (int i = 0; i < 4; ++i) {
         INFO("client " << i + 1);
-        // The pages it maps are the cache's (shared memory), not private copies.
-        CHECK(anon[i] < 32 * k_mib);
+        // The pages it maps are the cache's (shared memory), not private copies. (Under
+        // ThreadSanitizer a reader's own memory is its runtime and shadow: ~140 MiB.)
+        const std::uint64_t own = k_tsan ? 256 * k_mib : 32 * k_mib;
+        CHECK(anon[i] < own);
         CHECK(shmem[i] >= size - 8 * k_mib);
-        if (cgroups && peak[i] > 0) CHECK(peak[i] < 64 * k_mib);
+        if (cgroups && peak[i] > 0) CHECK(peak[i] < 2 * own);
     }
     CHECK(daemon.alive());
     CHECK(daemon.wait_until([](const auto& s) { return s.cache_files == 0 && s.regions == 0; }));
