@@ -16,6 +16,12 @@ inline auto fields(const Welcome& m) { return std::tie(m.caps, m.page_size, m.ma
 inline auto fields(const RegisterUffd& m) { return std::tie(m.features, m.flags); }
 inline auto fields(const Map& m) { return std::tie(m.addr, m.length, m.file_offset, m.flags, m.prefetch); }
 inline auto fields(const Mapped& m) { return std::tie(m.region_id); }
+inline auto fields(const CacheMapped& m) { return std::tie(m.region_id); }
+inline auto fields(const CachesRequest& m) { return std::tie(m.index); }
+inline auto fields(const CachesReply& m)
+{
+    return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions);
+}
 inline auto fields(const Unmap& m) { return std::tie(m.region_id); }
 inline auto fields(const Ok&) { return std::tie(); }
 inline auto fields(const StatusRequest&) { return std::tie(); }
@@ -24,7 +30,8 @@ inline auto fields(const StatusReply& m)
     return std::tie(m.uptime_ms, m.workers, m.clients, m.regions, m.mapped_bytes, m.faults, m.pages_installed,
                     m.bytes_read, m.sigbus_faults, m.latency_p50_ns, m.latency_p99_ns, m.latency_max_ns,
                     m.user_mode_only_clients, m.requester_flags, m.requester_regions, m.pages_prefetched,
-                    m.latency_histogram, m.version);
+                    m.cache_budget, m.cache_bytes, m.cache_files, m.cache_loads, m.cache_hits, m.cache_evictions,
+                    m.cache_refaults, m.latency_histogram, m.version);
 }
 inline auto fields(const Ping& m) { return std::tie(m.nonce); }
 inline auto fields(const Pong& m) { return std::tie(m.nonce); }
