@@ -33,10 +33,12 @@
 #include <unordered_set>
 
 #include "bench.hpp"
-#include "cgroup.hpp"
+#include "integration/cgroup.hpp"
 
 namespace pagerd::bench {
 namespace {
+
+using test::MemoryCgroup;
 
 using Clock = std::chrono::steady_clock;
 
@@ -274,7 +276,7 @@ public:
         std::vector<char*> argv;
         for (auto& s : args) argv.push_back(s.data());
         argv.push_back(nullptr);
-        const std::string procs = cg ? cg->procs_file() : std::string();
+        const std::string procs = cg ? cg->path() + "/cgroup.procs" : std::string();
         const pid_t parent = ::getpid();
         const pid_t pid = ::fork();
         if (pid < 0) return Error::system(errno, std::string("fork: ") + std::strerror(errno));
