@@ -95,12 +95,16 @@ Cache::~Cache()
 {
     m_pool.closed(*this);
     if (!m_pool.keeping()) {
+        if (m_pending)
+            spdlog::error("cache {}: closing with {} page(s) written by Shared regions that could not be written "
+                          "back to the file", m_id, m_pending);
         fdstore::forget_cache(*this);
         // Out of the budget now, so out of memory too: a client that still holds a
         // descriptor or a mapping of the memfd must not keep its pages resident, uncounted.
         ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(m_size));
     }
     ::munmap(m_base, m_reserved);
+    if (m_bits_base) ::munmap(m_bits_base, m_bits_bytes);
 }
 
 std::uint64_t Cache::size() const
@@ -189,7 +193,7 @@ std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t*
 }
 
 std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset, std::uint64_t len, int& err,
-                              std::uint64_t& fresh)
+                              std::uint64_t& fresh, bool wp)
 {
     const std::uint64_t ps = m_pool.page_size();
     err = 0;
@@ -207,6 +211,7 @@ std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset
             uffdio_continue cont{};
             cont.range.start = addr + covered;
             cont.range.len = end - covered;
+            cont.mode = wp ? UFFDIO_CONTINUE_MODE_WP : 0;
             const bool ok = ::ioctl(uffd, UFFDIO_CONTINUE, &cont) == 0;
             const int e = errno;
             const std::uint64_t done = ok ? cont.range.len : cont.mapped > 0 ? static_cast<std::uint64_t>(cont.mapped) : 0;
@@ -217,6 +222,9 @@ std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset
                 covered += ps;
                 continue;
             }
+            // A page the bits say is loaded, gone from the memfd: a Shared client punched
+            // it through its read-write descriptor. Not loaded any more: the fault loads it.
+            if (e == EFAULT) m_loaded.clear((offset + covered) / ps);
             err = e;
             break;
         }
@@ -242,10 +250,29 @@ std::uint64_t Cache::resident_pages() const
     return m_loaded.count();
 }
 
-std::uint64_t Cache::evict(std::uint64_t first, std::uint64_t count)
+std::uint64_t Cache::evict(std::uint64_t first, std::uint64_t count, std::vector<std::uint64_t>& kept)
+{
+    std::lock_guard lock(m_mutex);
+    if (m_bits) {  // written by Shared regions: dirty pages stay until written back
+        std::uint64_t n = 0;
+        for (std::uint64_t p = first; p < first + count;) {
+            if (pending_locked(p)) {
+                kept.push_back(p++);
+                continue;
+            }
+            std::uint64_t q = p + 1;
+            while (q < first + count && !pending_locked(q)) ++q;
+            n += evict_locked(p, q - p);
+            p = q;
+        }
+        return n;
+    }
+    return evict_locked(first, count);
+}
+
+std::uint64_t Cache::evict_locked(std::uint64_t first, std::uint64_t count)
 {
     const std::uint64_t ps = m_pool.page_size();
-    std::lock_guard lock(m_mutex);
     if (::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(first * ps),
                     static_cast<off_t>(count * ps)) != 0) {
         spdlog::warn("cache {}: punching {} page(s) at {} failed: {}", m_id, count, first, std::strerror(errno));
@@ -262,8 +289,9 @@ std::uint64_t Cache::evict(std::uint64_t first, std::uint64_t count)
 
 // The previous daemon's bits are gone. A page it loaded holds the file's bytes; a page a
 // client made in a hole (touching it through a mapping it did not register) holds zeros,
-// since no client can write the memfd. So zero pages are punched (a file's own zero page
-// is loaded again, no harm) and the others count as loaded.
+// since no read-only client can write the memfd. So zero pages are punched (a file's own
+// zero page is loaded again, no harm) unless the dirty set says a Shared client wrote
+// them, and the others count as loaded.
 std::vector<std::uint64_t> Cache::adopt_present_pages()
 {
     const std::uint64_t ps = m_pool.page_size();
@@ -283,7 +311,7 @@ std::vector<std::uint64_t> Cache::adopt_present_pages()
             for (std::uint64_t o = 0; o + ps <= static_cast<std::uint64_t>(got); o += ps) {
                 const std::uint8_t* q = buf.data() + o;
                 const bool zero = q[0] == 0 && std::memcmp(q, q + 1, ps - 1) == 0;
-                if (zero) {
+                if (zero && !pending_locked((at + o) / ps)) {  // (a Shared client may have written zeros)
                     punch((at + o) / ps);
                 } else {
                     m_loaded.set((at + o) / ps);
@@ -408,7 +436,7 @@ std::shared_ptr<Cache> CachePool::find(int file_fd)
     return it != m_by_file.end() ? it->second.lock() : nullptr;
 }
 
-std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, int file_fd, std::string& why)
+std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, util::UniqueFd bits, int file_fd, std::string& why)
 {
     if (!m_uffd) {
         why = m_unavailable;
@@ -440,6 +468,7 @@ std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, int file_fd, std::
         c = make(std::move(memfd), st.st_dev, st.st_ino, static_cast<std::uint64_t>(mst.st_size), why);
         if (!c) return nullptr;
     }
+    if (bits && !c->adopt_bits(std::move(bits), why)) return nullptr;
     admit(*c, c->adopt_present_pages(), false);  // held, not loaded by this daemon
     spdlog::info("cache {}: taken back from the descriptor store with {} page(s)", c->id(), c->resident_pages());
     return c;
@@ -479,11 +508,25 @@ void CachePool::enforce_budget()
         return a.first->id() != b.first->id() ? a.first->id() < b.first->id() : a.second < b.second;
     });
     std::uint64_t evicted = 0;
+    std::vector<std::uint64_t> kept;
     for (std::size_t i = 0; i < victims.size();) {
         std::size_t j = i + 1;
         while (j < victims.size() && victims[j].first == victims[i].first && victims[j].second == victims[j - 1].second + 1)
             ++j;
-        evicted += victims[i].first->evict(victims[i].second, j - i);
+        Cache& c = *victims[i].first;
+        kept.clear();
+        evicted += c.evict(victims[i].second, j - i, kept);
+        if (!kept.empty()) {
+            // Dirty: back to the policy (not counted as loads) until written back, which is
+            // queued now, off the fault path. Until then the cache stays over its budget by
+            // at most the pages Shared regions wrote.
+            {
+                std::lock_guard lock(m_mutex);
+                for (std::uint64_t p : kept) m_policy.on_load({c.id(), p});
+                m_resident = m_policy.resident();
+            }
+            if (m_queue_writeback && c.want_writeback()) m_queue_writeback(victims[i].first);
+        }
         i = j;
     }
     m_evictions.fetch_add(evicted, std::memory_order_relaxed);
@@ -532,6 +575,15 @@ CachePool::Figures CachePool::figures() const
     f.hits = m_hits.load();
     f.evictions = m_evictions.load();
     f.refaults = m_refaults.load();
+    f.writebacks = m_writebacks.load();
+    std::vector<std::shared_ptr<Cache>> live;
+    {
+        std::lock_guard lock(m_mutex);
+        for (const auto& [id, w] : m_by_id)
+            if (auto c = w.lock()) live.push_back(std::move(c));
+    }
+    for (const auto& c : live) f.dirty_bytes += c->dirty_pages() * m_page;
+    live.clear();  // (a cache whose last user went meanwhile closes here, outside the lock)
     return f;
 }
 
@@ -545,7 +597,8 @@ std::vector<CachePool::FileFigures> CachePool::files() const
     }
     std::vector<FileFigures> out;
     for (const auto& c : live)
-        out.push_back({c->dev(), c->ino(), c->size(), c->resident_pages() * m_page, c.use_count() - 1});
+        out.push_back({c->dev(), c->ino(), c->size(), c->resident_pages() * m_page, c->dirty_pages() * m_page,
+                       c.use_count() - 1});
     return out;
 }
 

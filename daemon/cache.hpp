@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -24,11 +25,17 @@
 #include <vector>
 
 #include "eviction.hpp"
+#include "pagerd/util/dirty_bitmap.hpp"
 #include "pagerd/util/unique_fd.hpp"
 
 namespace pagerd::daemon {
 
 class CachePool;
+
+struct PageRun {
+    std::uint64_t first;  // page index (in a region's memfd, or in a cache)
+    std::uint64_t count;
+};
 
 // A set of page indexes, one bit a page, in chunks of 512 pages (2 MiB of cache) made on
 // first use and freed when emptied: its memory follows the pages held, about 100 bytes per
@@ -83,20 +90,62 @@ public:
     // UFFDIO_CONTINUE on its userfaultfd, up to the first page the daemon did not load.
     // Returns the bytes covered (mapped now or already mapped); err: the errno that stopped
     // it; fresh: the bytes mapped now.
+    // wp: write-protected (a Shared view: the first write faults and is recorded).
     std::uint64_t map_into(int uffd, std::uint64_t addr, std::uint64_t offset, std::uint64_t len, int& err,
-                           std::uint64_t& fresh);
+                           std::uint64_t& fresh, bool wp = false);
     // A page the memfd holds that the daemon did not load (a client made it): punched.
     void drop_foreign(std::uint64_t page);
     bool loaded(std::uint64_t page) const;
     std::uint64_t resident_pages() const;
     // Eviction: punches pages [first, first + count) out of the memfd (each one the policy
-    // chose, so each one loaded); returns how many were loaded.
-    std::uint64_t evict(std::uint64_t first, std::uint64_t count);
+    // chose, so each one loaded), except pages dirty or being written back, which go to
+    // `kept`; returns how many loaded pages went.
+    std::uint64_t evict(std::uint64_t first, std::uint64_t count, std::vector<std::uint64_t>& kept);
     // Restart: every page the memfd holds counts as loaded (the previous daemon loaded it).
     std::vector<std::uint64_t> adopt_present_pages();
 
+    // ---- Shared regions: writes (cache_writes.cpp) -------------------------------------
+    // Clients that map the file Shared write into the cache; the daemon tracks their writes
+    // with uffd-wp in every view (one strategy per file) and keeps the dirty set in a memfd
+    // of its own, never shown to clients, that a restarted daemon takes back.
+    //
+    // Makes the cache writable: the dirty set (adopted from `bits` after a restart, else
+    // new) and a descriptor of the file open for writing, for write-back. False with why.
+    bool make_writable(const std::shared_ptr<util::UniqueFd>& file, std::string& why);
+    bool adopt_bits(util::UniqueFd bits, std::string& why);  // restart, before adopt_present_pages
+    bool writable() const;
+    int bits_fd() const;  // -1 while not writable; lock-free (fdstore calls it under a table lock)
+    // A descriptor for a Shared client: read-write (it maps the cache MAP_SHARED), still
+    // unable to shrink it or change its seals.
+    util::UniqueFd open_read_write(std::string& why) const;
+    // A client's first write to a page of its Shared view (at `addr` on `uffd`): the page is
+    // marked dirty, then made writable in that view, both under the lock, so that a
+    // write-back protecting it again either sees the bit or protects after. False when the
+    // cache does not hold the page (evicted meanwhile): the writer is only woken, faults
+    // again and loads it.
+    bool mark_written(int uffd, std::uint64_t addr, std::uint64_t page);
+    // Write-back, step 1: the dirty pages of [first, first + count) become flushing and are
+    // write-protected in every client's view (a later write faults and marks them dirty
+    // again). Returns their runs. A run some view could not protect stays dirty too.
+    std::vector<PageRun> collect(std::uint64_t first, std::uint64_t count);
+    // Step 2: the runs reached the file (ok) or not (they become dirty again).
+    void written(const std::vector<PageRun>& runs, bool ok);
+    std::uint64_t dirty_pages() const;  // dirty or being written
+    std::uint64_t dirty_pages(std::uint64_t first, std::uint64_t count) const;  // of a range; lock-free
+    bool pending(std::uint64_t page) const;  // dirty or flushing: not to be evicted
+    std::shared_ptr<util::UniqueFd> write_file() const;
+    // Eviction met dirty pages: true for the first caller since the last collect(), which
+    // then queues a write-back.
+    bool want_writeback() { return !m_writeback_wanted.exchange(true); }
+    // Held by a writer across collect(), the write and written(): one write-back of a
+    // cache at a time, so an older copy of a page never lands after a newer one.
+    std::unique_lock<std::mutex> lock_writeback() { return std::unique_lock(m_writeback_mutex); }
+
 private:
     bool punch(std::uint64_t page);  // caller holds m_mutex
+    std::uint64_t evict_locked(std::uint64_t first, std::uint64_t count);
+    bool map_bits(util::UniqueFd bits, std::string& why);  // caller holds m_mutex
+    bool pending_locked(std::uint64_t page) const;
 
     CachePool& m_pool;
     const std::uint32_t m_id;
@@ -105,9 +154,21 @@ private:
     util::UniqueFd m_memfd;
     std::uint8_t* m_base;        // the daemon's mapping, registered with the pool's uffd
     const std::uint64_t m_reserved;  // bytes of address space mapped: the most it can grow to
-    mutable std::mutex m_mutex;  // the bits and every change of the memfd's pages
+    // The bits and every change of the memfd's pages. Lock order: m_mutex, then a worker's
+    // table lock (collect() protects views); never the other way round.
+    mutable std::mutex m_mutex;
     std::uint64_t m_size = 0;
     PageBits m_loaded;
+    // Shared regions (cache_writes.cpp)
+    util::UniqueFd m_bits_fd;  // the dirty set: util::DirtyBitmap over m_reserved pages
+    std::atomic<int> m_bits_fd_number{-1};
+    void* m_bits_base = nullptr;
+    std::uint64_t m_bits_bytes = 0;
+    util::DirtyBitmap m_bits;
+    std::uint64_t m_pending = 0;  // pages dirty or flushing
+    std::shared_ptr<util::UniqueFd> m_write_file;
+    std::atomic<bool> m_writeback_wanted{false};
+    std::mutex m_writeback_mutex;
 };
 
 // Every cache of the daemon, the budget and the eviction policy. Thread-safe.
@@ -125,8 +186,9 @@ public:
     std::shared_ptr<Cache> open(int file_fd, std::uint64_t min_size, std::string& why);
     // The cache of the file behind `file_fd` if there is one, else null.
     std::shared_ptr<Cache> find(int file_fd);
-    // Restart: the cache memfd an earlier daemon kept for the file behind `file_fd`.
-    std::shared_ptr<Cache> adopt(util::UniqueFd memfd, int file_fd, std::string& why);
+    // Restart: the cache memfd an earlier daemon kept for the file behind `file_fd`, with
+    // its dirty set if Shared regions wrote to it (else an empty descriptor).
+    std::shared_ptr<Cache> adopt(util::UniqueFd memfd, util::UniqueFd bits, int file_fd, std::string& why);
     // Pages newly loaded into `c`: counted, told to the policy, and the budget enforced.
     void loaded(Cache& c, const std::vector<std::uint64_t>& pages);
     void count_hits(std::uint64_t pages) { m_hits.fetch_add(pages, std::memory_order_relaxed); }
@@ -139,17 +201,32 @@ public:
     // this long on probation before a scan can push them out.
     void set_min_probation(std::uint64_t bytes);
 
+    // Write-protects pages [first, first + count) of `c` in every client's Shared view of
+    // it; false if any view could not be protected. Set once the workers exist.
+    using ViewProtector = std::function<bool(const Cache& c, std::uint64_t first, std::uint64_t count)>;
+    void set_view_protector(ViewProtector f) { m_protect = std::move(f); }
+    bool protect_views(const Cache& c, std::uint64_t first, std::uint64_t count) const
+    {
+        return m_protect ? m_protect(c, first, count) : false;
+    }
+    // Queues a write-back of every dirty page of `c` (off the fault path). Set once the
+    // writers exist.
+    using WritebackQueue = std::function<void(std::shared_ptr<Cache> c)>;
+    void set_writeback_queue(WritebackQueue f) { m_queue_writeback = std::move(f); }
+    void count_writebacks(std::uint64_t pages) { m_writebacks.fetch_add(pages, std::memory_order_relaxed); }
+
     std::uint32_t page_size() const { return m_page; }
     int uffd() const { return m_uffd.get(); }
     struct Figures {
         std::uint64_t budget = 0, bytes = 0, files = 0, loads = 0, hits = 0, evictions = 0, refaults = 0;
+        std::uint64_t dirty_bytes = 0, writebacks = 0;
     };
     Figures figures() const;
     // Per file, for status: size, resident bytes, regions mapping it.
     struct FileFigures {
         dev_t dev = 0;
         ino_t ino = 0;
-        std::uint64_t size = 0, resident = 0;
+        std::uint64_t size = 0, resident = 0, dirty = 0;
         long users = 0;
     };
     std::vector<FileFigures> files() const;
@@ -177,6 +254,9 @@ private:
     std::uint64_t m_reserved_total = 0;  // address space of every cache's mapping
     std::atomic<bool> m_keep{false};
     EvictionPolicy m_policy;
+    ViewProtector m_protect;
+    WritebackQueue m_queue_writeback;
+    std::atomic<std::uint64_t> m_writebacks{0};
     std::atomic<std::uint64_t> m_budget{0}, m_resident{0}, m_loads{0}, m_hits{0}, m_evictions{0}, m_refaults{0};
 };
 

@@ -155,8 +155,9 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
                                      : std::max<std::uint64_t>(m_ctx.config.fault_block_bytes, m_ctx.page_size);
     int err = 0;
     std::uint64_t fresh = 0;
+    // A Shared view maps the pages write-protected: the first write to each is recorded.
     const std::uint64_t mapped = r->cache->map_into(c.uffds[f.slot].fd.get(), f.page, offset,
-                                                    std::min(window, r->end() - f.page), err, fresh);
+                                                    std::min(window, r->end() - f.page), err, fresh, r->shared());
     if (mapped == 0) {
         // The daemon did not load that page (a client made it through a mapping it did
         // not register, or it is being evicted): nobody sees it; it is loaded properly.
@@ -169,8 +170,12 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
         return;
     }
     // UFFDIO_CONTINUE wakes only what it mapped; a page mapped meanwhile by another way
-    // (EEXIST) is not, and its thread may still wait.
-    util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, m_ctx.page_size);
+    // (EEXIST) is not, and its thread may still wait. A write: dirty and writable now
+    // (which wakes it), rather than a second fault for the protection.
+    if (f.write && r->shared())
+        mark_written(c, *r, f.page);
+    else
+        util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, m_ctx.page_size);
     m_ctx.cache->count_hits(fresh / m_ctx.page_size);
     const auto ns = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0).count());
@@ -332,10 +337,11 @@ std::uint64_t Worker::install_cached(Client& c, Load& l, std::uint64_t valid)
     const std::uint64_t skip = l.skip ? l.skip - l.addr : valid;
     int err = 0;
     std::uint64_t fresh = 0, more = 0;
-    std::uint64_t mapped = l.cache->map_into(uffd, l.addr, l.file_offset, std::min(skip, valid), err, fresh);
+    std::uint64_t mapped =
+        l.cache->map_into(uffd, l.addr, l.file_offset, std::min(skip, valid), err, fresh, l.write_protect);
     if (skip + page < valid)
         mapped += l.cache->map_into(uffd, l.addr + skip + page, l.file_offset + skip + page, valid - skip - page,
-                                    err, more);
+                                    err, more, l.write_protect);
     if (l.from_cache) m_ctx.cache->count_hits((fresh + more) / page);
     if (mapped + (l.skip ? page : 0) < valid)
         spdlog::debug("client {}: mapped {} of {} bytes at {:#x} from the cache ({})", c.serial, mapped, valid, l.addr,
@@ -444,6 +450,11 @@ void Worker::unprotect(Client& c, unsigned slot, std::uint64_t page)
 // Dirty first, then writable: a flush that protects the page again sees the bit.
 void Worker::mark_written(Client& c, const Region& r, std::uint64_t page)
 {
+    if (r.cache) {  // a Shared view of the page cache: the file's dirty set, under its lock
+        r.cache->mark_written(c.uffds[r.uffd_slot].fd.get(), page,
+                              (r.file_offset + (page - r.start)) / m_ctx.page_size);
+        return;
+    }
     r.mem->bitmap.mark((r.mem_offset + (page - r.start)) / m_ctx.page_size);
     unprotect(c, r.uffd_slot, page);
 }

@@ -105,7 +105,9 @@ std::optional<StoredClient> parse_state(const std::string& text)
         std::string rest;  // the prefetch policy, absent in the state of older daemons
         std::getline(in, rest);
         std::istringstream(rest) >> r.prefetch >> r.cached;
-        if (r.cached > 1 || (r.cached && (r.access == 2 || r.tracking != 0))) return std::nullopt;
+        // A cached region is read-only or private-writable (untracked), or Shared tracked by
+        // the daemon with uffd-wp.
+        if (r.cached > 1 || (r.cached && (r.access == 2 ? r.tracking != 1 : r.tracking != 0))) return std::nullopt;
     }
     return s;
 }
@@ -142,26 +144,34 @@ std::string cache_name(std::uint64_t dev, std::uint64_t ino)
     return "cache." + std::to_string(dev) + "." + std::to_string(ino);
 }
 
+std::string cache_bits_name(std::uint64_t dev, std::uint64_t ino)
+{
+    return "cachebits." + std::to_string(dev) + "." + std::to_string(ino);
+}
+
 void store_cache(const Cache& cache)
 {
     if (!g_enabled) return;
-    const std::string name = cache_name(cache.dev(), cache.ino());
+    // The cache, and once Shared regions write to it, its dirty set.
+    const std::pair<std::string, int> entries[] = {{cache_name(cache.dev(), cache.ino()), cache.memfd()},
+                                                   {cache_bits_name(cache.dev(), cache.ino()), cache.bits_fd()}};
     std::lock_guard lock(g_caches_mutex);
-    if (g_caches.count(name)) return;
-    const std::string msg = "FDSTORE=1\nFDNAME=" + name;
-    int fd = cache.memfd();
-    if (sd_pid_notify_with_fds(0, 0, msg.c_str(), &fd, 1) <= 0)
-        spdlog::warn("cannot keep the cache of file {}:{} in the descriptor store", cache.dev(), cache.ino());
-    else
-        g_caches.insert(name);
+    for (auto [name, fd] : entries) {
+        if (fd < 0 || g_caches.count(name)) continue;
+        const std::string msg = "FDSTORE=1\nFDNAME=" + name;
+        if (sd_pid_notify_with_fds(0, 0, msg.c_str(), &fd, 1) <= 0)
+            spdlog::warn("cannot keep {} of file {}:{} in the descriptor store", name, cache.dev(), cache.ino());
+        else
+            g_caches.insert(name);
+    }
 }
 
 void forget_cache(const Cache& cache)
 {
     if (!g_enabled) return;
-    const std::string name = cache_name(cache.dev(), cache.ino());
     std::lock_guard lock(g_caches_mutex);
-    if (g_caches.erase(name)) remove(name);
+    for (const std::string& name : {cache_name(cache.dev(), cache.ino()), cache_bits_name(cache.dev(), cache.ino())})
+        if (g_caches.erase(name)) remove(name);
 }
 
 void forget(const Client& c)
@@ -249,7 +259,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             const std::string rp = p + "r" + std::to_string(r.id) + ".";
             if (!files.count(r.id)) files[r.id] = std::make_shared<util::UniqueFd>(take(rp + "file"));
             r.file = files[r.id];
-            if (r.shared() && !mems.count(r.id)) {
+            if (r.shared() && !sr.cached && !mems.count(r.id)) {
                 util::UniqueFd memfd = take(rp + "mem");
                 proto::ErrorCode code{};
                 std::string why = "no memfd";
@@ -264,7 +274,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                 mem->file_base = file_base;
                 mems[r.id] = mem;
             }
-            if (r.shared()) r.mem = mems[r.id];
+            if (r.shared() && !sr.cached) r.mem = mems[r.id];
             if (sr.cached && !caches.count(r.id)) {
                 // One entry per file (systemd keeps one copy of a descriptor stored twice):
                 // the first region of the file takes it, the others find the cache.
@@ -273,11 +283,15 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                 struct stat fst{};
                 if (!got && *r.file && ::fstat(r.file->get(), &fst) == 0) {
                     const std::string name = cache_name(fst.st_dev, fst.st_ino);
+                    const std::string bits_name = cache_bits_name(fst.st_dev, fst.st_ino);
                     util::UniqueFd memfd = take(name);
-                    if (memfd) got = cache.adopt(std::move(memfd), r.file->get(), why);
+                    util::UniqueFd bits = take(bits_name);
+                    const bool had_bits = static_cast<bool>(bits);
+                    if (memfd) got = cache.adopt(std::move(memfd), std::move(bits), r.file->get(), why);
                     if (got) {
                         std::lock_guard lock(g_caches_mutex);
                         g_caches.insert(name);
+                        if (had_bits) g_caches.insert(bits_name);
                     }
                 }
                 if (!got) {
@@ -288,6 +302,14 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                 caches[r.id] = got;
             }
             if (sr.cached) r.cache = caches[r.id];
+            if (sr.cached && r.shared()) {
+                std::string why;
+                if (!r.cache->make_writable(r.file, why)) {
+                    spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
+                    ok = false;
+                    break;
+                }
+            }
             if (!*r.file) ok = false;
             c->regions.insert(std::move(r));
         }

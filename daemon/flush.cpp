@@ -16,6 +16,10 @@ namespace pagerd::daemon {
 void Worker::collect_flush(Client& c, const Region& r, WriteJob& job)
 {
     const std::uint64_t page = m_ctx.page_size;
+    if (r.cache) {  // collected and protected in every view on the writer's thread
+        job.parts.push_back(cache_part(r));
+        return;
+    }
     const std::uint64_t first = r.mem_offset / page, count = r.length / page;
     auto& bitmap = r.mem->bitmap;
     if (r.tracking == proto::Tracking::UFFD_WP) {
@@ -53,6 +57,10 @@ void Worker::forget(Client& c, std::vector<Region> pieces, const char* why)
     auto job = new_write_job(c, why);
     for (const Region& r : pieces) {
         if (!r.shared()) continue;
+        if (r.cache) {  // what the file's dirty set holds in this range, whoever wrote it
+            job->parts.push_back(cache_part(r));
+            continue;
+        }
         WriteJob::Part part{r.mem, r.id, {}, false};
         r.mem->bitmap.for_each_pending(r.mem_offset / page, r.length / page, true,
                                        [&](std::uint64_t p, std::uint64_t n) { part.runs.push_back({p, n}); });
@@ -61,8 +69,23 @@ void Worker::forget(Client& c, std::vector<Region> pieces, const char* why)
     if (!job->parts.empty()) m_writer->submit(std::move(job));
 }
 
+WriteJob::Part Worker::cache_part(const Region& r) const
+{
+    WriteJob::Part part;
+    part.region_id = r.id;
+    part.cache = r.cache;
+    part.first = r.file_offset / m_ctx.page_size;
+    part.count = r.length / m_ctx.page_size;
+    return part;
+}
+
 void Worker::on_written(const WriteJob& j)
 {
+    if (j.client == 0) {  // eviction's write-back
+        m_ctx.cache->count_writebacks(j.pages);
+        if (j.error) spdlog::error("page cache: {}: writing back failed: {}", j.why, std::strerror(j.error));
+        return;
+    }
     if (!j.reply) {
         if (j.error)
             spdlog::error("client {} (pid {}): {}: writing back region {} failed: {}", j.client, j.pid, j.why,

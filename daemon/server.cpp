@@ -47,12 +47,24 @@ Server::Server(const Config& config, Listener listener, CachePool& cache, Reload
         m_ctx.stats.push_back(&m_workers.back()->stats());
         m_ctx.workers.push_back(m_workers.back().get());
     }
+    // Shared regions in the page cache: write-back protects the pages in every client's
+    // view (on every worker), and eviction queues write-backs of dirty pages.
+    cache.set_view_protector([this](const Cache& c, std::uint64_t first, std::uint64_t count) {
+        bool ok = true;
+        for (Worker* w : m_ctx.workers) ok = w->protect_views(c, first, count) && ok;
+        return ok;
+    });
+    cache.set_writeback_queue([this](std::shared_ptr<Cache> c) {
+        m_ctx.workers[c->id() % m_ctx.workers.size()]->queue_cache_writeback(std::move(c));
+    });
 }
 
 Server::~Server()
 {
     for (auto& w : m_workers) w->stop();
     for (auto& w : m_workers) w->join();
+    m_ctx.cache->set_view_protector(nullptr);
+    m_ctx.cache->set_writeback_queue(nullptr);
     if (m_listener.owned) ::unlink(m_listener.path.c_str());
 }
 

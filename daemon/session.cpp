@@ -158,7 +158,7 @@ proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
 {
     if (c.hello_done) reject(proto::ErrorCode::NOT_READY, "HELLO was already received");
     const std::uint64_t caps =
-        k_daemon_caps | (m_ctx.cache && m_ctx.cache->unavailable().empty() ? proto::cap::CACHE : 0);
+        k_daemon_caps | (m_ctx.cache && m_ctx.cache->unavailable().empty() ? proto::cap::CACHE | proto::cap::CACHE_SHARED : 0);
     const std::uint64_t missing = m.required_caps & ~caps;
     if (missing) {
         std::string names;
@@ -266,6 +266,24 @@ void Worker::add_region(Client& c, Region r)
         queue_prefetch(c, *added, added->start, added->end(), nullptr);
 }
 
+// A Shared region in the page cache: the client writes into the cache, which the daemon
+// writes back to the file, so the file must be open for writing (and pwrite must land
+// where it is told: no O_APPEND), and the uffd must report write-protect faults on shmem.
+void Worker::check_shared_cache_map(Client& c, const proto::Map& m, int fl)
+{
+    using proto::ErrorCode;
+    if (!(m.flags & proto::k_map_cache) || (m.flags & proto::k_map_private_writable))
+        reject(ErrorCode::BAD_RANGE, "MAP flag SHARED needs CACHE and excludes PRIVATE_WRITABLE");
+    if ((fl & O_ACCMODE) != O_RDWR || (fl & O_APPEND))
+        reject(ErrorCode::BAD_DESCRIPTOR, "a Shared region needs its file open O_RDWR (and not O_APPEND)");
+    if (fl & O_DIRECT)
+        reject(ErrorCode::BAD_DESCRIPTOR, "a Shared region's file must not be open with O_DIRECT");
+    constexpr std::uint64_t wp = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+    if ((c.uffds[0].features & wp) != wp)
+        reject(ErrorCode::NOT_READY, "a Shared CACHE region needs write-protect faults on shared memory "
+                                     "(UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFD_FEATURE_WP_HUGETLBFS_SHMEM)");
+}
+
 proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
 {
     using proto::ErrorCode;
@@ -280,15 +298,19 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
         reject(ErrorCode::BAD_RANGE, "unknown MAP flags " + hex(m.flags & ~proto::k_map_known_flags));
     check_prefetch_policy(m.prefetch);
     const bool cached = (m.flags & proto::k_map_cache) != 0;
+    const bool shared = (m.flags & proto::k_map_shared) != 0;
     if (cached && !(c.uffds[0].features & UFFD_FEATURE_MINOR_SHMEM))
         reject(ErrorCode::NOT_READY, "a CACHE region needs UFFD_FEATURE_MINOR_SHMEM on the userfaultfd");
+    if (shared) check_shared_cache_map(c, m, fl);
     check_map_range(c, m.addr, m.length, m.file_offset, fd.get());
+    auto file = std::make_shared<util::UniqueFd>(std::move(fd));
     std::shared_ptr<Cache> cache;
     util::UniqueFd cache_fd;
     if (cached) {
         std::string why;
-        cache = m_ctx.cache->open(fd.get(), m.file_offset + m.length, why);
-        if (cache) cache_fd = cache->open_read_only(why);
+        cache = m_ctx.cache->open(file->get(), m.file_offset + m.length, why);
+        if (cache && shared && !cache->make_writable(file, why)) cache.reset();
+        if (cache) cache_fd = shared ? cache->open_read_write(why) : cache->open_read_only(why);
         if (!cache_fd) reject(ErrorCode::LIMIT, "no page cache for this file: " + why);
     }
     Region r;
@@ -296,9 +318,12 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
     r.start = m.addr;
     r.length = m.length;
     r.file_offset = m.file_offset;
-    r.access = (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE : proto::Access::READ_ONLY;
+    r.access = shared ? proto::Access::SHARED
+               : (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE
+                                                          : proto::Access::READ_ONLY;
+    r.tracking = shared ? proto::Tracking::UFFD_WP : proto::Tracking::NONE;  // the daemon tracks writes
     r.direct_io = (fl & O_DIRECT) != 0;
-    r.file = std::make_shared<util::UniqueFd>(std::move(fd));
+    r.file = std::move(file);
     r.cache = std::move(cache);
     r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));
@@ -422,6 +447,7 @@ proto::Body Worker::on_caches(Client& c, const proto::CachesRequest& m)
         reply.resident = u.cache->resident_pages() * m_ctx.page_size;
         reply.clients = static_cast<std::uint32_t>(u.clients.size());
         reply.regions = u.regions;
+        reply.dirty = u.cache->dirty_pages() * m_ctx.page_size;
     }
     return reply;
 }
@@ -463,6 +489,8 @@ proto::Body Worker::on_status(Client& c)
     s.cache_hits = cache.hits;
     s.cache_evictions = cache.evictions;
     s.cache_refaults = cache.refaults;
+    s.cache_dirty_bytes = cache.dirty_bytes;
+    s.cache_writebacks = cache.writebacks;
     return s;
 }
 

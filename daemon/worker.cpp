@@ -372,6 +372,8 @@ void Worker::list_regions(std::vector<proto::RegionEntry>& out, long only_uid)
             e.length = r.length;
             if (r.mem)
                 e.dirty_pages = r.mem->bitmap.count_dirty(r.mem_offset / m_ctx.page_size, r.length / m_ctx.page_size);
+            else if (r.cache && r.shared())
+                e.dirty_pages = r.cache->dirty_pages(r.file_offset / m_ctx.page_size, r.length / m_ctx.page_size);
             const RegionState& st = *r.state;
             e.prefetch = st.prefetch;
             e.faults = st.faults.load(std::memory_order_relaxed);
@@ -400,6 +402,40 @@ void Worker::list_caches(std::map<std::uint32_t, CacheUse>& out, long only_uid)
             ++u.regions;
         });
     }
+}
+
+bool Worker::protect_views(const Cache& cache, std::uint64_t first, std::uint64_t count)
+{
+    const std::uint64_t ps = m_ctx.page_size;
+    bool ok = true;
+    // Under the table lock: the clients, their regions and their userfaultfds stay as they are.
+    std::lock_guard lock(m_table_mutex);
+    for (const auto& [serial, c] : m_clients) {
+        c->regions.for_each([&](const Region& r) {
+            if (r.cache.get() != &cache || !r.shared()) return;
+            const std::uint64_t rfirst = r.file_offset / ps, rend = rfirst + r.length / ps;
+            const std::uint64_t from = std::max(first, rfirst), to = std::min(first + count, rend);
+            const int uffd = c->uffds[r.uffd_slot].fd.get();
+            if (from >= to || uffd < 0) return;
+            uffdio_writeprotect wp{{r.start + (from - rfirst) * ps, (to - from) * ps}, UFFDIO_WRITEPROTECT_MODE_WP};
+            // ESRCH: the client's address space is gone, nothing can write there any more.
+            // Anything else (EAGAIN: it is changing, its event not yet read) fails the run.
+            if (::ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) != 0 && errno != ESRCH) ok = false;
+        });
+    }
+    return ok;
+}
+
+void Worker::queue_cache_writeback(std::shared_ptr<Cache> cache)
+{
+    auto job = std::make_unique<WriteJob>();
+    job->why = "making room in the page cache";
+    WriteJob::Part part;
+    part.first = 0;
+    part.count = cache->reserved() / m_ctx.page_size;
+    part.cache = std::move(cache);
+    job->parts.push_back(std::move(part));
+    m_writer->submit(std::move(job));
 }
 
 }  // namespace pagerd::daemon

@@ -26,6 +26,7 @@
 #include "pagerd/util/unique_fd.hpp"
 #include "region_table.hpp"
 #include "stats.hpp"
+#include "writeback.hpp"
 
 struct uffd_msg;
 
@@ -64,7 +65,6 @@ struct Context {
 
 struct Client;
 class Writer;
-struct WriteJob;
 struct Load;
 
 // io_uring user_data points at one of these.
@@ -184,6 +184,11 @@ public:
         std::uint32_t regions = 0;
     };
     void list_caches(std::map<std::uint32_t, CacheUse>& out, long only_uid = -1);
+    // Thread-safe: write-protects pages [first, first + count) of `cache` in every Shared
+    // view of it that this worker's clients map; false if one could not be protected.
+    bool protect_views(const Cache& cache, std::uint64_t first, std::uint64_t count);
+    // Thread-safe: writes back every dirty page of `cache` (on this worker's writer).
+    void queue_cache_writeback(std::shared_ptr<Cache> cache);
     std::uint32_t client_count() const { return m_stats.clients.load(std::memory_order_relaxed); }
     // When the worker's loop last turned (it turns at least every 200 ms): the watchdog
     // pings only while every worker keeps turning.
@@ -230,6 +235,7 @@ private:
     proto::Body on_hello(Client& c, const proto::Hello& m, bool& disconnect);
     proto::Body on_register(Client& c, const proto::RegisterUffd& m, util::UniqueFd fd);
     proto::Body on_map(Client& c, const proto::Map& m, util::UniqueFd fd);
+    void check_shared_cache_map(Client& c, const proto::Map& m, int fl);
     proto::Body on_unmap(Client& c, const proto::Unmap& m);
     proto::Body on_status(Client& c);
     proto::Body on_map_shared(Client& c, const proto::MapShared& m, util::UniqueFd file, util::UniqueFd memfd);
@@ -244,6 +250,7 @@ private:
     // A FLUSH of r: collects its dirty pages into job (write-protecting uffd-wp ones).
     void collect_flush(Client& c, const Region& r, WriteJob& job);
     std::unique_ptr<WriteJob> new_write_job(const Client& c, const char* why);
+    WriteJob::Part cache_part(const Region& r) const;  // a Shared view's range of its cache
     // Pieces leaving the table: their dirty and flushing pages are queued for writing.
     void forget(Client& c, std::vector<Region> pieces, const char* why);
     void on_written(const WriteJob& job);  // answers the FLUSH, or logs

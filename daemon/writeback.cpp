@@ -120,6 +120,38 @@ Writeback::Outcome Writeback::write(const SharedMemory& mem, const std::vector<P
     return out;
 }
 
+Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRun>& runs)
+{
+    Outcome out;
+    const auto file = cache.write_file();
+    if (!file || runs.empty()) return out;
+    const int fd = file->get();
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return {0, 0, errno};
+    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+    if (m_bounce.size() < k_max_write) m_bounce.resize(k_max_write);
+    for (const PageRun& run : runs) {
+        for (std::uint64_t pos = run.first * m_page, end = (run.first + run.count) * m_page; pos < end;) {
+            if (pos >= file_size) break;  // the file shrank: nothing to write there
+            const std::uint64_t len = std::min({end - pos, k_max_write, file_size - pos});
+            const ssize_t got = ::pread(cache.memfd(), m_bounce.data(), len, static_cast<off_t>(pos));
+            if (got <= 0) return {out.pages, out.bytes, got < 0 ? errno : EIO};
+            for (std::uint64_t done = 0; done < static_cast<std::uint64_t>(got);) {
+                const ssize_t w = ::pwrite(fd, m_bounce.data() + done, static_cast<std::uint64_t>(got) - done,
+                                           static_cast<off_t>(pos + done));
+                if (w < 0 && errno == EINTR) continue;
+                if (w <= 0) return {out.pages, out.bytes, w < 0 ? errno : EIO};
+                done += static_cast<std::uint64_t>(w);
+            }
+            out.pages += (static_cast<std::uint64_t>(got) + m_page - 1) / m_page;
+            out.bytes += static_cast<std::uint64_t>(got);
+            pos += static_cast<std::uint64_t>(got);
+        }
+    }
+    if (out.bytes && ::fdatasync(fd) != 0) out.error = errno;
+    return out;
+}
+
 Writer::Writer(std::uint32_t page_size, unsigned index, std::function<void()> notify)
     : m_writeback(page_size), m_notify(std::move(notify))
 {
@@ -155,6 +187,22 @@ void Writer::finish()
     if (m_thread.joinable()) m_thread.join();
 }
 
+// Collect (protecting the pages in every view), write, then clear: a write after the
+// protection faults and makes the page dirty again, so nothing written is lost.
+void Writer::write_cache(WriteJob& job, WriteJob::Part& part)
+{
+    const auto serial = part.cache->lock_writeback();
+    const auto runs = part.cache->collect(part.first, part.count);
+    const auto out = m_writeback.write(*part.cache, runs);
+    part.cache->written(runs, out.error == 0);
+    job.pages += out.pages;
+    job.bytes += out.bytes;
+    if (out.error && !job.error) {
+        job.error = out.error;
+        job.failed_region = part.region_id;
+    }
+}
+
 void Writer::run()
 {
     for (;;) {
@@ -167,6 +215,10 @@ void Writer::run()
             m_queue.pop_front();
         }
         for (WriteJob::Part& part : job->parts) {
+            if (part.cache) {
+                write_cache(*job, part);
+                continue;
+            }
             const auto out = m_writeback.write(*part.mem, part.runs);
             job->pages += out.pages;
             job->bytes += out.bytes;

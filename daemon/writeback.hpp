@@ -15,14 +15,10 @@
 #include <thread>
 #include <vector>
 
+#include "cache.hpp"
 #include "region_table.hpp"
 
 namespace pagerd::daemon {
-
-struct PageRun {
-    std::uint64_t first;  // page index in the memfd
-    std::uint64_t count;
-};
 
 struct WriteJob {
     struct Part {
@@ -30,6 +26,10 @@ struct WriteJob {
         std::uint64_t region_id = 0;
         std::vector<PageRun> runs;
         bool clear_flushing = false;  // a flush: its collected pages are no longer pending once written
+        // Or a range of a page cache written by Shared regions: its dirty pages are collected
+        // (and protected in every view) on the writer's thread, then written.
+        std::shared_ptr<Cache> cache;
+        std::uint64_t first = 0, count = 0;  // cache pages
     };
     std::vector<Part> parts;
     std::uint64_t client = 0;      // serial of the client it is for
@@ -59,6 +59,10 @@ public:
     // Writes the pages of `runs` that the memfd holds (never touching one it does not
     // hold), clipped at the file's current size, then fdatasync.
     Outcome write(const SharedMemory& mem, const std::vector<PageRun>& runs);
+    // Writes the pages of `runs` of a page cache to its file (read from the memfd, so a
+    // hole reads as zeros and never becomes a page), clipped at the file's size, then
+    // fdatasync.
+    Outcome write(const Cache& cache, const std::vector<PageRun>& runs);
 
 private:
     void queue_write(int fd, const std::uint8_t* src, std::uint64_t len, std::uint64_t off);
@@ -66,6 +70,7 @@ private:
 
     std::uint32_t m_page;
     io_uring m_ring{};
+    std::vector<std::uint8_t> m_bounce;  // cache pages on their way to the file
     unsigned m_queued = 0;
 };
 
@@ -84,6 +89,7 @@ public:
 
 private:
     void run();
+    void write_cache(WriteJob& job, WriteJob::Part& part);
 
     Writeback m_writeback;
     std::function<void()> m_notify;

@@ -1,7 +1,8 @@
-// ReadOnly and PrivateWritable regions backed by the daemon's page cache (capability
-// CACHE): the pages live in the daemon's memfd of the file, shared with every other client
-// of that file and charged to the daemon, so a client can read a file far larger than the
-// memory it may use. See proto/PROTOCOL.md, "MAP".
+// Regions backed by the daemon's page cache (capability CACHE; Shared ones: CACHE_SHARED):
+// the pages live in the daemon's memfd of the file, shared with every other client of that
+// file and charged to the daemon, so a client can read a file far larger than the memory it
+// may use, and Shared clients of one file see each other's writes at once. See
+// proto/PROTOCOL.md, "MAP".
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -32,8 +33,10 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (o.addr ? MAP_FIXED : 0), -1, 0);
     if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");
     // 2. The region, and the cache's descriptor (read-only).
+    const bool shared = o.access == Access::Shared;
     proto::Map m{reinterpret_cast<std::uint64_t>(addr), o.length, o.offset,
-                 proto::k_map_cache | (o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u),
+                 proto::k_map_cache | (o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u) |
+                     (shared ? proto::k_map_shared : 0u),
                  to_wire(o.prefetch)};
     std::vector<util::UniqueFd> fds;
     auto reply = request(m, std::span<const int>(&fd, 1), 0, &fds);
@@ -53,10 +56,11 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
         return e;
     };
     // 3. The cache at the reserved addresses, private: writes of a PrivateWritable region
-    //    are the client's own copies. Registered MISSING (the cache lacks the page) and
-    //    MINOR (it holds it), both answered by the daemon.
-    const int prot = PROT_READ | (o.access == Access::PrivateWritable ? PROT_WRITE : 0);
-    if (::mmap(addr, o.length, prot, MAP_PRIVATE | MAP_FIXED | MAP_NORESERVE, fds[0].get(),
+    //    are the client's own copies; a Shared region's write the cache's own pages.
+    //    Registered MISSING (the cache lacks the page) and MINOR (it holds it), both
+    //    answered by the daemon; a Shared one WP too: the daemon records each first write.
+    const int prot = PROT_READ | (o.access != Access::ReadOnly ? PROT_WRITE : 0);
+    if (::mmap(addr, o.length, prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED | MAP_NORESERVE, fds[0].get(),
                static_cast<off_t>(o.offset)) == MAP_FAILED)
         return undo(sys_error("mmap of the daemon's cache"));
     // A forked child must not see this memory: its touch of a page the cache lacks would
@@ -66,12 +70,12 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
     uffdio_register reg{};
     reg.range.start = reinterpret_cast<std::uint64_t>(addr);
     reg.range.len = o.length;
-    reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR;
+    reg.mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR | (shared ? UFFDIO_REGISTER_MODE_WP : 0);
     if (::ioctl(uffd.get(), UFFDIO_REGISTER, &reg) != 0) return undo(sys_error("UFFDIO_REGISTER", errno));
     // 4. Prefetch::All: the fill starts now, so that every page is mapped as it is loaded.
     if (o.prefetch == Prefetch::All)
         if (auto fill = request(proto::PrefetchRequest{reg.range.start, o.length, 0}); !fill) return undo(fill.error());
-    Region r{id, addr, o.length, o.access, Tracking::Auto};
+    Region r{id, addr, o.length, o.access, shared ? Tracking::UffdWp : Tracking::Auto};
     std::lock_guard lock(regions_mutex);
     regions.emplace(r.id, Mapping{r});
     return r;

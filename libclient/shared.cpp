@@ -89,6 +89,13 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
         return Error::system(EINVAL, "a Shared region's file must not be open with O_DIRECT (open it without)");
     auto tracking = choose_tracking(o.tracking);
     if (!tracking) return tracking.error();
+    // uffd-wp, the daemon's strategy, works for every client of the file at once: such a
+    // region lives in the daemon's page cache, shared with every other client of the file.
+    // (Without room there, or with another strategy, it gets a memfd of its own.)
+    if (*tracking == Tracking::UffdWp && cache_usable() && (daemon_caps & proto::cap::CACHE_SHARED)) {
+        auto cached = map_cached(fd, o);
+        if (cached || !cached.error().is_daemon(proto::ErrorCode::LIMIT)) return cached;
+    }
     if (*tracking == Tracking::Async)
         if (auto r = ensure_async_uffd(); !r) return r.error();
     const std::uint64_t pages = o.length / page_size;

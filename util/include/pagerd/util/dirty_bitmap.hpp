@@ -35,6 +35,10 @@ public:
     {
         return ref(m_dirty, page / 64).load(std::memory_order_acquire) & bit(page);
     }
+    bool is_flushing(std::uint64_t page) const
+    {
+        return ref(m_flushing, page / 64).load(std::memory_order_acquire) & bit(page);
+    }
 
     // Moves the dirty bits of [first, first+count) to flushing; calls run(page, n) for
     // each run of pages moved. Returns the pages moved.

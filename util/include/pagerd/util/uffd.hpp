@@ -18,6 +18,9 @@
 #ifndef UFFD_FEATURE_MOVE
 #define UFFD_FEATURE_MOVE (1 << 16)
 #endif
+#ifndef UFFDIO_CONTINUE_MODE_WP  // 6.4+: the page is mapped write-protected
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
+#endif
 #ifndef USERFAULTFD_IOC_NEW
 #define USERFAULTFD_IOC 0xAA
 #define USERFAULTFD_IOC_NEW _IO(USERFAULTFD_IOC, 0x00)
