@@ -294,6 +294,44 @@ int cache_sharer(const std::string& sock, const std::string& data, std::uint64_t
     return 0;
 }
 
+// A Shared client of the page cache across a restart: it writes (a page of zeros among
+// them: at a restart, zero pages the daemon did not load are punched unless the dirty set
+// says a client wrote them), the daemon restarts, it writes more (also to a page it wrote
+// before, whose protection was lifted then), flushes, and exits.
+constexpr std::uint32_t k_shared_seed = 412;
+
+void shared_writes_before(std::uint8_t* p, std::uint64_t ps)
+{
+    std::memset(p, 0x5A, ps);
+    std::memset(p + ps, 0, ps);
+    std::memset(p + 2 * ps + 100, 0xC3, 10);
+}
+
+void shared_writes_after(std::uint8_t* p, std::uint64_t ps)
+{
+    std::memset(p + 3 * ps, 0x77, ps);
+    p[200] = 0x5B;  // page 0 again
+}
+
+int cache_shared_writer(const std::string& sock, const std::string& data, int up, int down)
+{
+    const std::uint64_t ps = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    auto c = libclient::Connection::connect({sock, "cache-writer"});
+    if (!c) return 3;
+    auto w = c.value()->map_file(data, {0, 1 << 20, Access::Shared, Tracking::UffdWp});
+    if (!w) return 4;
+    auto* p = static_cast<std::uint8_t*>(w->addr);
+    shared_writes_before(p, ps);
+    (void)!::write(up, "a", 1);
+    if (!wait_go(down)) return 7;  // the daemon restarts meanwhile
+    shared_writes_after(p, ps);
+    auto f = c.value()->flush(w.value());
+    if (!f) return 8;
+    (void)!::write(up, "b", 1);
+    if (!wait_go(down)) return 10;
+    return 0;
+}
+
 std::string cache_figures(const libclient::Status& s)
 {
     return "cache_bytes " + std::to_string(s.cache_bytes) + ", cache_files " + std::to_string(s.cache_files) +
@@ -603,4 +641,77 @@ TEST_CASE("restart through the descriptor store keeps the page cache: nothing re
     daemon = -1;
     CHECK(exited_with(st2, 0));
     for (int fd : {keeper_up[0], keeper_down[1], sharer_up[0], sharer_down[1]}) ::close(fd);
+}
+
+TEST_CASE("a Shared client's writes in the page cache survive a restart, zeros included", "[fdstore][restart][cache][shared]")
+{
+    const std::string how = GENERATE(std::string("SIGTERM"), std::string("SIGKILL"));
+    INFO("the first daemon stops by " << how);
+    const std::uint64_t ps = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    TempDir dir;
+    make_file(dir.file("data"), 1 << 20, k_shared_seed);
+    auto model = read_file(dir.file("data"));
+    shared_writes_before(model.data(), ps);
+    shared_writes_after(model.data(), ps);
+    const std::string sock = dir.file("pagerd.sock"), log1 = dir.file("log1"), log2 = dir.file("log2");
+    auto logs = [&] { return "first daemon:\n" + log_digest(log1) + "second daemon:\n" + log_digest(log2); };
+    ServiceManager sm(dir.file("notify"));
+    pid_t daemon = sm.start({"--socket", sock, "--log-level", "debug"}, log1);
+    pid_t writer = -1;
+    ChildReaper reaper{{&writer, &daemon}};
+    REQUIRE(sm.pump("READY=1", 10s));
+    int up[2], down[2];
+    REQUIRE(::pipe(up) == 0);
+    REQUIRE(::pipe(down) == 0);
+    writer = ::fork();
+    REQUIRE(writer >= 0);
+    if (writer == 0) {
+        reset_fatal_signals();
+        ::alarm(120);
+        ::close(up[0]);
+        ::close(down[1]);
+        _exit(cache_shared_writer(sock, dir.file("data"), up[1], down[0]));
+    }
+    ::close(up[1]);
+    ::close(down[0]);
+    auto stage = [&](const char* what) {
+        if (read_stage(up[0], sm)) return;
+        const int st = wait_exit_pumping(writer, sm, 10s, "the client neither reported its stage nor exited");
+        writer = -1;
+        INFO(logs());
+        FAIL(what << ": the client ended with status " << st);
+    };
+    stage("writing before the restart");
+    sm.pump("", 200ms);
+    CHECK(read_file(dir.file("data")) != model);  // nothing flushed yet
+    ::kill(daemon, how == "SIGKILL" ? SIGKILL : SIGTERM);
+    const int st1 = wait_daemon(daemon, sm);
+    daemon = -1;
+    sm.pump("", 200ms);
+    if (how == "SIGTERM") CHECK(exited_with(st1, 0));
+    // The cache and its dirty set, each stored once.
+    CHECK(sm.stored_with_prefix("cache.") == 1);
+    CHECK(sm.stored_with_prefix("cachebits.") == 1);
+    daemon = sm.start({"--socket", sock, "--log-level", "debug"}, log2);
+    REQUIRE(sm.pump("READY=1", 10s));
+    REQUIRE(::write(down[1], "g", 1) == 1);
+    stage("writing and flushing after the restart");
+    {
+        INFO(logs());
+        const auto file = read_file(dir.file("data"));
+        REQUIRE(file.size() == model.size());
+        for (std::uint64_t pg = 0; pg < 4; ++pg)
+            CHECK(std::memcmp(file.data() + pg * ps, model.data() + pg * ps, ps) == 0);
+        CHECK(file == model);
+    }
+    REQUIRE(::write(down[1], "g", 1) == 1);
+    const int wst = wait_exit_pumping(writer, sm, 30s, "the client did not exit");
+    writer = -1;
+    CHECK(exited_with(wst, 0));
+    ::kill(daemon, SIGTERM);
+    CHECK(exited_with(wait_daemon(daemon, sm), 0));
+    daemon = -1;
+    CHECK(read_file(dir.file("data")) == model);
+    ::close(up[0]);
+    ::close(down[1]);
 }
