@@ -20,7 +20,7 @@ inline auto fields(const CacheMapped& m) { return std::tie(m.region_id); }
 inline auto fields(const CachesRequest& m) { return std::tie(m.index); }
 inline auto fields(const CachesReply& m)
 {
-    return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions);
+    return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions, m.dirty);
 }
 inline auto fields(const Unmap& m) { return std::tie(m.region_id); }
 inline auto fields(const Ok&) { return std::tie(); }
@@ -31,7 +31,7 @@ inline auto fields(const StatusReply& m)
                     m.bytes_read, m.sigbus_faults, m.latency_p50_ns, m.latency_p99_ns, m.latency_max_ns,
                     m.user_mode_only_clients, m.requester_flags, m.requester_regions, m.pages_prefetched,
                     m.cache_budget, m.cache_bytes, m.cache_files, m.cache_loads, m.cache_hits, m.cache_evictions,
-                    m.cache_refaults, m.latency_histogram, m.version);
+                    m.cache_refaults, m.cache_dirty_bytes, m.cache_writebacks, m.latency_histogram, m.version);
 }
 inline auto fields(const Ping& m) { return std::tie(m.nonce); }
 inline auto fields(const Pong& m) { return std::tie(m.nonce); }

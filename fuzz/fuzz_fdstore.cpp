@@ -24,6 +24,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         FUZZ_CHECK(r.access <= 2);
         FUZZ_CHECK(r.tracking <= 3);
         FUZZ_CHECK(r.uffd_slot <= 1);
+        // A region in the page cache has no memfd of its own: restore() gives a Shared one
+        // the cache, never a memfd, so only uffd-wp tracking (the daemon's) may come with it.
+        FUZZ_CHECK(r.cached <= 1);
+        if (r.cached) FUZZ_CHECK(r.access == 2 ? r.tracking == 1 : r.tracking == 0);
     }
     return 0;
 }

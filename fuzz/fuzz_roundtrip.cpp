@@ -105,7 +105,8 @@ Message build(FuzzedDataProvider& in, Message& expected)
                                  &b.bytes_read, &b.sigbus_faults, &b.latency_p50_ns, &b.latency_p99_ns,
                                  &b.latency_max_ns, &b.requester_regions, &b.pages_prefetched, &b.cache_budget,
                                  &b.cache_bytes, &b.cache_files, &b.cache_loads, &b.cache_hits,
-                                 &b.cache_evictions, &b.cache_refaults})
+                                 &b.cache_evictions, &b.cache_refaults, &b.cache_dirty_bytes,
+                                 &b.cache_writebacks})
             *f = in.ConsumeIntegral<std::uint64_t>();
         for (std::uint32_t* f : {&b.workers, &b.clients, &b.user_mode_only_clients, &b.requester_flags})
             *f = in.ConsumeIntegral<std::uint32_t>();
@@ -154,7 +155,8 @@ Message build(FuzzedDataProvider& in, Message& expected)
         m.body = CachesReply{in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>(),
                              in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint64_t>(),
                              in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint64_t>(),
-                             in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>()};
+                             in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>(),
+                             in.ConsumeIntegral<std::uint64_t>()};
         break;
     }
     if (expected.body.index() != m.body.index()) expected.body = m.body;  // nothing to cut

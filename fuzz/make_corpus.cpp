@@ -54,6 +54,15 @@ std::vector<std::pair<std::string, Message>> messages()
     status.requester_flags = k_uffd_user_mode_only;
     status.requester_regions = 2;
     status.pages_prefetched = 4000;
+    status.cache_budget = std::uint64_t{1} << 30;
+    status.cache_bytes = 256 << 20;
+    status.cache_files = 2;
+    status.cache_loads = 65536;
+    status.cache_hits = 100000;
+    status.cache_evictions = 512;
+    status.cache_refaults = 16;
+    status.cache_dirty_bytes = 12 * 4096;
+    status.cache_writebacks = 64;
     for (std::size_t b = 0; b < status.latency_histogram.size(); ++b) status.latency_histogram[b] = b * 10;
     status.version = "pagerd 0.1.0";
     RegionsReply some{3, 0, {entry(0), entry(1), entry(2)}};
@@ -67,10 +76,11 @@ std::vector<std::pair<std::string, Message>> messages()
         {"03-register-uffd-async", {4, RegisterUffd{std::uint64_t{1} << 15, k_uffd_async_wp}}},
         {"04-map", {5, Map{0x7f0000000000, 1 << 20, 0, 0, Prefetch::SEQUENTIAL}}},
         {"04-map-private-all", {6, Map{0x7f0000100000, 1 << 16, 4096, k_map_private_writable, Prefetch::ALL}}},
+        {"04-map-cache-shared", {7, Map{0x7f0000400000, 1 << 20, 0, k_map_cache | k_map_shared, Prefetch::SEQUENTIAL}}},
         {"05-mapped", {5, Mapped{1}}},
         {"19-cache-mapped", {5, CacheMapped{1}}},
         {"20-caches", {6, CachesRequest{0}}},
-        {"21-caches-reply", {7, CachesReply{2, 0, 64769, 1234, 1 << 30, 1 << 20, 2, 3}}},
+        {"21-caches-reply", {7, CachesReply{2, 0, 64769, 1234, 1 << 30, 1 << 20, 2, 3, 8192}}},
         {"06-unmap", {7, Unmap{1}}},
         {"07-ok", {7, Ok{}}},
         {"08-status", {8, StatusRequest{}}},
@@ -94,7 +104,8 @@ std::vector<std::pair<std::string, Message>> messages()
 
 // The text fdstore.cpp's describe() writes: "client serial pid uid gid name-hex hello_done
 // uffd_flags features0 features1 next_region_id", then per region "region id start length
-// file_offset access tracking uffd_slot mem_offset file_base mem_length mapped prefetch".
+// file_offset access tracking uffd_slot mem_offset file_base mem_length mapped prefetch
+// cached".
 std::vector<std::pair<std::string, std::string>> states()
 {
     const std::string head = "pagerd-client-state 1\n";
@@ -108,6 +119,11 @@ std::vector<std::pair<std::string, std::string>> states()
                 "region 3 139637977841664 524288 0 2 1 0 0 0 1048576 1052672 1\n"
                 "region 3 139637978628096 262144 786432 2 1 0 786432 0 1048576 1052672 1\n"
                 "region 4 139637978894336 65536 0 2 3 1 0 0 65536 69632 0\n"},
+        {"cached",  // regions in the daemon's page cache: read-only, private, Shared (uffd-wp)
+         head + "client 11 5002 1000 1000 636163686564 1 0 21569 0 4\n"
+                "region 1 139637976727552 1048576 0 0 0 0 0 0 0 0 1 1\n"
+                "region 2 139637977776128 65536 4096 1 0 0 0 0 0 0 0 1\n"
+                "region 3 139637977841664 524288 0 2 1 0 0 0 0 0 0 1\n"},
         {"older-daemon-no-prefetch",
          head + "client 9 5001 1000 1000 6f6c64 1 1 511 0 2\n"
                 "region 1 139637976727552 1048576 0 0 0 0 0 0 0 0\n"},

@@ -136,6 +136,8 @@ void put(Writer& w, const StatusReply& m)
     w.u64(m.cache_hits);
     w.u64(m.cache_evictions);
     w.u64(m.cache_refaults);
+    w.u64(m.cache_dirty_bytes);
+    w.u64(m.cache_writebacks);
     for (const auto n : m.latency_histogram) w.u64(n);
     w.str(m.version, k_max_text);
 }
@@ -204,6 +206,8 @@ void get(Reader& r, StatusReply& m)
     m.cache_hits = r.u64();
     m.cache_evictions = r.u64();
     m.cache_refaults = r.u64();
+    m.cache_dirty_bytes = r.u64();
+    m.cache_writebacks = r.u64();
     for (auto& n : m.latency_histogram) n = r.u64();
     m.version = r.str(k_max_text);
 }
@@ -277,6 +281,7 @@ void put(Writer& w, const CachesReply& m)
     w.u64(m.resident);
     w.u32(m.clients);
     w.u32(m.regions);
+    w.u64(m.dirty);
 }
 void get(Reader& r, CachesReply& m)
 {
@@ -288,6 +293,7 @@ void get(Reader& r, CachesReply& m)
     m.resident = r.u64();
     m.clients = r.u32();
     m.regions = r.u32();
+    m.dirty = r.u64();
 }
 void put(Writer& w, const PrefetchRequest& m)
 {

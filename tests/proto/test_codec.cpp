@@ -40,7 +40,7 @@ auto fields(const StatusReply& m)
                     m.latency_p99_ns, m.latency_max_ns, m.user_mode_only_clients,
                     m.requester_flags, m.requester_regions, m.pages_prefetched, m.cache_budget,
                     m.cache_bytes, m.cache_files, m.cache_loads, m.cache_hits, m.cache_evictions,
-                    m.cache_refaults,
+                    m.cache_refaults, m.cache_dirty_bytes, m.cache_writebacks,
                     m.latency_histogram, m.version);
 }
 auto fields(const Ping& m) { return std::tie(m.nonce); }
@@ -63,7 +63,7 @@ auto fields(const RegionEntry& e)
 auto fields(const CachesRequest& m) { return std::tie(m.index); }
 auto fields(const CachesReply& m)
 {
-    return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions);
+    return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions, m.dirty);
 }
 auto fields(const RegionsReply& m)
 {
@@ -152,6 +152,11 @@ std::vector<Message> samples()
                 .file_offset = 0xfffffffffffff000,
                 .flags = k_map_private_writable,
                 .prefetch = Prefetch::ALL}},
+        {4, Map{.addr = 0x7f0123400000,
+                .length = 0x200000,
+                .file_offset = 0x1000,
+                .flags = k_map_cache | k_map_shared,
+                .prefetch = Prefetch::NONE}},
         {5, Mapped{.region_id = 0xffffffffffffffff}},
         {5, CacheMapped{.region_id = 0x8000000000000001}},
         {6, Unmap{.region_id = 0x0102030405060708}},
@@ -173,6 +178,15 @@ std::vector<Message> samples()
                         .requester_flags = 0xe000000e,
                         .requester_regions = 15,
                         .pages_prefetched = 0x1011121314151617,
+                        .cache_budget = 0x1819000000000000,
+                        .cache_bytes = 0x1a1b1c1d,
+                        .cache_files = 0x1e,
+                        .cache_loads = 0x1f20212223242526,
+                        .cache_hits = 0x2728292a2b2c2d2e,
+                        .cache_evictions = 0x2f30313233343536,
+                        .cache_refaults = 0x3738393a3b3c3d3e,
+                        .cache_dirty_bytes = 0x3f40414243444546,
+                        .cache_writebacks = 0x4748494a4b4c4d4e,
                         .latency_histogram = sample_histogram<std::uint64_t>(99),
                         .version = pattern(k_max_text)}},
         {10, Ping{.nonce = 0x1122334455667788}},
@@ -217,7 +231,8 @@ std::vector<Message> samples()
                          .size = 1ull << 40,
                          .resident = 0x7ff000,
                          .clients = 0xfffffffe,
-                         .regions = 0x80000001}},
+                         .regions = 0x80000001,
+                         .dirty = 0x8000000000001000}},
     };
 }
 
@@ -673,26 +688,45 @@ TEST_CASE("codec: PREFETCH is laid out byte for byte and the receiver ignores re
     CHECK(std::get<PrefetchRequest>(f->body).flags == 0x80000003);
 }
 
-TEST_CASE("codec: STATUS_REPLY carries pages_prefetched and the histogram before the version", "[codec]")
+TEST_CASE("codec: STATUS_REPLY carries pages_prefetched, the cache figures and the histogram before the version",
+          "[codec]")
 {
     StatusReply s{.pages_prefetched = 0x0102030405060708,
+                  .cache_budget = 0x1112131415161718,
+                  .cache_bytes = 0x2122232425262728,
+                  .cache_files = 0x3132333435363738,
+                  .cache_loads = 0x4142434445464748,
+                  .cache_hits = 0x5152535455565758,
+                  .cache_evictions = 0x6162636465666768,
+                  .cache_refaults = 0x7172737475767778,
+                  .cache_dirty_bytes = 0x8182838485868788,
+                  .cache_writebacks = 0x9192939495969798,
                   .latency_histogram = sample_histogram<std::uint64_t>(7),
                   .version = "v"};
     const Bytes b = encode(Message{1, s});
-    REQUIRE(b.size() == k_header_size + 298 + 1);
+    REQUIRE(b.size() == k_header_size + 314 + 1);
     const auto u64_at = [&](std::size_t off) {
         std::uint64_t v = 0;
         for (int i = 0; i < 8; ++i) v |= std::uint64_t{b[k_header_size + off + i]} << (8 * i);
         return v;
     };
     CHECK(u64_at(104) == s.pages_prefetched);
+    CHECK(u64_at(112) == s.cache_budget);
+    CHECK(u64_at(120) == s.cache_bytes);
+    CHECK(u64_at(128) == s.cache_files);
+    CHECK(u64_at(136) == s.cache_loads);
+    CHECK(u64_at(144) == s.cache_hits);
+    CHECK(u64_at(152) == s.cache_evictions);
+    CHECK(u64_at(160) == s.cache_refaults);
+    CHECK(u64_at(168) == s.cache_dirty_bytes);
+    CHECK(u64_at(176) == s.cache_writebacks);
     for (std::size_t i = 0; i < k_latency_buckets; ++i) {
         INFO("bucket " << i);
-        CHECK(u64_at(168 + 8 * i) == s.latency_histogram[i]);
+        CHECK(u64_at(184 + 8 * i) == s.latency_histogram[i]);
     }
-    CHECK(b[k_header_size + 296] == 1);  // version: count
-    CHECK(b[k_header_size + 297] == 0);
-    CHECK(b[k_header_size + 298] == 'v');
+    CHECK(b[k_header_size + 312] == 1);  // version: count
+    CHECK(b[k_header_size + 313] == 0);
+    CHECK(b[k_header_size + 314] == 'v');
     for (std::size_t off = 0; off < 104; ++off) CHECK(b[k_header_size + off] == 0);
     const auto r = decode(b, 0);
     REQUIRE(r.ok());

@@ -236,6 +236,7 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(CACHES_REPLY, CachesReply, resident),
     NUM(CACHES_REPLY, CachesReply, clients),
     NUM(CACHES_REPLY, CachesReply, regions),
+    NUM(CACHES_REPLY, CachesReply, dirty),
     NUM(UNMAP, Unmap, region_id),
     NUM(STATUS_REPLY, StatusReply, uptime_ms),
     NUM(STATUS_REPLY, StatusReply, workers),
@@ -260,6 +261,8 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(STATUS_REPLY, StatusReply, cache_hits),
     NUM(STATUS_REPLY, StatusReply, cache_evictions),
     NUM(STATUS_REPLY, StatusReply, cache_refaults),
+    NUM(STATUS_REPLY, StatusReply, cache_dirty_bytes),
+    NUM(STATUS_REPLY, StatusReply, cache_writebacks),
     NUM(PING, Ping, nonce),
     NUM(PONG, Pong, nonce),
     NUM(ERROR, ErrorReply, code),
@@ -670,15 +673,15 @@ TEST_CASE("doc: an empty REGIONS_REPLY is 10 bytes and each entry adds 136", "[d
     CHECK(read_doc().find(example) != std::string::npos);
 }
 
-TEST_CASE("doc: STATUS_REPLY is 298 bytes before its version string", "[doc]")
+TEST_CASE("doc: STATUS_REPLY is 314 bytes before its version string", "[doc]")
 {
     const auto doc =
         by_name(table("Message types", {"type", "number", "direction", "fds", "body bytes"}), 5);
     const auto bb = body_bytes(doc.at("STATUS_REPLY")[4]);
-    CHECK(bb.fixed == 298);
+    CHECK(bb.fixed == 314);
     CHECK(bb.string);
-    CHECK(encode(Message{0, StatusReply{}}).size() == k_header_size + 298);
-    CHECK(encode(Message{0, StatusReply{.version = "0.1.0"}}).size() == k_header_size + 298 + 5);
+    CHECK(encode(Message{0, StatusReply{}}).size() == k_header_size + 314);
+    CHECK(encode(Message{0, StatusReply{.version = "0.1.0"}}).size() == k_header_size + 314 + 5);
 }
 
 TEST_CASE("doc: body bytes in the type table match encoded default messages", "[doc]")
@@ -1003,6 +1006,7 @@ TEST_CASE("doc: the flag bits named in the layouts match constants.hpp", "[doc]"
         {"k_uffd_async_wp", k_uffd_async_wp},
         {"k_map_private_writable", k_map_private_writable},
         {"k_map_cache", k_map_cache},
+        {"k_map_shared", k_map_shared},
         {"k_prefetch_wait", k_prefetch_wait},
     };
     const std::map<std::string, std::uint32_t> known = {

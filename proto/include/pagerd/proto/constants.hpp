@@ -76,7 +76,8 @@ enum class ErrorCode : std::uint32_t {
     X(SIGBUS_PAST_EOF, 4)        \
     X(SHARED_WRITABLE, 5)        \
     X(PREFETCH, 6)               \
-    X(CACHE, 7)
+    X(CACHE, 7)                  \
+    X(CACHE_SHARED, 8)
 
 namespace cap {
 #define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;
@@ -118,7 +119,18 @@ inline constexpr std::uint32_t k_map_private_writable = 1u << 0;
 // The region maps the daemon's cache of the file: answered by CACHE_MAPPED with the
 // cache's descriptor, which the client maps at `addr` and registers MISSING | MINOR.
 inline constexpr std::uint32_t k_map_cache = 1u << 1;
-inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable | k_map_cache;
+// With k_map_cache only, never with k_map_private_writable (capability CACHE_SHARED): a
+// Shared region in the daemon's cache of the file. The descriptor sent with MAP is open
+// O_RDWR (not O_APPEND, not O_DIRECT). CACHE_MAPPED then carries a read-write descriptor
+// of the cache, which the client maps MAP_SHARED read-write at `addr` from `file_offset`
+// and registers MISSING | MINOR | WP (its uffd needs UFFD_FEATURE_MINOR_SHMEM,
+// UFFD_FEATURE_WP_HUGETLBFS_SHMEM and UFFD_FEATURE_PAGEFAULT_FLAG_WP). The daemon tracks
+// the writes with uffd-wp (the region's tracking is UFFD_WP). Every client that maps the
+// same file this way shares the same pages and sees the others' writes at once; FLUSH
+// writes the file's dirty pages of the region's range to the file, and the cache writes
+// dirty pages back before it evicts them.
+inline constexpr std::uint32_t k_map_shared = 1u << 2;
+inline constexpr std::uint32_t k_map_known_flags = k_map_private_writable | k_map_cache | k_map_shared;
 
 const char* type_name(Type t);              // "HELLO", ... or "?"
 const char* error_code_name(ErrorCode c);   // "MALFORMED", ... or "?"

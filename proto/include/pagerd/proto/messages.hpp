@@ -36,7 +36,7 @@ struct Map {
 struct Mapped {
     std::uint64_t region_id = 0;
 };
-struct CacheMapped {  // fds: the cache, read-only; map it at MAP.addr from MAP.file_offset
+struct CacheMapped {  // fds: the cache (read-only; read-write for k_map_shared); map it at MAP.addr from MAP.file_offset
     std::uint64_t region_id = 0;
 };
 struct Unmap {
@@ -69,6 +69,8 @@ struct StatusReply {
     std::uint64_t cache_hits = 0;          // pages mapped for a client from the cache, no load
     std::uint64_t cache_evictions = 0;     // pages dropped to stay within the budget
     std::uint64_t cache_refaults = 0;      // loads of pages evicted lately
+    std::uint64_t cache_dirty_bytes = 0;   // written by clients into the cache, not yet to their files
+    std::uint64_t cache_writebacks = 0;    // pages written back to their files so that the cache could evict them
     std::array<std::uint64_t, k_latency_buckets> latency_histogram{};  // see latency_bucket()
     std::string version;
 };
@@ -126,6 +128,7 @@ struct CachesReply {  // one file's page cache; all 0 but total when index >= to
     std::uint64_t resident = 0;      // bytes it holds
     std::uint32_t clients = 0;       // connections with a region of it
     std::uint32_t regions = 0;       // region pieces mapping it
+    std::uint64_t dirty = 0;         // bytes of it written by clients and not yet to the file
 };
 struct PrefetchRequest {  // PREFETCH: load [addr, addr + length) of this connection's regions
     std::uint64_t addr = 0;
