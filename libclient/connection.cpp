@@ -329,7 +329,7 @@ Result<std::vector<CacheInfo>> Connection::caches()
         const auto* e = std::get_if<proto::CachesReply>(&reply->body);
         if (!e) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered CACHES with something else");
         if (i >= e->total || i >= 100000) return out;
-        out.push_back({e->dev, e->ino, e->size, e->resident, e->clients, e->regions});
+        out.push_back({e->dev, e->ino, e->size, e->resident, e->clients, e->regions, e->dirty});
     }
 }
 
@@ -398,6 +398,8 @@ Result<Status> Connection::status()
     out.cache_hits = s->cache_hits;
     out.cache_evictions = s->cache_evictions;
     out.cache_refaults = s->cache_refaults;
+    out.cache_dirty_bytes = s->cache_dirty_bytes;
+    out.cache_writebacks = s->cache_writebacks;
     for (std::size_t i = 0; i < k_latency_buckets; ++i) out.latency_histogram[i] = s->latency_histogram[i];
     return out;
 }

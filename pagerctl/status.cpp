@@ -154,7 +154,7 @@ int run_status(const std::string& socket, bool json)
                     "\"bytes_read\":%llu,\"sigbus_faults\":%llu,\"latency_ns\":{\"p50\":%llu,\"p99\":%llu,"
                     "\"max\":%llu},\"user_mode_only_clients\":%u,\"pages_prefetched\":%llu,"
                     "\"cache\":{\"budget\":%llu,\"bytes\":%llu,\"files\":%llu,\"loads\":%llu,\"hits\":%llu,"
-                    "\"evictions\":%llu,\"refaults\":%llu},"
+                    "\"evictions\":%llu,\"refaults\":%llu,\"dirty_bytes\":%llu,\"writebacks\":%llu},"
                     "\"latency_histogram\":%s,\"region_list\":[",
                     json_string(s->version).c_str(), (ull)s->uptime_ms, s->workers, s->clients,
                     (ull)s->regions, (ull)s->mapped_bytes, (ull)s->faults, (ull)s->pages_installed,
@@ -162,7 +162,7 @@ int run_status(const std::string& socket, bool json)
                     (ull)s->latency_p99_ns, (ull)s->latency_max_ns, s->user_mode_only_clients,
                     (ull)s->pages_prefetched, (ull)s->cache_budget, (ull)s->cache_bytes, (ull)s->cache_files,
                     (ull)s->cache_loads, (ull)s->cache_hits, (ull)s->cache_evictions, (ull)s->cache_refaults,
-                    json_array(s->latency_histogram).c_str());
+                    (ull)s->cache_dirty_bytes, (ull)s->cache_writebacks, json_array(s->latency_histogram).c_str());
         for (std::size_t i = 0; i < regions->size(); ++i) {
             const auto& r = (*regions)[i];
             std::printf("%s{\"client\":%llu,\"pid\":%u,\"id\":%llu,\"length\":%llu,\"access\":\"%s\","
@@ -178,9 +178,10 @@ int run_status(const std::string& socket, bool json)
         std::printf("],\"cache_list\":[");
         for (std::size_t i = 0; i < caches->size(); ++i) {
             const auto& k = (*caches)[i];
-            std::printf("%s{\"dev\":%llu,\"ino\":%llu,\"size\":%llu,\"resident\":%llu,\"clients\":%u,"
-                        "\"regions\":%u}",
-                        i ? "," : "", (ull)k.dev, (ull)k.ino, (ull)k.size, (ull)k.resident, k.clients, k.regions);
+            std::printf("%s{\"dev\":%llu,\"ino\":%llu,\"size\":%llu,\"dirty\":%llu,\"resident\":%llu,"
+                        "\"clients\":%u,\"regions\":%u}",
+                        i ? "," : "", (ull)k.dev, (ull)k.ino, (ull)k.size, (ull)k.dirty, (ull)k.resident, k.clients,
+                        k.regions);
         }
         std::printf("]}\n");
         return 0;
@@ -195,10 +196,11 @@ int run_status(const std::string& socket, bool json)
                 (ull)s->pages_installed, (ull)s->sigbus_faults);
     std::printf("pages prefetched  %llu\n", (ull)s->pages_prefetched);
     std::printf("bytes read        %llu\n", (ull)s->bytes_read);
-    std::printf("page cache        %llu of %llu bytes, %llu file(s); pages: %llu loaded, %llu hits, %llu evicted, "
-                "%llu refaults\n",
-                (ull)s->cache_bytes, (ull)s->cache_budget, (ull)s->cache_files, (ull)s->cache_loads,
-                (ull)s->cache_hits, (ull)s->cache_evictions, (ull)s->cache_refaults);
+    std::printf("page cache        %llu of %llu bytes, %llu file(s), %llu bytes dirty; pages: %llu loaded, %llu hits, "
+                "%llu evicted, %llu refaults, %llu written back\n",
+                (ull)s->cache_bytes, (ull)s->cache_budget, (ull)s->cache_files, (ull)s->cache_dirty_bytes,
+                (ull)s->cache_loads, (ull)s->cache_hits, (ull)s->cache_evictions, (ull)s->cache_refaults,
+                (ull)s->cache_writebacks);
     std::printf("fault latency     p50 %.1f us, p99 %.1f us, max %.1f us\n", s->latency_p50_ns / 1e3,
                 s->latency_p99_ns / 1e3, s->latency_max_ns / 1e3);
     std::printf("\n");
@@ -216,11 +218,11 @@ int run_status(const std::string& socket, bool json)
                     pad_left(human_bytes(r.prefetch_pending), 10).c_str(),
                     compact_histogram(r.latency_histogram).c_str());
     if (!caches->empty())
-        std::printf("\n%-12s %-12s %14s %14s %8s %8s\n", "cache dev", "inode", "file bytes", "resident", "clients",
-                    "regions");
+        std::printf("\n%-12s %-12s %14s %14s %14s %8s %8s\n", "cache dev", "inode", "file bytes", "resident", "dirty",
+                    "clients", "regions");
     for (const auto& k : *caches)
-        std::printf("%-12llu %-12llu %14llu %14llu %8u %8u\n", (ull)k.dev, (ull)k.ino, (ull)k.size, (ull)k.resident,
-                    k.clients, k.regions);
+        std::printf("%-12llu %-12llu %14llu %14llu %14llu %8u %8u\n", (ull)k.dev, (ull)k.ino, (ull)k.size,
+                    (ull)k.resident, (ull)k.dirty, k.clients, k.regions);
     return 0;
 }
 

@@ -131,7 +131,6 @@ struct Region {
     Tracking tracking = Tracking::Auto;  // Shared regions: the strategy in use
 };
 
-// One region of any client, as `pagerctl status` lists them.
 // One file's page cache in the daemon (Connection::caches()).
 struct CacheInfo {
     std::uint64_t dev = 0, ino = 0;  // the file (st_dev, st_ino)
@@ -139,8 +138,10 @@ struct CacheInfo {
     std::uint64_t resident = 0;      // bytes it holds now
     std::uint32_t clients = 0;       // connections that map the file
     std::uint32_t regions = 0;       // region pieces that map it
+    std::uint64_t dirty = 0;         // bytes of it written by clients and not yet to the file
 };
 
+// One region of any client, as `pagerctl status` lists them.
 struct RegionInfo {
     std::uint64_t client = 0;  // the daemon's serial number of the connection
     std::uint32_t pid = 0;
@@ -176,7 +177,8 @@ struct Status {
     std::uint64_t this_client_regions = 0;
     std::uint64_t pages_prefetched = 0;  // installed ahead of any fault
     // The daemon's page cache (regions mapped through it: Connection::map_* of ReadOnly and
-    // PrivateWritable regions when the daemon has it). Bytes now; pages since start.
+    // PrivateWritable regions when the daemon has it, and of Shared regions tracked with
+    // UffdWp when it has CACHE_SHARED). Bytes now; pages since start.
     std::uint64_t cache_budget = 0;     // --memory-max
     std::uint64_t cache_bytes = 0;      // resident
     std::uint64_t cache_files = 0;      // caches open (one per file)
@@ -184,6 +186,8 @@ struct Status {
     std::uint64_t cache_hits = 0;       // pages mapped for a client from the cache, no load
     std::uint64_t cache_evictions = 0;  // pages dropped to stay within the budget
     std::uint64_t cache_refaults = 0;   // loads of pages evicted lately
+    std::uint64_t cache_dirty_bytes = 0;  // written by clients into the cache, not yet to their files
+    std::uint64_t cache_writebacks = 0;   // pages written back to their files so that the cache could evict them
     LatencyHistogram latency_histogram{};
 };
 
