@@ -83,12 +83,10 @@ void PageBits::clear(std::uint64_t page)
 // ---- Cache ---------------------------------------------------------------------------
 
 Cache::Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::UniqueFd memfd, std::uint8_t* base,
-             std::uint64_t reserved)
-    : m_pool(pool), m_id(id), m_dev(dev), m_ino(ino), m_memfd(std::move(memfd)), m_base(base), m_reserved(reserved)
+             std::uint64_t size, std::uint64_t reserved)
+    : m_pool(pool), m_id(id), m_dev(dev), m_ino(ino), m_memfd(std::move(memfd)), m_base(base), m_reserved(reserved),
+      m_size(size)
 {
-    struct stat st{};
-    ::fstat(m_memfd.get(), &st);
-    m_size = static_cast<std::uint64_t>(st.st_size);
 }
 
 Cache::~Cache()
@@ -100,8 +98,12 @@ Cache::~Cache()
                           "back to the file", m_id, m_pending);
         fdstore::forget_cache(*this);
         // Out of the budget now, so out of memory too: a client that still holds a
-        // descriptor or a mapping of the memfd must not keep its pages resident, uncounted.
-        ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(m_size));
+        // descriptor or a mapping of the memfd must not keep its pages resident, uncounted
+        // (nor pages a Shared client wrote past the file's end).
+        struct stat st{};
+        const std::uint64_t end = ::fstat(m_memfd.get(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : m_size;
+        ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                    static_cast<off_t>(std::max(end, m_size)));
     }
     ::munmap(m_base, m_reserved);
     if (m_bits_base) ::munmap(m_bits_base, m_bits_bytes);
@@ -122,7 +124,11 @@ bool Cache::grow(std::uint64_t bytes, std::string& why)
               " bytes); map it again once its other regions are gone";
         return false;
     }
-    if (::ftruncate(m_memfd.get(), static_cast<off_t>(bytes)) != 0) {
+    // The memfd spans the whole reservation (sealed against growing and shrinking): only
+    // what the daemon serves grows. (A cache an older daemon made spans the file only.)
+    struct stat st{};
+    if (::fstat(m_memfd.get(), &st) != 0 ||
+        (static_cast<std::uint64_t>(st.st_size) < bytes && ::ftruncate(m_memfd.get(), static_cast<off_t>(bytes)) != 0)) {
         why = std::string("growing the cache failed: ") + std::strerror(errno);
         return false;
     }
@@ -145,7 +151,8 @@ bool Cache::punch(std::uint64_t page)
                        static_cast<off_t>(ps)) == 0;
 }
 
-std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len)
+std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len,
+                                       std::uint64_t epoch, std::vector<std::uint64_t>& stale_pages)
 {
     const std::uint64_t ps = m_pool.page_size();
     std::vector<std::uint64_t> added;
@@ -153,13 +160,16 @@ std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t*
     len = std::min(len, m_size > offset ? m_size - offset : 0);
     std::uint64_t off = 0;
     unsigned retries = 0;
+    const bool check = m_bits && epoch != m_evict_seq;  // written pages were evicted since the read
+    auto usable = [&](std::uint64_t o) { return !m_loaded.test((offset + o) / ps) && !(check && stale((offset + o) / ps, epoch)); };
     while (off < len) {
-        if (m_loaded.test((offset + off) / ps)) {
+        if (!usable(off)) {
+            if (!m_loaded.test((offset + off) / ps)) stale_pages.push_back((offset + off) / ps);
             off += ps;
             continue;
         }
         std::uint64_t end = off + ps;
-        while (end < len && !m_loaded.test((offset + end) / ps)) end += ps;
+        while (end < len && usable(end)) end += ps;
         uffdio_copy cp{};
         cp.dst = reinterpret_cast<std::uint64_t>(m_base + offset + off);
         cp.src = reinterpret_cast<std::uint64_t>(buf + off);
@@ -169,7 +179,7 @@ std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t*
         const int err = errno;
         const std::uint64_t copied = ok ? cp.len : cp.copy > 0 ? static_cast<std::uint64_t>(cp.copy) : 0;
         for (std::uint64_t o = off; o < off + copied; o += ps) {
-            m_loaded.set((offset + o) / ps);
+            set_loaded((offset + o) / ps);
             added.push_back((offset + o) / ps);
         }
         off += copied;
@@ -211,7 +221,8 @@ std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset
             uffdio_continue cont{};
             cont.range.start = addr + covered;
             cont.range.len = end - covered;
-            cont.mode = wp ? UFFDIO_CONTINUE_MODE_WP : 0;
+            // The caller wakes the faulting threads once it has counted the fault.
+            cont.mode = UFFDIO_CONTINUE_MODE_DONTWAKE | (wp ? UFFDIO_CONTINUE_MODE_WP : 0);
             const bool ok = ::ioctl(uffd, UFFDIO_CONTINUE, &cont) == 0;
             const int e = errno;
             const std::uint64_t done = ok ? cont.range.len : cont.mapped > 0 ? static_cast<std::uint64_t>(cont.mapped) : 0;
@@ -224,7 +235,7 @@ std::uint64_t Cache::map_into(int uffd, std::uint64_t addr, std::uint64_t offset
             }
             // A page the bits say is loaded, gone from the memfd: a Shared client punched
             // it through its read-write descriptor. Not loaded any more: the fault loads it.
-            if (e == EFAULT) m_loaded.clear((offset + covered) / ps);
+            if (e == EFAULT) clear_loaded((offset + covered) / ps);
             err = e;
             break;
         }
@@ -281,17 +292,18 @@ std::uint64_t Cache::evict_locked(std::uint64_t first, std::uint64_t count)
     std::uint64_t n = 0;
     for (std::uint64_t p = first; p < first + count; ++p)
         if (m_loaded.test(p)) {
-            m_loaded.clear(p);
+            clear_loaded(p);
             ++n;
         }
     return n;
 }
 
-// The previous daemon's bits are gone. A page it loaded holds the file's bytes; a page a
-// client made in a hole (touching it through a mapping it did not register) holds zeros,
-// since no read-only client can write the memfd. So zero pages are punched (a file's own
-// zero page is loaded again, no harm) unless the dirty set says a Shared client wrote
-// them, and the others count as loaded.
+// The previous daemon's bits are gone. A page it loaded holds the file's bytes. In a cache
+// no client can write, a page a client made in a hole (touching it through a mapping it
+// did not register) holds zeros: zero pages are punched (a file's own zero page is loaded
+// again, no harm) and the others count as loaded. A writable cache's dirty set keeps a
+// copy of which pages the daemon loaded; the others are punched, whatever they hold.
+// Pages past the file's end are punched too.
 std::vector<std::uint64_t> Cache::adopt_present_pages()
 {
     const std::uint64_t ps = m_pool.page_size();
@@ -299,23 +311,30 @@ std::vector<std::uint64_t> Cache::adopt_present_pages()
     std::vector<std::uint8_t> buf(256 * ps);
     std::lock_guard lock(m_mutex);
     off_t pos = 0;
-    while (static_cast<std::uint64_t>(pos) < m_size) {
+    struct stat st{};
+    const std::uint64_t span = ::fstat(m_memfd.get(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : m_size;
+    while (static_cast<std::uint64_t>(pos) < span) {
         const off_t data = ::lseek(m_memfd.get(), pos, SEEK_DATA);
         if (data < 0) break;
         off_t hole = ::lseek(m_memfd.get(), data, SEEK_HOLE);
-        if (hole < 0) hole = static_cast<off_t>(m_size);
+        if (hole < 0) hole = static_cast<off_t>(span);
         for (std::uint64_t at = static_cast<std::uint64_t>(data) / ps * ps; at < static_cast<std::uint64_t>(hole);) {
             const std::uint64_t n = std::min<std::uint64_t>(buf.size(), static_cast<std::uint64_t>(hole) - at);
             const ssize_t got = ::pread(m_memfd.get(), buf.data(), n, static_cast<off_t>(at));
             if (got <= 0) break;
             for (std::uint64_t o = 0; o + ps <= static_cast<std::uint64_t>(got); o += ps) {
                 const std::uint8_t* q = buf.data() + o;
+                const std::uint64_t page = (at + o) / ps;
                 const bool zero = q[0] == 0 && std::memcmp(q, q + 1, ps - 1) == 0;
-                if (zero && !pending_locked((at + o) / ps)) {  // (a Shared client may have written zeros)
-                    punch((at + o) / ps);
+                // A writable cache's dirty set says which pages the daemon loaded (a Shared
+                // client can write any bytes into a hole); a read-only one's pages a client
+                // made are zeros.
+                const bool ours = at + o < m_size && (m_bits ? loaded_before_restart(page) : !zero);
+                if (!ours) {
+                    punch(page);
                 } else {
-                    m_loaded.set((at + o) / ps);
-                    pages.push_back((at + o) / ps);
+                    set_loaded(page);
+                    pages.push_back(page);
                 }
             }
             at += static_cast<std::uint64_t>(got) / ps * ps;
@@ -349,8 +368,13 @@ CachePool::CachePool(std::uint64_t budget_bytes, std::uint32_t page_size)
 
 CachePool::~CachePool() = default;
 
+std::uint64_t CachePool::reservation(std::uint64_t size) const
+{
+    return round_up(std::max<std::uint64_t>(size, m_page), m_page) + (std::uint64_t{1} << 30);
+}
+
 std::shared_ptr<Cache> CachePool::make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size,
-                                       std::string& why)
+                                       std::uint64_t reserved, std::string& why)
 {
     // The daemon maps each cache whole, with 1 GiB to grow into if the file grows while
     // mapped: address space only, free until touched, but finite. A client can name a huge
@@ -360,7 +384,6 @@ std::shared_ptr<Cache> CachePool::make(util::UniqueFd memfd, dev_t dev, ino_t in
         why = "the file is larger than the page cache takes (" + std::to_string(k_max_file >> 40) + " TiB)";
         return nullptr;
     }
-    const std::uint64_t reserved = round_up(std::max<std::uint64_t>(size, m_page), m_page) + (std::uint64_t{1} << 30);
     if (m_reserved_total + reserved > k_max_reserved) {
         why = "the page cache's address space is used up (" + std::to_string(k_max_reserved >> 40) +
               " TiB of files cached at once)";
@@ -382,44 +405,54 @@ std::shared_ptr<Cache> CachePool::make(util::UniqueFd memfd, dev_t dev, ino_t in
     }
     const std::uint32_t id = m_next_id++;
     m_reserved_total += reserved;
-    auto c = std::make_shared<Cache>(*this, id, dev, ino, std::move(memfd), static_cast<std::uint8_t*>(base), reserved);
+    auto c = std::make_shared<Cache>(*this, id, dev, ino, std::move(memfd), static_cast<std::uint8_t*>(base), size,
+                                     reserved);
     m_by_file[{dev, ino}] = c;
     m_by_id[id] = c;
     return c;
 }
 
-std::shared_ptr<Cache> CachePool::open(int file_fd, std::uint64_t min_size, std::string& why)
+std::shared_ptr<Cache> CachePool::open(const store::Store& store, std::uint64_t min_size, std::string& why)
 {
     if (!m_uffd) {
         why = m_unavailable;
         return nullptr;
     }
-    struct stat st{};
-    if (::fstat(file_fd, &st) != 0) {
-        why = std::string("fstat of the file failed: ") + std::strerror(errno);
+    const std::int64_t size = store.size();
+    if (size < 0) {
+        why = std::string("the store's size is unknown: ") + std::strerror(static_cast<int>(-size));
         return nullptr;
     }
-    min_size = round_up(std::max<std::uint64_t>(min_size, static_cast<std::uint64_t>(st.st_size)), m_page);
+    const auto id = store.identity();
+    const auto key = std::make_pair(static_cast<dev_t>(id.a), static_cast<ino_t>(id.b));
+    min_size = round_up(std::max<std::uint64_t>(min_size, static_cast<std::uint64_t>(size)), m_page);
     std::shared_ptr<Cache> c;
     {
         std::lock_guard lock(m_mutex);
-        if (auto it = m_by_file.find({st.st_dev, st.st_ino}); it != m_by_file.end()) c = it->second.lock();
+        if (auto it = m_by_file.find(key); it != m_by_file.end()) c = it->second.lock();
         if (!c) {
             util::UniqueFd memfd(::memfd_create("pagerd-cache", MFD_CLOEXEC | MFD_ALLOW_SEALING));
             if (!memfd) {
                 why = std::string("memfd_create failed: ") + std::strerror(errno);
                 return nullptr;
             }
+            if (min_size > k_max_file) {
+                why = "the file is larger than the page cache takes (" + std::to_string(k_max_file >> 40) + " TiB)";
+                return nullptr;
+            }
             // Only the daemon may open it for writing: no other user can reopen a client's
-            // read-only descriptor read-write through /proc. Nobody can shrink it (the
-            // daemon's mapping would then SIGBUS) or change the seals.
-            if (::ftruncate(memfd.get(), static_cast<off_t>(min_size)) != 0 || ::fchmod(memfd.get(), 0400) != 0 ||
-                ::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
+            // read-only descriptor read-write through /proc. It spans its whole reservation
+            // at once, and nobody can shrink it (the daemon's mapping would then SIGBUS),
+            // grow it (a Shared client, which holds a read-write descriptor, could otherwise
+            // make it larger than the daemon's mapping) or change the seals.
+            const std::uint64_t reserved = reservation(min_size);
+            if (::ftruncate(memfd.get(), static_cast<off_t>(reserved)) != 0 || ::fchmod(memfd.get(), 0400) != 0 ||
+                ::fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
                 why = std::string("preparing the cache memfd failed: ") + std::strerror(errno);
                 return nullptr;
             }
-            c = make(std::move(memfd), st.st_dev, st.st_ino, min_size, why);
-            if (c) spdlog::debug("cache {}: opened for file {}:{}, {} bytes", c->id(), st.st_dev, st.st_ino, min_size);
+            c = make(std::move(memfd), key.first, key.second, min_size, reserved, why);
+            if (c) spdlog::debug("cache {}: opened for {} {}:{}, {} bytes", c->id(), store.kind(), id.a, id.b, min_size);
             return c;
         }
     }
@@ -427,26 +460,29 @@ std::shared_ptr<Cache> CachePool::open(int file_fd, std::uint64_t min_size, std:
     return c;
 }
 
-std::shared_ptr<Cache> CachePool::find(int file_fd)
+std::shared_ptr<Cache> CachePool::find(const store::Store& store)
 {
-    struct stat st{};
-    if (::fstat(file_fd, &st) != 0) return nullptr;
+    const auto id = store.identity();
     std::lock_guard lock(m_mutex);
-    auto it = m_by_file.find({st.st_dev, st.st_ino});
+    auto it = m_by_file.find({static_cast<dev_t>(id.a), static_cast<ino_t>(id.b)});
     return it != m_by_file.end() ? it->second.lock() : nullptr;
 }
 
-std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, util::UniqueFd bits, int file_fd, std::string& why)
+std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, util::UniqueFd bits,
+                                        std::shared_ptr<store::Store> write_store, const store::Store& store,
+                                        std::string& why)
 {
     if (!m_uffd) {
         why = m_unavailable;
         return nullptr;
     }
-    struct stat st{}, mst{};
-    if (::fstat(file_fd, &st) != 0 || ::fstat(memfd.get(), &mst) != 0) {
+    struct stat mst{};
+    if (::fstat(memfd.get(), &mst) != 0) {
         why = "fstat failed";
         return nullptr;
     }
+    const auto id = store.identity();
+    const auto key = std::make_pair(static_cast<dev_t>(id.a), static_cast<ino_t>(id.b));
     const int seals = ::fcntl(memfd.get(), F_GET_SEALS);
     if (seals < 0 || !(seals & F_SEAL_SHRINK) || (::fcntl(memfd.get(), F_GETFL) & O_ACCMODE) != O_RDWR) {
         why = "the stored cache is not a read-write memfd sealed against shrinking";
@@ -455,7 +491,7 @@ std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, util::UniqueFd bit
     std::shared_ptr<Cache> c;
     {
         std::lock_guard lock(m_mutex);
-        if (auto it = m_by_file.find({st.st_dev, st.st_ino}); it != m_by_file.end()) c = it->second.lock();
+        if (auto it = m_by_file.find(key); it != m_by_file.end()) c = it->second.lock();
         if (c) {
             struct stat have{};
             ::fstat(c->memfd(), &have);
@@ -465,10 +501,17 @@ std::shared_ptr<Cache> CachePool::adopt(util::UniqueFd memfd, util::UniqueFd bit
             }
             return c;
         }
-        c = make(std::move(memfd), st.st_dev, st.st_ino, static_cast<std::uint64_t>(mst.st_size), why);
+        // A memfd sealed against growing spans its reservation (the file's size is asked
+        // again); one an older daemon made spans the file, with 1 GiB more to grow into.
+        const auto span = static_cast<std::uint64_t>(mst.st_size);
+        const std::int64_t now = store.size();
+        const std::uint64_t size =
+            seals & F_SEAL_GROW ? std::min(round_up(static_cast<std::uint64_t>(std::max<std::int64_t>(now, 0)), m_page), span)
+                                : span;
+        c = make(std::move(memfd), key.first, key.second, size, seals & F_SEAL_GROW ? span : reservation(span), why);
         if (!c) return nullptr;
     }
-    if (bits && !c->adopt_bits(std::move(bits), why)) return nullptr;
+    if (bits && !c->adopt_bits(std::move(bits), std::move(write_store), why)) return nullptr;
     admit(*c, c->adopt_present_pages(), false);  // held, not loaded by this daemon
     spdlog::info("cache {}: taken back from the descriptor store with {} page(s)", c->id(), c->resident_pages());
     return c;
@@ -525,6 +568,7 @@ void CachePool::enforce_budget()
                 for (std::uint64_t p : kept) m_policy.on_load({c.id(), p});
                 m_resident = m_policy.resident();
             }
+            std::lock_guard hooks(m_hooks_mutex);
             if (m_queue_writeback && c.want_writeback()) m_queue_writeback(victims[i].first);
         }
         i = j;

@@ -27,6 +27,7 @@
 #include "eviction.hpp"
 #include "pagerd/util/dirty_bitmap.hpp"
 #include "pagerd/util/unique_fd.hpp"
+#include "store/store.hpp"
 
 namespace pagerd::daemon {
 
@@ -65,7 +66,7 @@ private:
 class Cache {
 public:
     Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::UniqueFd memfd, std::uint8_t* base,
-          std::uint64_t reserved);
+          std::uint64_t size, std::uint64_t reserved);
     ~Cache();
     Cache(const Cache&) = delete;
     Cache& operator=(const Cache&) = delete;
@@ -74,7 +75,7 @@ public:
     dev_t dev() const { return m_dev; }
     ino_t ino() const { return m_ino; }
     int memfd() const { return m_memfd.get(); }
-    std::uint64_t size() const;  // bytes the memfd spans now
+    std::uint64_t size() const;  // bytes of the file it serves (page-rounded; the memfd spans reserved())
     std::uint64_t reserved() const { return m_reserved; }
     // Grows the memfd to at least `bytes` (the file grew): false with why when it cannot.
     bool grow(std::uint64_t bytes, std::string& why);
@@ -84,12 +85,17 @@ public:
 
     // Puts [offset, offset + len) of `buf` into the cache (page multiples; the last page
     // may be partial only at the end of the file and is zero-filled by the caller). Pages
-    // the daemon loaded already stay as they are. Returns the pages newly loaded.
-    std::vector<std::uint64_t> fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len);
+    // the daemon loaded already stay as they are. Returns the pages newly loaded. epoch:
+    // load_epoch() when the read started; a page a Shared client wrote, that was written
+    // back and evicted since, is not filled (the buffer may be older than the file): it
+    // goes to `stale`, and its fault loads it again.
+    std::vector<std::uint64_t> fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len,
+                                    std::uint64_t epoch, std::vector<std::uint64_t>& stale);
+    std::uint64_t load_epoch() const;
     // Maps the loaded pages of [offset, offset + len) into a client, at `addr`, with
     // UFFDIO_CONTINUE on its userfaultfd, up to the first page the daemon did not load.
     // Returns the bytes covered (mapped now or already mapped); err: the errno that stopped
-    // it; fresh: the bytes mapped now.
+    // it; fresh: the bytes mapped now. Wakes nobody: the caller does.
     // wp: write-protected (a Shared view: the first write faults and is recorded).
     std::uint64_t map_into(int uffd, std::uint64_t addr, std::uint64_t offset, std::uint64_t len, int& err,
                            std::uint64_t& fresh, bool wp = false);
@@ -111,8 +117,10 @@ public:
     //
     // Makes the cache writable: the dirty set (adopted from `bits` after a restart, else
     // new) and a descriptor of the file open for writing, for write-back. False with why.
-    bool make_writable(const std::shared_ptr<util::UniqueFd>& file, std::string& why);
-    bool adopt_bits(util::UniqueFd bits, std::string& why);  // restart, before adopt_present_pages
+    bool make_writable(const std::shared_ptr<store::Store>& store, std::string& why);
+    // Restart, before adopt_present_pages: the dirty set, and the descriptor write-back used.
+    bool adopt_bits(util::UniqueFd bits, std::shared_ptr<store::Store> write_store, std::string& why);
+    int write_store_fd() const;  // -1 while none; lock-free (fdstore calls it under a table lock)
     bool writable() const;
     int bits_fd() const;  // -1 while not writable; lock-free (fdstore calls it under a table lock)
     // A descriptor for a Shared client: read-write (it maps the cache MAP_SHARED), still
@@ -133,10 +141,11 @@ public:
     std::uint64_t dirty_pages() const;  // dirty or being written
     std::uint64_t dirty_pages(std::uint64_t first, std::uint64_t count) const;  // of a range; lock-free
     bool pending(std::uint64_t page) const;  // dirty or flushing: not to be evicted
-    std::shared_ptr<util::UniqueFd> write_file() const;
+    std::shared_ptr<store::Store> write_store() const;
     // Eviction met dirty pages: true for the first caller since the last collect(), which
     // then queues a write-back.
     bool want_writeback() { return !m_writeback_wanted.exchange(true); }
+    bool keeping_for_restart() const;
     // Held by a writer across collect(), the write and written(): one write-back of a
     // cache at a time, so an older copy of a page never lands after a newer one.
     std::unique_lock<std::mutex> lock_writeback() { return std::unique_lock(m_writeback_mutex); }
@@ -146,6 +155,11 @@ private:
     std::uint64_t evict_locked(std::uint64_t first, std::uint64_t count);
     bool map_bits(util::UniqueFd bits, std::string& why);  // caller holds m_mutex
     bool pending_locked(std::uint64_t page) const;
+    // m_loaded and its copy in the dirty set (writable caches), which a restart reads.
+    void set_loaded(std::uint64_t page);
+    void clear_loaded(std::uint64_t page);
+    bool loaded_before_restart(std::uint64_t page) const;
+    bool stale(std::uint64_t page, std::uint64_t epoch) const;
 
     CachePool& m_pool;
     const std::uint32_t m_id;
@@ -163,10 +177,15 @@ private:
     util::UniqueFd m_bits_fd;  // the dirty set: util::DirtyBitmap over m_reserved pages
     std::atomic<int> m_bits_fd_number{-1};
     void* m_bits_base = nullptr;
-    std::uint64_t m_bits_bytes = 0;
+    std::uint64_t m_bits_bytes = 0, m_bits_dirty_bytes = 0;
     util::DirtyBitmap m_bits;
+    std::uint64_t* m_loaded_mirror = nullptr;  // in the dirty set's memfd, after m_bits
+    PageBits m_written;  // pages Shared clients wrote since they were loaded
+    std::uint64_t m_evict_seq = 0, m_horizon = 0;
+    std::unordered_map<std::uint64_t, std::uint64_t> m_evicted_written;  // page -> m_evict_seq
+    std::atomic<int> m_write_store_fd{-1};
     std::uint64_t m_pending = 0;  // pages dirty or flushing
-    std::shared_ptr<util::UniqueFd> m_write_file;
+    std::shared_ptr<store::Store> m_write_store;
     std::atomic<bool> m_writeback_wanted{false};
     std::mutex m_writeback_mutex;
 };
@@ -181,14 +200,15 @@ public:
 
     // Why the cache cannot work on this kernel, or "" (probed at start).
     const std::string& unavailable() const { return m_unavailable; }
-    // The cache of the file behind `file_fd` (made on first use), spanning at least
-    // `min_size` bytes. Null with why when it cannot be made.
-    std::shared_ptr<Cache> open(int file_fd, std::uint64_t min_size, std::string& why);
-    // The cache of the file behind `file_fd` if there is one, else null.
-    std::shared_ptr<Cache> find(int file_fd);
-    // Restart: the cache memfd an earlier daemon kept for the file behind `file_fd`, with
-    // its dirty set if Shared regions wrote to it (else an empty descriptor).
-    std::shared_ptr<Cache> adopt(util::UniqueFd memfd, util::UniqueFd bits, int file_fd, std::string& why);
+    // The cache of `store` (made on first use; shared by every store of the same identity),
+    // spanning at least `min_size` bytes. Null with why when it cannot be made.
+    std::shared_ptr<Cache> open(const store::Store& store, std::uint64_t min_size, std::string& why);
+    // The cache of `store` if there is one, else null.
+    std::shared_ptr<Cache> find(const store::Store& store);
+    // Restart: the cache memfd an earlier daemon kept for `store`, with its dirty set and
+    // its write-back descriptor if Shared regions wrote to it (else empty and null).
+    std::shared_ptr<Cache> adopt(util::UniqueFd memfd, util::UniqueFd bits, std::shared_ptr<store::Store> write_store,
+                                 const store::Store& store, std::string& why);
     // Pages newly loaded into `c`: counted, told to the policy, and the budget enforced.
     void loaded(Cache& c, const std::vector<std::uint64_t>& pages);
     void count_hits(std::uint64_t pages) { m_hits.fetch_add(pages, std::memory_order_relaxed); }
@@ -204,15 +224,27 @@ public:
     // Write-protects pages [first, first + count) of `c` in every client's Shared view of
     // it; false if any view could not be protected. Set once the workers exist.
     using ViewProtector = std::function<bool(const Cache& c, std::uint64_t first, std::uint64_t count)>;
-    void set_view_protector(ViewProtector f) { m_protect = std::move(f); }
+    void set_view_protector(ViewProtector f)
+    {
+        std::lock_guard lock(m_hooks_mutex);
+        m_protect = std::move(f);
+    }
     bool protect_views(const Cache& c, std::uint64_t first, std::uint64_t count) const
     {
+        std::lock_guard lock(m_hooks_mutex);  // (held while it runs: unset only once none does)
         return m_protect ? m_protect(c, first, count) : false;
     }
     // Queues a write-back of every dirty page of `c` (off the fault path). Set once the
     // writers exist.
     using WritebackQueue = std::function<void(std::shared_ptr<Cache> c)>;
-    void set_writeback_queue(WritebackQueue f) { m_queue_writeback = std::move(f); }
+    void set_writeback_queue(WritebackQueue f)
+    {
+        std::lock_guard lock(m_hooks_mutex);
+        m_queue_writeback = std::move(f);
+    }
+    // Drops pages until the cache is within its budget (after a write-back made some
+    // evictable).
+    void trim() { enforce_budget(); }
     void count_writebacks(std::uint64_t pages) { m_writebacks.fetch_add(pages, std::memory_order_relaxed); }
 
     std::uint32_t page_size() const { return m_page; }
@@ -237,7 +269,9 @@ public:
 private:
     friend class Cache;
     void closed(Cache& c);  // from ~Cache
-    std::shared_ptr<Cache> make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size, std::string& why);
+    std::shared_ptr<Cache> make(util::UniqueFd memfd, dev_t dev, ino_t ino, std::uint64_t size, std::uint64_t reserved,
+                                std::string& why);
+    std::uint64_t reservation(std::uint64_t size) const;  // bytes a cache of a file of `size` spans
     void enforce_budget();
     // Pages now held by c: to the policy, then the budget enforced; counted as loads or not.
     void admit(Cache& c, const std::vector<std::uint64_t>& pages, bool count_loads);
@@ -254,6 +288,7 @@ private:
     std::uint64_t m_reserved_total = 0;  // address space of every cache's mapping
     std::atomic<bool> m_keep{false};
     EvictionPolicy m_policy;
+    mutable std::mutex m_hooks_mutex;  // after a cache's lock, before a worker's table lock
     ViewProtector m_protect;
     WritebackQueue m_queue_writeback;
     std::atomic<std::uint64_t> m_writebacks{0};

@@ -19,14 +19,30 @@
 
 #include "cache.hpp"
 #include "pagerd/util/uffd.hpp"
+#include "store/store.hpp"
 
 namespace pagerd::daemon {
 
+namespace {
+
+// The dirty set's layout does not depend on the cache's size (which a restarted daemon
+// computes anew): dirty and flushing bits (util::DirtyBitmap) for the largest file a cache
+// takes, then a bit per page the daemon loaded. Sparse: only the parts in use exist.
+constexpr std::uint64_t k_max_cached_bytes = (std::uint64_t{16} << 40) + (std::uint64_t{1} << 30);
+
+std::uint64_t round_page(std::uint64_t v) { return (v + 4095) / 4096 * 4096; }
+
+}  // namespace
+
 bool Cache::map_bits(util::UniqueFd bits, std::string& why)
 {
-    const std::uint64_t pages = m_reserved / m_pool.page_size();
-    const std::uint64_t bytes = (util::DirtyBitmap::bytes(pages) + 4095) / 4096 * 4096;
-    // Sparse: a page of the set exists only where pages were written.
+    const std::uint64_t pages = k_max_cached_bytes / m_pool.page_size();
+    const std::uint64_t dirty_bytes = round_page(util::DirtyBitmap::bytes(pages));
+    const std::uint64_t bytes = dirty_bytes + round_page(util::DirtyBitmap::words(pages) * 8);
+    if (m_reserved / m_pool.page_size() > pages) {
+        why = "the cache is larger than its dirty set can describe";
+        return false;
+    }
     if (::ftruncate(bits.get(), static_cast<off_t>(bytes)) != 0) {
         why = std::string("sizing the cache's dirty set failed: ") + std::strerror(errno);
         return false;
@@ -39,12 +55,51 @@ bool Cache::map_bits(util::UniqueFd bits, std::string& why)
     m_bits_fd = std::move(bits);
     m_bits_base = base;
     m_bits_bytes = bytes;
+    m_bits_dirty_bytes = dirty_bytes;
     m_bits = util::DirtyBitmap(base, pages);
+    m_loaded_mirror = reinterpret_cast<std::uint64_t*>(static_cast<std::uint8_t*>(base) + dirty_bytes);
     m_bits_fd_number = m_bits_fd.get();
     return true;
 }
 
-bool Cache::make_writable(const std::shared_ptr<util::UniqueFd>& file, std::string& why)
+void Cache::set_loaded(std::uint64_t page)
+{
+    m_loaded.set(page);
+    if (m_loaded_mirror)
+        std::atomic_ref<std::uint64_t>(m_loaded_mirror[page / 64]).fetch_or(std::uint64_t{1} << (page % 64));
+}
+
+void Cache::clear_loaded(std::uint64_t page)
+{
+    m_loaded.clear(page);
+    if (m_loaded_mirror)
+        std::atomic_ref<std::uint64_t>(m_loaded_mirror[page / 64]).fetch_and(~(std::uint64_t{1} << (page % 64)));
+    if (m_written.test(page)) {
+        // A page a Shared client wrote (and that was written back) leaves the cache: a load
+        // read before now may hold older bytes than the file does; fill() will not use them.
+        m_written.clear(page);
+        m_evicted_written[page] = ++m_evict_seq;
+        if (m_evicted_written.size() > 65536) {  // bounded: older loads then refill nothing
+            m_evicted_written.clear();
+            m_horizon = m_evict_seq;
+        }
+    }
+}
+
+bool Cache::stale(std::uint64_t page, std::uint64_t epoch) const
+{
+    if (epoch < m_horizon) return true;
+    auto it = m_evicted_written.find(page);
+    return it != m_evicted_written.end() && it->second > epoch;
+}
+
+std::uint64_t Cache::load_epoch() const
+{
+    std::lock_guard lock(m_mutex);
+    return m_evict_seq;
+}
+
+bool Cache::make_writable(const std::shared_ptr<store::Store>& store, std::string& why)
 {
     std::lock_guard lock(m_mutex);
     if (!m_bits_fd) {
@@ -54,27 +109,38 @@ bool Cache::make_writable(const std::shared_ptr<util::UniqueFd>& file, std::stri
             return false;
         }
         if (!map_bits(std::move(bits), why)) return false;
+        m_loaded.for_each([&](std::uint64_t p) { set_loaded(p); });  // the mirror catches up
     }
-    if (!m_write_file) m_write_file = file;
+    if (!m_write_store) {
+        // Write-back goes through a descriptor of the daemon's own, opened from the
+        // client's: no client can change its flags (O_APPEND, O_DIRECT) under it.
+        m_write_store = store->reopen_for_writing(why);
+        if (!m_write_store) return false;
+        m_write_store_fd = m_write_store->descriptor();
+    }
     return true;
 }
 
-bool Cache::adopt_bits(util::UniqueFd bits, std::string& why)
+bool Cache::adopt_bits(util::UniqueFd bits, std::shared_ptr<store::Store> write_store, std::string& why)
 {
     std::lock_guard lock(m_mutex);
     if (m_bits_fd) return true;
     if (!map_bits(std::move(bits), why)) return false;
+    if (write_store && !m_write_store) {
+        m_write_store = std::move(write_store);
+        m_write_store_fd = m_write_store->descriptor();
+    }
     // What the previous daemon was writing back may not have reached the file: dirty again.
     // Only the parts of the set that exist are read (it is sparse: reading a hole through
     // the mapping would allocate it).
-    const std::uint64_t words = (m_bits.pages() + 63) / 64;
+    const std::uint64_t words = util::DirtyBitmap::words(m_bits.pages());
     std::vector<PageRun> ranges;
     for (off_t pos = 0;;) {
         const off_t data = ::lseek(m_bits_fd.get(), pos, SEEK_DATA);
-        if (data < 0) break;
+        if (data < 0 || static_cast<std::uint64_t>(data) >= m_bits_dirty_bytes) break;
         off_t hole = ::lseek(m_bits_fd.get(), data, SEEK_HOLE);
-        if (hole < 0 || static_cast<std::uint64_t>(hole) > m_bits_bytes) hole = static_cast<off_t>(m_bits_bytes);
-        for (std::uint64_t w = static_cast<std::uint64_t>(data) / 8; w < static_cast<std::uint64_t>(hole) / 8;) {
+        if (hole < 0 || static_cast<std::uint64_t>(hole) > m_bits_dirty_bytes) hole = static_cast<off_t>(m_bits_dirty_bytes);
+        for (std::uint64_t w = static_cast<std::uint64_t>(data) / 8; w < std::min(static_cast<std::uint64_t>(hole) / 8, 2 * words);) {
             // word w of the dirty half, or of the flushing half: pages 64 (w mod words) on
             const std::uint64_t in_half = w % words, half_end = w - in_half + words;
             const std::uint64_t stop = std::min<std::uint64_t>(half_end, static_cast<std::uint64_t>(hole) / 8);
@@ -98,6 +164,17 @@ bool Cache::adopt_bits(util::UniqueFd bits, std::string& why)
     return true;
 }
 
+bool Cache::loaded_before_restart(std::uint64_t page) const
+{
+    return (m_loaded_mirror &&
+            std::atomic_ref<std::uint64_t>(m_loaded_mirror[page / 64]).load() >> (page % 64) & 1) ||
+           pending_locked(page);
+}
+
+bool Cache::keeping_for_restart() const { return m_pool.keeping(); }
+
+int Cache::write_store_fd() const { return m_write_store_fd.load(std::memory_order_acquire); }
+
 bool Cache::writable() const
 {
     std::lock_guard lock(m_mutex);
@@ -114,10 +191,10 @@ util::UniqueFd Cache::open_read_write(std::string& why) const
     return fd;
 }
 
-std::shared_ptr<util::UniqueFd> Cache::write_file() const
+std::shared_ptr<store::Store> Cache::write_store() const
 {
     std::lock_guard lock(m_mutex);
-    return m_write_file;
+    return m_write_store;
 }
 
 bool Cache::pending_locked(std::uint64_t page) const
@@ -157,6 +234,7 @@ bool Cache::mark_written(int uffd, std::uint64_t addr, std::uint64_t page)
     if (held) {
         if (!pending_locked(page)) ++m_pending;
         m_bits.mark(page);
+        m_written.set(page);
     }
     // Writable in this view now (or, for a page no longer held, woken: it faults again).
     uffdio_writeprotect wp{{addr, ps}, 0};

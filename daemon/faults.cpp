@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "pagerd/util/uffd.hpp"
+#include "tracking/tracking.hpp"
 #include "worker.hpp"
 
 namespace pagerd::daemon {
@@ -169,13 +170,7 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
         }
         return;
     }
-    // UFFDIO_CONTINUE wakes only what it mapped; a page mapped meanwhile by another way
-    // (EEXIST) is not, and its thread may still wait. A write: dirty and writable now
-    // (which wakes it), rather than a second fault for the protection.
-    if (f.write && r->shared())
-        mark_written(c, *r, f.page);
-    else
-        util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, m_ctx.page_size);
+    // Counted before the wake: a woken thread that asks for the status sees its fault.
     m_ctx.cache->count_hits(fresh / m_ctx.page_size);
     const auto ns = static_cast<std::uint64_t>(
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0).count());
@@ -183,6 +178,11 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
     r->state->latency.record(ns);
     m_stats.faults.fetch_add(1, std::memory_order_relaxed);
     r->state->faults.fetch_add(1, std::memory_order_relaxed);
+    // A write: dirty and writable now, rather than a second fault for the protection.
+    if (f.write && r->shared()) mark_written(c, *r, f.page);
+    // Every thread waiting in what was mapped (the mapping woke nobody; a page mapped
+    // meanwhile by another way, EEXIST, is included).
+    util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, std::max<std::uint64_t>(mapped, m_ctx.page_size));
 }
 
 void Worker::start_read(Load& l)
@@ -200,10 +200,8 @@ void Worker::start_read(Load& l)
             return;
         }
     }
-    // Page cache first: hot data goes in without a trip through the ring. (Not for
-    // O_DIRECT files: there RWF_NOWAIT still waits for the disk.)
-    iovec iov{l.buf, l.len};
-    const ssize_t n = l.direct_io ? -1 : ::preadv2(l.file->get(), &iov, 1, static_cast<off_t>(l.file_offset), RWF_NOWAIT);
+    // What the store has at once (a file's page cache) goes in without a trip through the ring.
+    const ssize_t n = l.store->read_now(l.buf, l.len, l.file_offset);
     if (n >= 0) {
         l.done = static_cast<std::uint64_t>(n);
         m_stats.bytes_read.fetch_add(l.done, std::memory_order_relaxed);
@@ -231,15 +229,8 @@ void Worker::process_ready()
 void Worker::submit_read(Load& l)
 {
     io_uring_sqe* s = sqe();
-    if (m_fixed_buffers)  // registered: the kernel need not pin the pages for every read
-        io_uring_prep_read_fixed(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
-                                 l.file_offset + l.done, 0);
-    else
-        io_uring_prep_read(s, l.file->get(), l.buf + l.done, static_cast<unsigned>(l.len - l.done),
-                           l.file_offset + l.done);
-    // Loads no thread waits for yet are read by io_uring's own workers, on the other CPU if
-    // it is free: the worker keeps its CPU for UFFDIO_COPY and faults.
-    if (l.kind != Load::Kind::Fault) io_uring_sqe_set_flags(s, IOSQE_ASYNC);
+    l.store->prep_read(s, l.buf + l.done, static_cast<unsigned>(l.len - l.done), l.file_offset + l.done,
+                       m_fixed_buffers, l.kind != Load::Kind::Fault);
     io_uring_sqe_set_data(s, &l.op);
 }
 
@@ -309,15 +300,16 @@ void Worker::install(Client& c, Load& l)
 std::uint64_t Worker::install_cached(Client& c, Load& l, std::uint64_t valid)
 {
     const std::uint64_t page = m_ctx.page_size;
-    std::vector<std::uint64_t> added;
+    std::vector<std::uint64_t> added, stale;
     if (!l.from_cache && valid > 0) {
-        added = l.cache->fill(l.file_offset, l.buf, valid);
-        ::posix_fadvise(l.file->get(), static_cast<off_t>(l.file_offset), static_cast<off_t>(valid),
-                        POSIX_FADV_DONTNEED);
+        added = l.cache->fill(l.file_offset, l.buf, valid, l.cache_epoch, stale);
+        l.store->loaded(l.file_offset, valid);
         // A fault whose page did not go in (the daemon's memory cgroup is full, ...) gets
-        // SIGBUS rather than a loop of loads that fail the same way.
+        // SIGBUS rather than a loop of loads that fail the same way. (A stale page, one a
+        // Shared client wrote back meanwhile, is only woken: it faults and loads again.)
         for (const Fault& f : l.faults)
             if (f.page < l.addr + valid && !l.cache->loaded((l.file_offset + (f.page - l.addr)) / page) &&
+                std::find(stale.begin(), stale.end(), (l.file_offset + (f.page - l.addr)) / page) == stale.end() &&
                 still_backs(c, l, f.page)) {
                 spdlog::warn("client {}: page at file offset {} could not be put into the cache; SIGBUS",
                              c.serial, l.file_offset + (f.page - l.addr));
@@ -353,7 +345,7 @@ std::uint64_t Worker::install_cached(Client& c, Load& l, std::uint64_t valid)
 bool Worker::still_backs(Client& c, const Load& l, std::uint64_t addr)
 {
     const Region* r = c.regions.find(addr);
-    return r && r->id == l.region_id && r->file.get() == l.file.get() &&
+    return r && r->id == l.region_id && r->store.get() == l.store.get() &&
            r->file_offset + (addr - r->start) == l.file_offset + (addr - l.addr);
 }
 
@@ -420,43 +412,27 @@ void Worker::signal_unservable(Client& c, unsigned slot, std::uint64_t page)
     }
 }
 
-// The first write to a write-protected page of a uffd-wp region.
+// The first write to a write-protected page of a Shared region the daemon tracks.
 void Worker::handle_write_protect_fault(Client& c, const Fault& f)
 {
     const Region* r = c.regions.find(f.page);
-    if (r && r->tracking == proto::Tracking::UFFD_WP && r->uffd_slot == f.slot) {
-        mark_written(c, *r, f.page);
+    const tracking::Strategy* t = r && r->uffd_slot == f.slot ? tracking::of(*r) : nullptr;
+    const int uffd = c.uffds[f.slot].fd.get();
+    if (t && t->written(uffd, *r, f.page, m_ctx.page_size)) {
         m_stats.faults.fetch_add(1, std::memory_order_relaxed);
         m_stats.latency.record(static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - f.t0).count()));
         return;
     }
     // Not ours to track (the region is gone): let the write through rather than loop.
-    unprotect(c, f.slot, f.page);
+    if (!t) tracking::unprotect(uffd, f.page, m_ctx.page_size);
 }
 
-// Lifts the write protection of one page, which wakes the writer. While the client's
-// address space changes (an unmap event not yet read) the kernel says EAGAIN: then the
-// writer is only woken, writes again, faults again, and is served after the event.
-void Worker::unprotect(Client& c, unsigned slot, std::uint64_t page)
-{
-    uffdio_writeprotect wp{{page, m_ctx.page_size}, 0};
-    if (::ioctl(c.uffds[slot].fd.get(), UFFDIO_WRITEPROTECT, &wp) == 0 || errno == ENOENT) return;
-    if (errno != EAGAIN)
-        spdlog::warn("client {}: lifting write protection at {:#x}: {}", c.serial, page, std::strerror(errno));
-    util::uffd_wake(c.uffds[slot].fd.get(), page, m_ctx.page_size);  // never leave the writer waiting
-}
-
-// Dirty first, then writable: a flush that protects the page again sees the bit.
+// A first write the daemon tracks: recorded, then the page is writable (its strategy).
 void Worker::mark_written(Client& c, const Region& r, std::uint64_t page)
 {
-    if (r.cache) {  // a Shared view of the page cache: the file's dirty set, under its lock
-        r.cache->mark_written(c.uffds[r.uffd_slot].fd.get(), page,
-                              (r.file_offset + (page - r.start)) / m_ctx.page_size);
-        return;
-    }
-    r.mem->bitmap.mark((r.mem_offset + (page - r.start)) / m_ctx.page_size);
-    unprotect(c, r.uffd_slot, page);
+    if (const tracking::Strategy* t = tracking::of(r))
+        t->written(c.uffds[r.uffd_slot].fd.get(), r, page, m_ctx.page_size);
 }
 
 void Worker::finish_load(Load* l)

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "cache.hpp"
+#include "store/file_store.hpp"
 #include "worker.hpp"
 
 namespace pagerd::daemon::fdstore {
@@ -133,7 +134,7 @@ void save(Client& c)
     store(c, p + "uffd1", c.uffds[1].fd.get());
     c.regions.for_each([&](const Region& r) {
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
-        store(c, rp + "file", r.file ? r.file->get() : -1);
+        store(c, rp + "file", r.store ? r.store->descriptor() : -1);
         store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);
         if (r.cache) store_cache(*r.cache);
     });
@@ -149,12 +150,19 @@ std::string cache_bits_name(std::uint64_t dev, std::uint64_t ino)
     return "cachebits." + std::to_string(dev) + "." + std::to_string(ino);
 }
 
+std::string cache_file_name(std::uint64_t dev, std::uint64_t ino)
+{
+    return "cachefile." + std::to_string(dev) + "." + std::to_string(ino);
+}
+
 void store_cache(const Cache& cache)
 {
     if (!g_enabled) return;
-    // The cache, and once Shared regions write to it, its dirty set.
+    // The cache, and once Shared regions write to it, its dirty set and the daemon's own
+    // descriptor of the file for write-back.
     const std::pair<std::string, int> entries[] = {{cache_name(cache.dev(), cache.ino()), cache.memfd()},
-                                                   {cache_bits_name(cache.dev(), cache.ino()), cache.bits_fd()}};
+                                                   {cache_bits_name(cache.dev(), cache.ino()), cache.bits_fd()},
+                                                   {cache_file_name(cache.dev(), cache.ino()), cache.write_store_fd()}};
     std::lock_guard lock(g_caches_mutex);
     for (auto [name, fd] : entries) {
         if (fd < 0 || g_caches.count(name)) continue;
@@ -170,7 +178,8 @@ void forget_cache(const Cache& cache)
 {
     if (!g_enabled) return;
     std::lock_guard lock(g_caches_mutex);
-    for (const std::string& name : {cache_name(cache.dev(), cache.ino()), cache_bits_name(cache.dev(), cache.ino())})
+    for (const std::string& name : {cache_name(cache.dev(), cache.ino()), cache_bits_name(cache.dev(), cache.ino()),
+                                     cache_file_name(cache.dev(), cache.ino())})
         if (g_caches.erase(name)) remove(name);
 }
 
@@ -233,7 +242,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         c->sock = take(p + "sock");
         c->uffds[0].fd = take(p + "uffd0");
         c->uffds[1].fd = take(p + "uffd1");
-        std::map<std::uint64_t, std::shared_ptr<util::UniqueFd>> files;
+        std::map<std::uint64_t, std::shared_ptr<store::Store>> files;
         std::map<std::uint64_t, std::shared_ptr<SharedMemory>> mems;
         std::map<std::uint64_t, std::shared_ptr<Cache>> caches;
         std::map<std::uint64_t, std::shared_ptr<RegionState>> region_states;
@@ -257,8 +266,16 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             r.access = static_cast<proto::Access>(access);
             r.tracking = static_cast<proto::Tracking>(tracking);
             const std::string rp = p + "r" + std::to_string(r.id) + ".";
-            if (!files.count(r.id)) files[r.id] = std::make_shared<util::UniqueFd>(take(rp + "file"));
-            r.file = files[r.id];
+            if (!files.count(r.id)) {
+                std::string why;
+                files[r.id] = store::FileStore::open(take(rp + "file"), why);
+                if (!files[r.id]) spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
+            }
+            r.store = files[r.id];
+            if (!r.store) {
+                ok = false;
+                break;
+            }
             if (r.shared() && !sr.cached && !mems.count(r.id)) {
                 util::UniqueFd memfd = take(rp + "mem");
                 proto::ErrorCode code{};
@@ -270,7 +287,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                     ok = false;
                     break;
                 }
-                mem->file = r.file;
+                mem->store = r.store;
                 mem->file_base = file_base;
                 mems[r.id] = mem;
             }
@@ -279,19 +296,25 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                 // One entry per file (systemd keeps one copy of a descriptor stored twice):
                 // the first region of the file takes it, the others find the cache.
                 std::string why = "no cache memfd in the store";
-                std::shared_ptr<Cache> got = *r.file ? cache.find(r.file->get()) : nullptr;
-                struct stat fst{};
-                if (!got && *r.file && ::fstat(r.file->get(), &fst) == 0) {
-                    const std::string name = cache_name(fst.st_dev, fst.st_ino);
-                    const std::string bits_name = cache_bits_name(fst.st_dev, fst.st_ino);
+                std::shared_ptr<Cache> got = cache.find(*r.store);
+                if (!got) {
+                    const auto id = r.store->identity();
+                    const std::string name = cache_name(id.a, id.b);
+                    const std::string bits_name = cache_bits_name(id.a, id.b);
                     util::UniqueFd memfd = take(name);
+                    const std::string file_name = cache_file_name(id.a, id.b);
                     util::UniqueFd bits = take(bits_name);
                     const bool had_bits = static_cast<bool>(bits);
-                    if (memfd) got = cache.adopt(std::move(memfd), std::move(bits), r.file->get(), why);
+                    std::string no_file;
+                    std::shared_ptr<store::Store> write_store = store::FileStore::open(take(file_name), no_file);
+                    const bool had_file = write_store != nullptr;
+                    if (write_store && write_store->identity() != id) write_store.reset();  // never another file
+                    if (memfd) got = cache.adopt(std::move(memfd), std::move(bits), std::move(write_store), *r.store, why);
                     if (got) {
                         std::lock_guard lock(g_caches_mutex);
                         g_caches.insert(name);
                         if (had_bits) g_caches.insert(bits_name);
+                        if (had_file && got->write_store_fd() >= 0) g_caches.insert(file_name);
                     }
                 }
                 if (!got) {
@@ -304,13 +327,12 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             if (sr.cached) r.cache = caches[r.id];
             if (sr.cached && r.shared()) {
                 std::string why;
-                if (!r.cache->make_writable(r.file, why)) {
+                if (!r.cache->make_writable(r.store, why)) {
                     spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
                     ok = false;
                     break;
                 }
             }
-            if (!*r.file) ok = false;
             c->regions.insert(std::move(r));
         }
         if (!ok) {

@@ -38,6 +38,7 @@ void store_cache(const Cache& cache);
 void forget_cache(const Cache& cache);
 std::string cache_name(std::uint64_t dev, std::uint64_t ino);
 std::string cache_bits_name(std::uint64_t dev, std::uint64_t ino);  // its dirty set (Shared regions)
+std::string cache_file_name(std::uint64_t dev, std::uint64_t ino);  // its write-back descriptor
 
 // Descriptors passed back at start, by name.
 using Passed = std::map<std::string, util::UniqueFd>;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "tracking/tracking.hpp"
 #include "worker.hpp"
 
 namespace pagerd::daemon {
@@ -29,11 +30,12 @@ Load* Worker::new_load(Client& c, const Region& r, std::uint64_t addr, std::uint
     l->addr = addr;
     l->len = len;
     l->file_offset = r.file_offset + (addr - r.start);
-    l->file = r.file;
+    l->store = r.store;
     l->cache = r.cache;
+    if (r.cache) l->cache_epoch = r.cache->load_epoch();
     l->slot = r.uffd_slot;
-    l->write_protect = r.tracking == proto::Tracking::UFFD_WP || r.tracking == proto::Tracking::ASYNC;
-    l->direct_io = r.direct_io;
+    const tracking::Strategy* t = tracking::of(r);
+    l->write_protect = t && t->install_protected();
     l->buf = m_free_buffers.back();
     m_free_buffers.pop_back();
     c.inflight.emplace(addr, l);
@@ -92,8 +94,7 @@ void Worker::readahead(Client& c, const Region& r, std::uint64_t page, bool in_f
     // loaded it): that would bring back into the kernel's page cache what the daemon's
     // cache holds.
     if (!r.cache || !r.cache->loaded((r.file_offset + (from - r.start)) / m_ctx.page_size))
-        ::posix_fadvise(r.file->get(), static_cast<off_t>(r.file_offset + (from - r.start)),
-                        static_cast<off_t>(to - from), POSIX_FADV_WILLNEED);
+        r.store->will_need(r.file_offset + (from - r.start), to - from);
     const std::uint64_t stopped = load_range(c, r, from, to, Load::Kind::Readahead, nullptr, marker, reserve);
     s->next = stopped;
     s->marker = marker && marker < stopped && marker != page ? marker : 0;

@@ -12,6 +12,7 @@
 #include "pagerd/util/dirty_bitmap.hpp"
 #include "pagerd/util/unique_fd.hpp"
 #include "stats.hpp"
+#include "store/store.hpp"
 
 namespace pagerd::daemon {
 
@@ -22,7 +23,7 @@ class Cache;
 // memfd holds (SEEK_DATA), so that it never creates one the client would see as zeros.
 struct SharedMemory {
     util::UniqueFd memfd;
-    std::shared_ptr<util::UniqueFd> file;  // opened read-write by the client
+    std::shared_ptr<store::Store> store;  // opened read-write by the client
     std::uint64_t file_base = 0;  // file offset of memfd offset 0
     std::uint64_t length = 0;     // bytes of pages
     std::uint8_t* base = nullptr;
@@ -70,8 +71,7 @@ struct Region {
     proto::Access access = proto::Access::READ_ONLY;
     proto::Tracking tracking = proto::Tracking::NONE;
     unsigned uffd_slot = 0;  // which of the client's userfaultfds the memory is registered with
-    std::shared_ptr<util::UniqueFd> file;  // shared by the pieces of a split region
-    bool direct_io = false;                // the file was opened O_DIRECT: no page cache to try
+    std::shared_ptr<store::Store> store;   // where the bytes live; shared by the pieces of a split region
     std::shared_ptr<SharedMemory> mem;     // Shared regions
     std::shared_ptr<class Cache> cache;    // CACHE regions: the file's page cache (cache offset = file offset)
     std::uint64_t mem_offset = 0;          // memfd offset of `start`

@@ -12,6 +12,7 @@
 #include "pagerd/proto/codec.hpp"
 #include "pagerd/proto/wire.hpp"
 #include "pagerd/util/uffd.hpp"
+#include "store/file_store.hpp"
 #include "worker.hpp"
 #include "writeback.hpp"
 
@@ -303,12 +304,13 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
         reject(ErrorCode::NOT_READY, "a CACHE region needs UFFD_FEATURE_MINOR_SHMEM on the userfaultfd");
     if (shared) check_shared_cache_map(c, m, fl);
     check_map_range(c, m.addr, m.length, m.file_offset, fd.get());
-    auto file = std::make_shared<util::UniqueFd>(std::move(fd));
+    std::string why;
+    std::shared_ptr<store::Store> file = store::FileStore::open(std::move(fd), why);
+    if (!file) reject(ErrorCode::BAD_DESCRIPTOR, why);
     std::shared_ptr<Cache> cache;
     util::UniqueFd cache_fd;
     if (cached) {
-        std::string why;
-        cache = m_ctx.cache->open(file->get(), m.file_offset + m.length, why);
+        cache = m_ctx.cache->open(*file, m.file_offset + m.length, why);
         if (cache && shared && !cache->make_writable(file, why)) cache.reset();
         if (cache) cache_fd = shared ? cache->open_read_write(why) : cache->open_read_only(why);
         if (!cache_fd) reject(ErrorCode::LIMIT, "no page cache for this file: " + why);
@@ -322,8 +324,7 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
                : (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE
                                                           : proto::Access::READ_ONLY;
     r.tracking = shared ? proto::Tracking::UFFD_WP : proto::Tracking::NONE;  // the daemon tracks writes
-    r.direct_io = (fl & O_DIRECT) != 0;
-    r.file = std::move(file);
+    r.store = std::move(file);
     r.cache = std::move(cache);
     r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));
@@ -359,7 +360,8 @@ proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::Un
     std::string why;
     auto mem = SharedMemory::map(std::move(memfd), m.length, page, code, why);
     if (!mem) reject(code, why);
-    mem->file = std::make_shared<util::UniqueFd>(std::move(file));
+    mem->store = store::FileStore::open(std::move(file), why);
+    if (!mem->store) reject(ErrorCode::BAD_DESCRIPTOR, why);
     mem->file_base = m.file_offset;
     Region r;
     r.id = c.next_region_id++;
@@ -369,7 +371,7 @@ proto::Body Worker::on_map_shared(Client& c, const proto::MapShared& m, util::Un
     r.access = proto::Access::SHARED;
     r.tracking = m.tracking;
     r.uffd_slot = slot;
-    r.file = mem->file;
+    r.store = mem->store;
     r.mem = std::move(mem);
     r.state->prefetch = m.prefetch;
     add_region(c, std::move(r));

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "pagerd/util/uffd.hpp"
+#include "tracking/tracking.hpp"
 #include "writeback.hpp"
 
 namespace pagerd::daemon {
@@ -272,8 +273,14 @@ void Worker::stop_client_when_idle(Client& c)
 // in the store for the next daemon, and let go of it here without telling anyone.
 void Worker::detach_client(Client& c)
 {
+    // Shared regions' own memfds are written back now. The page cache's dirty set is not:
+    // it goes into the descriptor store with the cache, and the next daemon writes it
+    // (written now, a page would be protected again only in the views still in a table:
+    // this client's, leaving the table, would stay writable and untracked).
     std::vector<Region> all;
-    c.regions.for_each([&](const Region& r) { all.push_back(r); });
+    c.regions.for_each([&](const Region& r) {
+        if (!r.cache) all.push_back(r);
+    });
     forget(c, std::move(all), "daemon restarting");
     // The next daemon knows nothing of a WAIT prefetch in progress: answer it now rather
     // than leave the client waiting for a reply that would never come.
@@ -370,10 +377,7 @@ void Worker::list_regions(std::vector<proto::RegionEntry>& out, long only_uid)
             e.tracking = r.tracking;
             e.region_id = r.id;
             e.length = r.length;
-            if (r.mem)
-                e.dirty_pages = r.mem->bitmap.count_dirty(r.mem_offset / m_ctx.page_size, r.length / m_ctx.page_size);
-            else if (r.cache && r.shared())
-                e.dirty_pages = r.cache->dirty_pages(r.file_offset / m_ctx.page_size, r.length / m_ctx.page_size);
+            if (const tracking::Strategy* t = tracking::of(r)) e.dirty_pages = t->dirty_pages(r, m_ctx.page_size);
             const RegionState& st = *r.state;
             e.prefetch = st.prefetch;
             e.faults = st.faults.load(std::memory_order_relaxed);
@@ -432,7 +436,7 @@ void Worker::queue_cache_writeback(std::shared_ptr<Cache> cache)
     job->why = "making room in the page cache";
     WriteJob::Part part;
     part.first = 0;
-    part.count = cache->reserved() / m_ctx.page_size;
+    part.count = (cache->size() + m_ctx.page_size - 1) / m_ctx.page_size;  // (pages past the file's end are never dirty)
     part.cache = std::move(cache);
     job->parts.push_back(std::move(part));
     m_writer->submit(std::move(job));

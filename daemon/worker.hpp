@@ -104,12 +104,12 @@ struct Load {
     std::uint64_t addr = 0;  // client address of the block
     std::uint64_t len = 0;
     std::uint64_t file_offset = 0;
-    std::shared_ptr<util::UniqueFd> file;
+    std::shared_ptr<store::Store> store;
     std::shared_ptr<Cache> cache;  // CACHE regions: filled here, then mapped into the client
     unsigned slot = 0;          // userfaultfd the region is registered with
     bool write_protect = false; // install with UFFDIO_COPY_MODE_WP (uffd-wp and async regions)
-    bool direct_io = false;     // the file is O_DIRECT: a read would wait for the disk
     bool from_cache = false;    // CACHE region: the cache held the whole block, nothing was read
+    std::uint64_t cache_epoch = 0;  // CACHE region: Cache::load_epoch() before the read
     std::uint8_t* buf = nullptr;
     std::uint64_t done = 0;  // bytes read so far
     std::uint64_t skip = 0;  // a stream's marker page, not installed (0: none)
@@ -250,7 +250,6 @@ private:
     // A FLUSH of r: collects its dirty pages into job (write-protecting uffd-wp ones).
     void collect_flush(Client& c, const Region& r, WriteJob& job);
     std::unique_ptr<WriteJob> new_write_job(const Client& c, const char* why);
-    WriteJob::Part cache_part(const Region& r) const;  // a Shared view's range of its cache
     // Pieces leaving the table: their dirty and flushing pages are queued for writing.
     void forget(Client& c, std::vector<Region> pieces, const char* why);
     void on_written(const WriteJob& job);  // answers the FLUSH, or logs
@@ -264,7 +263,6 @@ private:
     void handle_write_protect_fault(Client& c, const Fault& f);
     void handle_minor_fault(Client& c, const Fault& f);  // CACHE regions: the cache holds the page
     void mark_written(Client& c, const Region& r, std::uint64_t page);
-    void unprotect(Client& c, unsigned slot, std::uint64_t page);
     void start_read(Load& l);  // from the page cache at once if it holds the data, else io_uring
     bool m_fixed_buffers = false;  // the staging buffers are registered with the ring
     void submit_read(Load& l);

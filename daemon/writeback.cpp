@@ -63,7 +63,7 @@ int Writeback::drain(unsigned expected)
 Writeback::Outcome Writeback::write(const SharedMemory& mem, const std::vector<PageRun>& runs)
 {
     Outcome out;
-    const int fd = mem.file->get();
+    const int fd = mem.store->descriptor();  // io_uring writes: a file store's descriptor
     const int memfd = mem.memfd.get();
     struct stat st{};
     if (::fstat(fd, &st) != 0) return {0, 0, errno};
@@ -123,12 +123,12 @@ Writeback::Outcome Writeback::write(const SharedMemory& mem, const std::vector<P
 Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRun>& runs)
 {
     Outcome out;
-    const auto file = cache.write_file();
-    if (!file || runs.empty()) return out;
-    const int fd = file->get();
-    struct stat st{};
-    if (::fstat(fd, &st) != 0) return {0, 0, errno};
-    const auto file_size = static_cast<std::uint64_t>(st.st_size);
+    if (runs.empty()) return out;
+    const auto store = cache.write_store();
+    if (!store) return {0, 0, EBADF};  // no descriptor of the file open for writing: the pages stay dirty
+    const std::int64_t size = store->size();
+    if (size < 0) return {0, 0, static_cast<int>(-size)};
+    const auto file_size = static_cast<std::uint64_t>(size);
     if (m_bounce.size() < k_max_write) m_bounce.resize(k_max_write);
     for (const PageRun& run : runs) {
         for (std::uint64_t pos = run.first * m_page, end = (run.first + run.count) * m_page; pos < end;) {
@@ -137,9 +137,7 @@ Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRu
             const ssize_t got = ::pread(cache.memfd(), m_bounce.data(), len, static_cast<off_t>(pos));
             if (got <= 0) return {out.pages, out.bytes, got < 0 ? errno : EIO};
             for (std::uint64_t done = 0; done < static_cast<std::uint64_t>(got);) {
-                const ssize_t w = ::pwrite(fd, m_bounce.data() + done, static_cast<std::uint64_t>(got) - done,
-                                           static_cast<off_t>(pos + done));
-                if (w < 0 && errno == EINTR) continue;
+                const ssize_t w = store->write(m_bounce.data() + done, static_cast<std::uint64_t>(got) - done, pos + done);
                 if (w <= 0) return {out.pages, out.bytes, w < 0 ? errno : EIO};
                 done += static_cast<std::uint64_t>(w);
             }
@@ -148,7 +146,7 @@ Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRu
             pos += static_cast<std::uint64_t>(got);
         }
     }
-    if (out.bytes && ::fdatasync(fd) != 0) out.error = errno;
+    if (out.bytes) out.error = store->sync();
     return out;
 }
 
@@ -191,7 +189,11 @@ void Writer::finish()
 // protection faults and makes the page dirty again, so nothing written is lost.
 void Writer::write_cache(WriteJob& job, WriteJob::Part& part)
 {
+    // Stopping for a restart: the dirty set goes to the next daemon as it is (a client
+    // leaving the table now would keep its pages writable, unseen by the protection).
+    if (part.cache->keeping_for_restart()) return;
     const auto serial = part.cache->lock_writeback();
+    job.cache_written = true;
     const auto runs = part.cache->collect(part.first, part.count);
     const auto out = m_writeback.write(*part.cache, runs);
     part.cache->written(runs, out.error == 0);

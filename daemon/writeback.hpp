@@ -41,6 +41,7 @@ struct WriteJob {
     std::uint64_t pages = 0, bytes = 0;
     int error = 0;  // errno of the first failed write or fdatasync
     std::uint64_t failed_region = 0;
+    bool cache_written = false;  // it wrote page cache pages: some may be evictable now
 };
 
 // Writes pages with one io_uring, synchronously: only ever called on a writer's thread.

@@ -94,7 +94,9 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
     // (Without room there, or with another strategy, it gets a memfd of its own.)
     if (*tracking == Tracking::UffdWp && cache_usable() && (daemon_caps & proto::cap::CACHE_SHARED)) {
         auto cached = map_cached(fd, o);
-        if (cached || !cached.error().is_daemon(proto::ErrorCode::LIMIT)) return cached;
+        if (cached || !(cached.error().is_daemon(proto::ErrorCode::LIMIT) ||
+                        cached.error().is_daemon(proto::ErrorCode::NOT_READY)))
+            return cached;
     }
     if (*tracking == Tracking::Async)
         if (auto r = ensure_async_uffd(); !r) return r.error();

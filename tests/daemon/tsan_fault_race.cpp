@@ -36,6 +36,7 @@
 #include "config.hpp"
 #include "pagerd/util/uffd.hpp"
 #include "region_table.hpp"
+#include "store/file_store.hpp"
 #include "worker.hpp"
 
 using namespace pagerd;
@@ -113,7 +114,9 @@ int main()
     region.start = reinterpret_cast<std::uint64_t>(mem);
     region.length = length;
     region.access = proto::Access::READ_ONLY;
-    region.file = std::make_shared<util::UniqueFd>(file);
+    std::string why;
+    region.store = store::FileStore::open(util::UniqueFd(file), why);
+    REQUIRE_OR_EXIT(region.store != nullptr);
     region.state->prefetch = proto::Prefetch::SEQUENTIAL;
     const std::shared_ptr<RegionState> state = region.state;
     client->regions.insert(std::move(region));

@@ -565,8 +565,10 @@ TEST_CASE("MAP with CACHE is refused without MINOR_SHMEM, and for garbage input"
                                        std::uint32_t flags = proto::k_map_cache) {
                 return proto::Map{addr, length, offset, flags, proto::Prefetch::NONE};
             };
-            for (const std::uint32_t flags : {proto::k_map_cache | 1u << 2, proto::k_map_cache | 1u << 31, 1u << 2,
-                                              0xffffffffu}) {
+            // Unknown bits, SHARED without CACHE, SHARED with PRIVATE_WRITABLE.
+            for (const std::uint32_t flags :
+                 {proto::k_map_cache | 1u << 3, proto::k_map_cache | 1u << 31, proto::k_map_shared,
+                  proto::k_map_cache | proto::k_map_shared | proto::k_map_private_writable, 0xffffffffu}) {
                 INFO("flags " << flags);
                 c.send(cache_map(a, len, 0, flags), {file.get()});
                 c.expect_error(proto::ErrorCode::BAD_RANGE);
