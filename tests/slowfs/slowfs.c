@@ -1,7 +1,8 @@
 /*
  * slowfs: a passthrough FUSE file system whose writes are slow on purpose, for tests.
  *
- *   slowfs BACKING_DIR MOUNTPOINT [--write-delay-ms N] [--gate FILE] [--direct-io] [FUSE options]
+ *   slowfs BACKING_DIR MOUNTPOINT [--write-delay-ms N] [--gate FILE] [--read-gate FILE]
+ *          [--direct-io] [FUSE options]
  *
  * Runs in the foreground, multi-threaded, mounted with allow_other,default_permissions.
  * Every FUSE write request first waits while FILE (--gate) exists, polling every 5 ms,
@@ -14,13 +15,26 @@
  * by the kernel on its own schedule, several pages to a request. Page-cache use for reads
  * stays on unless --direct-io.
  *
+ * --read-gate FILE: while FILE exists, read requests of files (not of .slowfs-stats) are
+ * held *after* they have read their bytes from the backing file: a held read returns what
+ * the file held when the request arrived, however much is written meanwhile (a read whose
+ * data came off the disk before a write, delivered late). What is held depends on FILE's
+ * contents, read when the request arrives:
+ *   (empty)                 every read request;
+ *   OFFSET LENGTH           requests whose range meets [OFFSET, OFFSET + LENGTH);
+ *   OFFSET LENGTH MAX       the same, but at most MAX held at once (others go through).
+ * Held requests go on within ~5 ms of FILE's removal. Write FILE atomically (rename).
+ *
  * The synthetic read-only file MOUNTPOINT/.slowfs-stats reads
  *   writes N\nbytes_written N\nblocked N\n
+ * and, with --read-gate, two more lines
+ *   reads N\nread_blocked N\n
  * writes/bytes_written count write requests completed and their bytes; blocked is the
- * number of write requests waiting at the gate right now.
+ * number of write requests waiting at the gate right now; reads counts read requests of
+ * files completed, read_blocked those waiting at the read gate now.
  *
- * FILE should live outside the mount point. SIGTERM, SIGINT and SIGHUP let writes waiting
- * at the gate through, unmount, and exit 0.
+ * Gate files should live outside the mount point. SIGTERM, SIGINT and SIGHUP let requests
+ * waiting at a gate through, unmount, and exit 0.
  */
 #define FUSE_USE_VERSION 31
 #define _GNU_SOURCE
@@ -53,12 +67,15 @@ static struct {
     int backing_fd; /* O_PATH descriptor of BACKING_DIR; every path is relative to it */
     long delay_ms;
     const char* gate;
+    const char* read_gate;
     int direct_io;
 } g = {.backing_fd = -1};
 
 static _Atomic uint64_t g_writes;
 static _Atomic uint64_t g_bytes_written;
 static _Atomic unsigned g_blocked;
+static _Atomic uint64_t g_reads;
+static _Atomic unsigned g_read_blocked;
 
 /* Our own SIGTERM/SIGINT/SIGHUP handler (libfuse leaves a handler it finds in place):
  * libfuse's makes fuse_main return 8 after a signal; ours ends the loop the same way
@@ -96,14 +113,18 @@ static int is_stats(const char* path)
 
 static int render_stats(char* buf, size_t size)
 {
-    return snprintf(buf, size, "writes %llu\nbytes_written %llu\nblocked %u\n",
-                    (unsigned long long)atomic_load(&g_writes),
-                    (unsigned long long)atomic_load(&g_bytes_written), atomic_load(&g_blocked));
+    int n = snprintf(buf, size, "writes %llu\nbytes_written %llu\nblocked %u\n",
+                     (unsigned long long)atomic_load(&g_writes),
+                     (unsigned long long)atomic_load(&g_bytes_written), atomic_load(&g_blocked));
+    if (g.read_gate && n >= 0 && (size_t)n < size)
+        n += snprintf(buf + n, size - (size_t)n, "reads %llu\nread_blocked %u\n",
+                      (unsigned long long)atomic_load(&g_reads), atomic_load(&g_read_blocked));
+    return n;
 }
 
 static void stats_attr(struct stat* st)
 {
-    char buf[128];
+    char buf[256];
     memset(st, 0, sizeof *st);
     st->st_mode = S_IFREG | 0444;
     st->st_nlink = 1;
@@ -136,8 +157,9 @@ static void* sfs_init(struct fuse_conn_info* conn, struct fuse_config* cfg)
     cfg->hard_remove = 1;
     cfg->nullpath_ok = 1;
     cfg->negative_timeout = 0;
-    fprintf(stderr, "slowfs: %s mounted, write delay %ld ms, gate %s, max_write %u, direct_io %d\n",
-            g.backing, g.delay_ms, g.gate ? g.gate : "(none)", conn->max_write, g.direct_io);
+    fprintf(stderr, "slowfs: %s mounted, write delay %ld ms, gate %s, read gate %s, max_write %u, direct_io %d\n",
+            g.backing, g.delay_ms, g.gate ? g.gate : "(none)", g.read_gate ? g.read_gate : "(none)",
+            conn->max_write, g.direct_io);
     return NULL;
 }
 
@@ -257,11 +279,45 @@ static int sfs_open(const char* path, struct fuse_file_info* fi)
     return 0;
 }
 
+/* The read gate (--read-gate): 1 if a read of [off, off + size) is to be held now, per the
+ * gate file's contents; *max gets its MAX (0: no limit). */
+static int read_gate_matches(off_t off, size_t size, unsigned* max)
+{
+    *max = 0;
+    int fd = open(g.read_gate, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) return 0; /* no gate file: open */
+    char text[128];
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n < 0) return 0;
+    text[n] = '\0';
+    unsigned long long from = 0, len = 0;
+    unsigned limit = 0;
+    int fields = sscanf(text, "%llu %llu %u", &from, &len, &limit);
+    if (fields < 2) return 1; /* empty (or no range): every read */
+    if (fields == 3) *max = limit;
+    const unsigned long long a = (unsigned long long)off, b = a + size;
+    return a < from + len && from < b;
+}
+
+static void hold_read(off_t off, size_t size)
+{
+    unsigned max = 0;
+    if (!g.read_gate || !read_gate_matches(off, size, &max)) return;
+    unsigned before = atomic_fetch_add(&g_read_blocked, 1);
+    if (max && before >= max) { /* enough held already: this one goes through */
+        atomic_fetch_sub(&g_read_blocked, 1);
+        return;
+    }
+    while (!atomic_load(&g_stop) && access(g.read_gate, F_OK) == 0) sleep_ns(GATE_POLL_NS);
+    atomic_fetch_sub(&g_read_blocked, 1);
+}
+
 static int sfs_read(const char* path, char* buf, size_t size, off_t off, struct fuse_file_info* fi)
 {
     (void)path;
     if (fi->fh == STATS_FH) {
-        char text[128];
+        char text[256];
         int len = render_stats(text, sizeof text);
         if (off >= len) return 0;
         size_t n = (size_t)(len - off) < size ? (size_t)(len - off) : size;
@@ -278,6 +334,9 @@ static int sfs_read(const char* path, char* buf, size_t size, off_t off, struct 
         if (n == 0) break;
         done += (size_t)n;
     }
+    /* The bytes are read: a held request returns them as they were now. */
+    hold_read(off, size);
+    atomic_fetch_add(&g_reads, 1);
     return (int)done;
 }
 
@@ -432,12 +491,16 @@ static const struct fuse_operations sfs_ops = {
 static void usage(FILE* out)
 {
     fprintf(out,
-            "usage: slowfs BACKING_DIR MOUNTPOINT [--write-delay-ms N] [--gate FILE] [--direct-io]\n"
-            "              [FUSE options, e.g. -d]\n"
+            "usage: slowfs BACKING_DIR MOUNTPOINT [--write-delay-ms N] [--gate FILE] [--read-gate FILE]\n"
+            "              [--direct-io] [FUSE options, e.g. -d]\n"
             "  --write-delay-ms N  every write request sleeps N ms before it writes (default 0)\n"
             "  --gate FILE         while FILE exists, every write request waits (polled every 5 ms)\n"
+            "  --read-gate FILE    while FILE exists, read requests wait after reading their bytes:\n"
+            "                      all of them (FILE empty), or those meeting OFFSET LENGTH, at most\n"
+            "                      MAX at once (FILE: OFFSET LENGTH [MAX])\n"
             "  --direct-io         open files with direct_io (default: page cache, write-through)\n"
-            "MOUNTPOINT/" STATS_NAME " reads: writes N, bytes_written N, blocked N (one per line).\n");
+            "MOUNTPOINT/" STATS_NAME " reads: writes N, bytes_written N, blocked N (one per line);\n"
+            "with --read-gate also reads N, read_blocked N.\n");
 }
 
 int main(int argc, char* argv[])
@@ -474,6 +537,8 @@ int main(int argc, char* argv[])
             g.delay_ms = v;
         } else if (strcmp(a, "--gate") == 0 && i + 1 < argc) {
             g.gate = argv[++i];
+        } else if (strcmp(a, "--read-gate") == 0 && i + 1 < argc) {
+            g.read_gate = argv[++i];
         } else if (strcmp(a, "--direct-io") == 0) {
             g.direct_io = 1;
         } else if (a[0] == '-') {

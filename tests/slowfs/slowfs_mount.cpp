@@ -18,6 +18,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #ifndef SLOWFS_BINARY
@@ -137,6 +138,11 @@ bool is_mount_point(const std::string& path)
 }
 
 SlowFs::SlowFs(std::string backing, std::string mountpoint, int delay_ms)
+    : SlowFs(std::move(backing), std::move(mountpoint), SlowFsOptions{delay_ms, false, false})
+{
+}
+
+SlowFs::SlowFs(std::string backing, std::string mountpoint, const SlowFsOptions& options)
 {
     make_dir(backing);
     make_dir(mountpoint);
@@ -157,6 +163,7 @@ SlowFs::SlowFs(std::string backing, std::string mountpoint, int delay_ms)
     if (!::mkdtemp(tmpl)) throw sys_error("mkdtemp");
     m_dir = tmpl;
     m_gate = m_dir + "/gate";
+    if (options.read_gate) m_read_gate = m_dir + "/read-gate";
     m_log = m_dir + "/slowfs.log";
     const int log_fd = ::open(m_log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (log_fd == -1) {
@@ -167,7 +174,12 @@ SlowFs::SlowFs(std::string backing, std::string mountpoint, int delay_ms)
 
     // Everything the child needs, made before fork (the test may have threads).
     std::vector<std::string> args = {SLOWFS_BINARY, m_backing, m_mountpoint, "--write-delay-ms",
-                                     std::to_string(delay_ms), "--gate", m_gate};
+                                     std::to_string(options.delay_ms), "--gate", m_gate};
+    if (options.read_gate) {
+        args.push_back("--read-gate");
+        args.push_back(m_read_gate);
+    }
+    if (options.direct_io) args.push_back("--direct-io");
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -229,6 +241,7 @@ int SlowFs::stop()
 {
     if (m_pid <= 0) return -1;
     open_gate();
+    open_read_gate();
     ::kill(m_pid, SIGTERM);
     const int status = reap(m_pid, 10s);
     m_pid = -1;
@@ -242,6 +255,10 @@ void SlowFs::cleanup_files()
 {
     if (m_dir.empty()) return;
     ::unlink(m_gate.c_str());
+    if (!m_read_gate.empty()) {
+        ::unlink(m_read_gate.c_str());
+        ::unlink((m_read_gate + ".new").c_str());
+    }
     ::unlink(m_log.c_str());
     ::rmdir(m_dir.c_str());
     m_dir.clear();
@@ -270,12 +287,51 @@ void SlowFs::open_gate()
         throw sys_error("remove gate " + m_gate);
 }
 
+void SlowFs::close_read_gate()
+{
+    if (m_read_gate.empty()) throw std::logic_error("close_read_gate: mounted without SlowFsOptions::read_gate");
+    const int fd = ::open(m_read_gate.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd == -1) throw sys_error("create read gate " + m_read_gate);
+    ::close(fd);
+}
+
+void SlowFs::close_read_gate(std::uint64_t offset, std::uint64_t length, unsigned max_held)
+{
+    if (m_read_gate.empty()) throw std::logic_error("close_read_gate: mounted without SlowFsOptions::read_gate");
+    // Whole or not at all: slowfs reads the file when a request arrives.
+    const std::string tmp = m_read_gate + ".new";
+    const std::string text = std::to_string(offset) + " " + std::to_string(length) + " " + std::to_string(max_held) + "\n";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd == -1) throw sys_error("create " + tmp);
+    const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+    ::close(fd);
+    if (!ok || ::rename(tmp.c_str(), m_read_gate.c_str()) == -1) throw sys_error("write read gate " + m_read_gate);
+}
+
+void SlowFs::open_read_gate()
+{
+    if (!m_read_gate.empty() && ::unlink(m_read_gate.c_str()) == -1 && errno != ENOENT)
+        throw sys_error("remove read gate " + m_read_gate);
+}
+
+unsigned SlowFs::blocked_reads() const { return stats().read_blocked; }
+
+bool SlowFs::wait_blocked_reads(unsigned n, std::chrono::milliseconds timeout) const
+{
+    const auto deadline = Clock::now() + timeout;
+    while (blocked_reads() < n) {
+        if (Clock::now() > deadline) return false;
+        std::this_thread::sleep_for(1ms);
+    }
+    return true;
+}
+
 SlowFsStats SlowFs::stats() const
 {
     const std::string file = path(".slowfs-stats");
     const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd == -1) throw sys_error("open " + file);
-    char buf[256];
+    char buf[512];
     const ssize_t n = ::read(fd, buf, sizeof buf - 1);
     const int e = errno;
     ::close(fd);
@@ -289,6 +345,11 @@ SlowFsStats SlowFs::stats() const
     if (!(in >> k1 >> s.writes >> k2 >> s.bytes_written >> k3 >> s.blocked) || k1 != "writes" ||
         k2 != "bytes_written" || k3 != "blocked")
         throw std::runtime_error("unexpected " + file + ": " + std::string(buf, static_cast<std::size_t>(n)));
+    std::string k4, k5;
+    if (in >> k4) {  // a read_gate mount's two more lines
+        if (!(in >> s.reads >> k5 >> s.read_blocked) || k4 != "reads" || k5 != "read_blocked")
+            throw std::runtime_error("unexpected " + file + ": " + std::string(buf, static_cast<std::size_t>(n)));
+    }
     return s;
 }
 

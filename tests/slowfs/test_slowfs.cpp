@@ -24,6 +24,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -540,4 +541,114 @@ TEST_CASE("slowfs: a test process killed with a write at the gate leaves no moun
          "did not end, 9 mount left");
     CHECK(WIFEXITED(st));
     CHECK(WEXITSTATUS(st) == 0);
+}
+
+namespace {
+
+// A pread on its own thread; opens the read gate and joins, also when a REQUIRE fails
+// while the thread waits at the gate.
+class Reader {
+public:
+    Reader(SlowFs& fs, int fd, std::size_t size, off_t off) : m_fs(fs), m_buf(size)
+    {
+        m_thread = std::thread([this, fd, off] {
+            m_result = ::pread(fd, m_buf.data(), m_buf.size(), off);
+            m_done = true;
+        });
+    }
+    ~Reader()
+    {
+        m_fs.open_read_gate();
+        join();
+    }
+    bool done() const { return m_done; }
+    ssize_t join()
+    {
+        if (m_thread.joinable()) m_thread.join();
+        return m_result;
+    }
+    const std::vector<char>& bytes() const { return m_buf; }
+
+private:
+    SlowFs& m_fs;
+    std::thread m_thread;
+    std::vector<char> m_buf;
+    std::atomic<bool> m_done{false};
+    ssize_t m_result = -1;
+};
+
+}  // namespace
+
+TEST_CASE("slowfs: a closed read gate holds reads of its range after they read, at most MAX of them",
+          "[slowfs][read-gate]")
+{
+    Scratch scratch;
+    pagerd::test::SlowFsOptions o;
+    o.direct_io = true;
+    o.read_gate = true;
+    SlowFs fs(scratch.backing(), scratch.mnt(), o);
+    CHECK(slurp(fs.path(".slowfs-stats")) == "writes 0\nbytes_written 0\nblocked 0\nreads 0\nread_blocked 0\n");
+    const auto old_bytes = pattern(16 * kPage, 60);
+    { std::ofstream(fs.backing_path("f"), std::ios::binary).write(old_bytes.data(), static_cast<std::streamsize>(old_bytes.size())); }
+    Fd f(::open(fs.path("f").c_str(), O_RDWR));
+    REQUIRE(f.fd >= 0);
+    const auto page = [](const std::vector<char>& v, std::size_t pg) {
+        return std::vector<char>(v.begin() + static_cast<long>(pg * kPage), v.begin() + static_cast<long>((pg + 1) * kPage));
+    };
+
+    // Page 4 only, one read at most.
+    fs.close_read_gate(4 * kPage, kPage, 1);
+    Reader held(fs, f.fd, kPage, 4 * kPage);
+    REQUIRE(eventually([&] { return held.done() || fs.blocked_reads() == 1; }));
+    REQUIRE_FALSE(held.done());
+    // Meanwhile: a read of another page, and a second read of page 4 (one is held
+    // already), go through; a write of page 4 through the mount lands (direct_io: the
+    // held read locks no page).
+    std::vector<char> buf(kPage);
+    CHECK(::pread(f.fd, buf.data(), kPage, 0) == static_cast<ssize_t>(kPage));
+    CHECK(buf == page(old_bytes, 0));
+    CHECK(::pread(f.fd, buf.data(), kPage, 4 * kPage) == static_cast<ssize_t>(kPage));
+    CHECK(buf == page(old_bytes, 4));
+    const auto new_bytes = pattern(kPage, 61);
+    CHECK(::pwrite(f.fd, new_bytes.data(), kPage, 4 * kPage) == static_cast<ssize_t>(kPage));
+    CHECK(slurp(fs.backing_path("f")).substr(4 * kPage, kPage) == as_string(new_bytes));
+    std::this_thread::sleep_for(50ms);
+    CHECK_FALSE(held.done());
+    SlowFsStats s = fs.stats();
+    CHECK(s.read_blocked == 1);
+    CHECK(s.reads == 2);
+    // Opened: the held read returns the bytes it read when it arrived, before the write.
+    fs.open_read_gate();
+    CHECK(held.join() == static_cast<ssize_t>(kPage));
+    CHECK(held.bytes() == page(old_bytes, 4));
+    CHECK(::pread(f.fd, buf.data(), kPage, 4 * kPage) == static_cast<ssize_t>(kPage));
+    CHECK(buf == new_bytes);
+    s = fs.stats();
+    CHECK(s.read_blocked == 0);
+    CHECK(s.reads == 4);
+
+    // No range: every read waits, any number of them.
+    fs.close_read_gate();
+    Reader a(fs, f.fd, kPage, 0);
+    Reader b(fs, f.fd, 2 * kPage, 9 * kPage);
+    REQUIRE(eventually([&] { return a.done() || b.done() || fs.blocked_reads() == 2; }));
+    CHECK_FALSE(a.done());
+    CHECK_FALSE(b.done());
+    fs.open_read_gate();
+    CHECK(a.join() == static_cast<ssize_t>(kPage));
+    CHECK(b.join() == static_cast<ssize_t>(2 * kPage));
+    CHECK(a.bytes() == page(old_bytes, 0));
+    CHECK(fs.stop() == 0);
+}
+
+TEST_CASE("slowfs: a mount without a read gate refuses close_read_gate and reads as before", "[slowfs][read-gate]")
+{
+    Scratch scratch;
+    SlowFs fs(scratch.backing(), scratch.mnt(), 0);
+    CHECK(fs.read_gate_path().empty());
+    CHECK_THROWS_AS(fs.close_read_gate(), std::logic_error);
+    CHECK_THROWS_AS(fs.close_read_gate(0, kPage), std::logic_error);
+    fs.open_read_gate();  // nothing to open: no error
+    CHECK(fs.stats().reads == 0);
+    CHECK(fs.stop() == 0);
 }
