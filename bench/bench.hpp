@@ -250,6 +250,48 @@ CacheRun run_cache_cases(const CacheSetup& s);
 inline constexpr const char* k_cache_child_flag = "--cache-child";
 int cache_child_main(int argc, char** argv);
 
+// ---- second_copy.cpp: the kernel's second copy of a loaded page (--cases second-copy) ----
+
+inline constexpr std::uint64_t k_second_copy_block = 256 * 1024;  // the daemon's staging buffer
+inline constexpr unsigned k_second_copy_depth = 8;                 // reads in flight of f and g
+
+// a: buffered pread then POSIX_FADV_DONTNEED on the block (the daemon today); b: pread of a
+// second descriptor opened O_DIRECT; c: preadv2(RWF_DONTCACHE); d: buffered pread (cat);
+// e: memcpy out of a fresh mmap of the file (the baseline); f, g: b and c through io_uring
+// with k_second_copy_depth reads in flight (the daemon reads through io_uring).
+enum class SecondCopyMethod { Fadvise, Direct, Dontcache, Buffered, Mmap, DirectRing, DontcacheRing };
+const char* second_copy_method_name(SecondCopyMethod m);
+
+struct SecondCopyRow {
+    std::string pattern;  // "seq", "rand" (drawn with replacement), "perm" (every block once, shuffled)
+    bool hot = false;
+    SecondCopyMethod method = SecondCopyMethod::Mmap;
+    std::uint64_t bytes = 0;  // read per run
+    std::vector<double> seconds, cpu_seconds;          // per run: wall time, the process's utime+stime
+    std::vector<double> resident_before, resident_after;  // per run: bytes of the file in the page cache
+    std::string skipped, failure;
+};
+
+struct SecondCopySetup {
+    int fd = -1;
+    std::uint64_t bytes = 0;
+    std::uint64_t random_blocks = 20000;  // drawn with replacement among the file's blocks
+    unsigned runs = 3;
+    bool progress = false;
+    std::function<void(const std::string&)> error;
+};
+
+struct SecondCopyRun {
+    std::vector<SecondCopyRow> rows;
+    unsigned runs = 0;
+    std::uint64_t bytes = 0;  // whole 256 KiB blocks of the file
+    std::uint64_t random_blocks = 0, distinct_blocks = 0;
+    std::uint64_t seq_checksum = 0, rand_checksum = 0;
+    std::string fs, drop, dontcache, dio_align, load;
+};
+
+SecondCopyRun run_second_copy(const SecondCopySetup& s);
+
 // ---- report.cpp: the table and the JSON object ------------------------------------------
 
 // One read case: a pagerd side against a baseline, measured back to back on the same file.
@@ -320,6 +362,8 @@ struct RunInfo {
     std::vector<WriteCase> write_cases;
     std::vector<FlushCase> flush_cases;
     CacheRun cache;  // --cases cache
+    bool second_copy = false;  // --cases second-copy
+    SecondCopyRun second;
 };
 
 void set_machine(RunInfo& info);  // kernel, cpus, date
@@ -347,6 +391,10 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
 // report_write.cpp: the write and flush tables, and their JSON members.
 void print_write_tables(const RunInfo& info);
 void print_write_json(const RunInfo& info);  // prints ,"write_cases":[...],"flush_cases":[...]
+
+// report_second_copy.cpp: the second-copy table, and its JSON member.
+void print_second_copy_tables(const RunInfo& info);
+void print_second_copy_json(const RunInfo& info);  // prints ,"second_copy":{...}
 
 // report_cache.cpp: the cache table, and its JSON member.
 void print_cache_tables(const RunInfo& info);

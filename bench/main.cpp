@@ -186,6 +186,29 @@ counts a hit only for a page another reader loaded (case 4) or one mapped from t
 without a load. With --socket the cache cases still start their own pagerd (found as
 without --pagerd). --repeat does not apply to them (one run each).
 
+Second-copy cases (--cases second-copy; not in the default set: about 4 minutes with the
+1 GiB file): how the daemon can load a file into its own cache without the kernel's page
+cache keeping the same bytes, measured in pagerd-bench itself (no daemon), one thread,
+256 KiB blocks (the daemon's staging buffer), on the file of the read cases:
+  a  pread, then posix_fadvise(POSIX_FADV_DONTNEED) on the block (what the daemon does)
+  b  pread of a second descriptor of the file opened O_DIRECT (/proc/self/fd/N), into a
+     4 KiB-aligned buffer
+  c  preadv2(RWF_DONTCACHE) (Linux 6.14+, where the file system supports it; refused
+     with EOPNOTSUPP or EINVAL elsewhere: the rows are then skipped and the reason shown)
+  d  pread (buffered, nothing dropped: what cat does)
+  e  memcpy of each block out of a fresh mmap(MAP_SHARED) of the file: the baseline
+  f  b through io_uring, 8 reads in flight, 8 buffers (the daemon reads through io_uring)
+  g  c through io_uring, 8 reads in flight (rw_flags RWF_DONTCACHE)
+each over the whole file in order (seq), over every block once in a shuffled order
+(perm), and over --random-pages blocks drawn with replacement among the file's 256 KiB
+blocks (rand: 20000 draws among the 4096 blocks of 1 GiB re-read most blocks, which
+favours the methods that keep the kernel's copy), fixed seed; cold (dropped as for the
+read cases) and hot (the whole file read before). Every row runs max(3, --repeat) times,
+runs outside and rows inside. Figures: MB/s best and median, the ratio to e of the same
+pattern and state, the process's CPU time per GiB (io_uring's workers included), and the
+MiB of the file in the kernel's page cache (mincore) before and after. The rows'
+checksums must agree.
+
 Daemon: without --socket, pagerd-bench starts its own pagerd on a temporary socket (from
 --pagerd, else ../daemon/pagerd next to pagerd-bench as in the build tree, else pagerd next
 to it, else pagerd on $PATH), waits up to 5 s for it to accept, and stops it with SIGTERM
@@ -276,8 +299,9 @@ int run(const Options& o)
     info.writes = wanted("write");
     info.flushes = wanted("flush");
     info.caches = wanted("cache");
+    info.second_copy = wanted("second-copy");
     const bool any_reads = info.reads || info.extras;
-    const bool read_file = any_reads || info.caches;  // the file of --size (or --file) is read
+    const bool read_file = any_reads || info.caches || info.second_copy;  // the file of --size (or --file) is read
     const bool main_daemon = any_reads || info.writes || info.flushes;  // the cache cases start their own
     const std::uint64_t write_bytes = o.write_pages * k_page;
 
@@ -343,12 +367,23 @@ int run(const Options& o)
         cs.error = error;
         info.cache = run_cache_cases(cs);
     }
+    if (info.second_copy) {  // no daemon: reads of the file in this process
+        SecondCopySetup ss;
+        ss.fd = fd;
+        ss.bytes = bytes;
+        ss.random_blocks = o.random_pages;
+        ss.runs = std::max(3u, o.repeat);
+        ss.progress = progress;
+        ss.error = error;
+        info.second = run_second_copy(ss);
+    }
 
     std::unique_ptr<Daemon> daemon;
     std::unique_ptr<libclient::Connection> connection;
     std::string socket = o.socket;
     if (!main_daemon) {
-        info.daemon = "none for the whole run (each group of cache cases starts its own, below)";
+        info.daemon = info.caches ? "none for the whole run (each group of cache cases starts its own, below)"
+                                  : "none (the second-copy cases read the file in pagerd-bench itself)";
     } else if (socket.empty()) {
         auto started = Daemon::start(o.pagerd, o.daemon_args);
         if (!started) return fail(started.error().message);
@@ -583,9 +618,11 @@ int main(int argc, char** argv)
                    "Groups to run, comma-separated: read (the table of targets), extra (more pagerd "
                    "against mmap read cases, no target), write (write faults), flush (flush "
                    "throughput), cache (the daemon's page cache against the kernel's: memory cgroups, "
-                   "shared readers; about 75 s, so not in the default) (default read,extra,write,flush)")
+                   "shared readers; about 75 s, so not in the default), second-copy (loads that leave no "
+                   "second copy in the kernel's page cache: O_DIRECT, RWF_DONTCACHE, fadvise; about 4 min, "
+                   "not in the default) (default read,extra,write,flush)")
         ->delimiter(',')
-        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache"}));
+        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache", "second-copy"}));
     app.add_option("--zipf-reads", o.zipf_reads, "4 KiB reads of cache case 2 (Zipf 0.99) (default 200000)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
     app.add_option("--write-pages", o.write_pages,

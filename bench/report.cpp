@@ -226,8 +226,9 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
     const bool any_reads = info.reads || info.extras;
     const std::string threads = info.threads == 1 ? "1" : "1 and " + std::to_string(info.threads);
     const std::string random = any_reads ? "; random cases touch " + std::to_string(info.random_pages) + " pages" : "";
-    std::printf("threads: %s%s; figures are the median of %u run%s\n", threads.c_str(), random.c_str(),
-                info.repeat, info.repeat == 1 ? "" : "s");
+    if (any_reads || info.writes || info.flushes || info.caches)  // second-copy tells its own runs
+        std::printf("threads: %s%s; figures are the median of %u run%s\n", threads.c_str(), random.c_str(),
+                    info.repeat, info.repeat == 1 ? "" : "s");
     if (any_reads) {
         std::printf("cold:    %s (%s)\n", info.cold_possible ? "possible" : "NOT possible, cold cases skipped",
                     info.cold_note.c_str());
@@ -235,6 +236,7 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
         std::printf("\n");
         print_read_tables(info, cases);
     }
+    print_second_copy_tables(info);
     print_write_tables(info);
     print_cache_tables(info);
 
@@ -309,6 +311,7 @@ void print_json(const RunInfo& info, const std::vector<CaseResult>& cases)
     std::printf("]");
     print_write_json(info);
     print_cache_json(info);
+    print_second_copy_json(info);
     std::printf(",\"daemon\":{\"description\":%s,\"pid\":%s,\"peak_rss_kib\":%s,\"rss_kib\":%s,\"status\":",
                 json_string(info.daemon).c_str(), info.daemon_pid > 0 ? std::to_string(info.daemon_pid).c_str() : "null",
                 info.daemon_peak_rss_kib >= 0 ? std::to_string(info.daemon_peak_rss_kib).c_str() : "null",
