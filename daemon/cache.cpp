@@ -92,6 +92,7 @@ Cache::Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::Uniq
 Cache::~Cache()
 {
     m_pool.closed(*this);
+    m_pool.dirty_changed(-static_cast<std::int64_t>(m_pending));
     if (!m_pool.keeping()) {
         if (m_pending)
             spdlog::error("cache {}: closing with {} page(s) written by Shared regions that could not be written "
@@ -568,13 +569,18 @@ void CachePool::enforce_budget()
                 for (std::uint64_t p : kept) m_policy.on_load({c.id(), p});
                 m_resident = m_policy.resident();
             }
-            std::lock_guard hooks(m_hooks_mutex);
-            if (m_queue_writeback && c.want_writeback()) m_queue_writeback(victims[i].first);
+            request_writeback(victims[i].first);
         }
         i = j;
     }
     m_evictions.fetch_add(evicted, std::memory_order_relaxed);
     victims.clear();  // a cache whose last user went meanwhile closes here, outside the lock
+}
+
+void CachePool::request_writeback(const std::shared_ptr<Cache>& c)
+{
+    std::lock_guard hooks(m_queue_mutex);
+    if (m_queue_writeback && c->want_writeback()) m_queue_writeback(c);
 }
 
 void CachePool::set_budget(std::uint64_t bytes)

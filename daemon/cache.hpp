@@ -146,6 +146,7 @@ public:
     // then queues a write-back.
     bool want_writeback() { return !m_writeback_wanted.exchange(true); }
     bool keeping_for_restart() const;
+    std::uint32_t page_size() const;
     // Held by a writer across collect(), the write and written(): one write-back of a
     // cache at a time, so an older copy of a page never lands after a newer one.
     std::unique_lock<std::mutex> lock_writeback() { return std::unique_lock(m_writeback_mutex); }
@@ -226,12 +227,12 @@ public:
     using ViewProtector = std::function<bool(const Cache& c, std::uint64_t first, std::uint64_t count)>;
     void set_view_protector(ViewProtector f)
     {
-        std::lock_guard lock(m_hooks_mutex);
+        std::lock_guard lock(m_protect_mutex);
         m_protect = std::move(f);
     }
     bool protect_views(const Cache& c, std::uint64_t first, std::uint64_t count) const
     {
-        std::lock_guard lock(m_hooks_mutex);  // (held while it runs: unset only once none does)
+        std::lock_guard lock(m_protect_mutex);  // (held while it runs: unset only once none does)
         return m_protect ? m_protect(c, first, count) : false;
     }
     // Queues a write-back of every dirty page of `c` (off the fault path). Set once the
@@ -239,13 +240,23 @@ public:
     using WritebackQueue = std::function<void(std::shared_ptr<Cache> c)>;
     void set_writeback_queue(WritebackQueue f)
     {
-        std::lock_guard lock(m_hooks_mutex);
+        std::lock_guard lock(m_queue_mutex);
         m_queue_writeback = std::move(f);
     }
     // Drops pages until the cache is within its budget (after a write-back made some
     // evictable).
     void trim() { enforce_budget(); }
     void count_writebacks(std::uint64_t pages) { m_writebacks.fetch_add(pages, std::memory_order_relaxed); }
+    // Queues a write-back of every dirty page of `c` unless one is queued already.
+    void request_writeback(const std::shared_ptr<Cache>& c);
+    // Dirty pages throttle writers: above a quarter of the budget, a first write to a
+    // clean page waits (up to a second) until write-back brings them under it.
+    bool dirty_over_limit() const
+    {
+        const std::int64_t dirty = m_dirty_pages.load(std::memory_order_relaxed);
+        return dirty > 0 && static_cast<std::uint64_t>(dirty) * m_page > m_budget.load(std::memory_order_relaxed) / 4;
+    }
+    void dirty_changed(std::int64_t pages) { m_dirty_pages.fetch_add(pages, std::memory_order_relaxed); }
 
     std::uint32_t page_size() const { return m_page; }
     int uffd() const { return m_uffd.get(); }
@@ -288,10 +299,14 @@ private:
     std::uint64_t m_reserved_total = 0;  // address space of every cache's mapping
     std::atomic<bool> m_keep{false};
     EvictionPolicy m_policy;
-    mutable std::mutex m_hooks_mutex;  // after a cache's lock, before a worker's table lock
+    // Held while the hooks run (unset only once none runs). Lock order: a cache's lock, then
+    // m_protect_mutex, then a worker's table lock; m_queue_mutex before a cache's lock (a
+    // queued write-back takes none, but no cache lock is held while queueing).
+    mutable std::mutex m_protect_mutex, m_queue_mutex;
     ViewProtector m_protect;
     WritebackQueue m_queue_writeback;
     std::atomic<std::uint64_t> m_writebacks{0};
+    std::atomic<std::int64_t> m_dirty_pages{0};  // of every cache
     std::atomic<std::uint64_t> m_budget{0}, m_resident{0}, m_loads{0}, m_hits{0}, m_evictions{0}, m_refaults{0};
 };
 

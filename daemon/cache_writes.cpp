@@ -161,6 +161,7 @@ bool Cache::adopt_bits(util::UniqueFd bits, std::shared_ptr<store::Store> write_
         done = to;
     }
     m_pending = pending;
+    m_pool.dirty_changed(static_cast<std::int64_t>(pending));
     return true;
 }
 
@@ -172,6 +173,7 @@ bool Cache::loaded_before_restart(std::uint64_t page) const
 }
 
 bool Cache::keeping_for_restart() const { return m_pool.keeping(); }
+std::uint32_t Cache::page_size() const { return m_pool.page_size(); }
 
 int Cache::write_store_fd() const { return m_write_store_fd.load(std::memory_order_acquire); }
 
@@ -232,7 +234,10 @@ bool Cache::mark_written(int uffd, std::uint64_t addr, std::uint64_t page)
     std::lock_guard lock(m_mutex);
     const bool held = m_bits && m_loaded.test(page) && page < m_bits.pages();
     if (held) {
-        if (!pending_locked(page)) ++m_pending;
+        if (!pending_locked(page)) {
+            ++m_pending;
+            m_pool.dirty_changed(1);
+        }
         m_bits.mark(page);
         m_written.set(page);
     }
@@ -268,7 +273,10 @@ void Cache::written(const std::vector<PageRun>& runs, bool ok)
         for (std::uint64_t p = r.first; p < r.first + r.count; ++p) {
             const bool was = m_bits.is_flushing(p);
             m_bits.clear_flushing(p, 1);
-            if (was && !m_bits.is_dirty(p) && m_pending) --m_pending;
+            if (was && !m_bits.is_dirty(p) && m_pending) {
+                --m_pending;
+                m_pool.dirty_changed(-1);
+            }
         }
     }
 }

@@ -178,8 +178,9 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
     r->state->latency.record(ns);
     m_stats.faults.fetch_add(1, std::memory_order_relaxed);
     r->state->faults.fetch_add(1, std::memory_order_relaxed);
-    // A write: dirty and writable now, rather than a second fault for the protection.
-    if (f.write && r->shared()) mark_written(c, *r, f.page);
+    // A write: dirty and writable now, rather than a second fault for the protection
+    // (unless writers must wait: it faults again on the protection, and waits there).
+    if (f.write && r->shared() && !throttled_write(*r, true)) mark_written(c, *r, f.page);
     // Every thread waiting in what was mapped (the mapping woke nobody; a page mapped
     // meanwhile by another way, EEXIST, is included).
     util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, std::max<std::uint64_t>(mapped, m_ctx.page_size));
@@ -276,7 +277,8 @@ void Worker::install(Client& c, Load& l)
         } else if (f.write && l.write_protect && !c.closing) {
             // A first touch that is a write: the page goes in write-protected with the
             // block, then is dirty and writable at once.
-            if (const Region* r = c.regions.find(f.page); r && r->tracking == proto::Tracking::UFFD_WP)
+            if (const Region* r = c.regions.find(f.page);
+                r && r->tracking == proto::Tracking::UFFD_WP && !throttled_write(*r, true))
                 mark_written(c, *r, f.page);
         }
         const auto ns = static_cast<std::uint64_t>(
@@ -412,12 +414,47 @@ void Worker::signal_unservable(Client& c, unsigned slot, std::uint64_t page)
     }
 }
 
+// A first write to a clean page of the page cache while the dirty pages of all caches are
+// over their limit: it waits (the thread stays blocked in its fault) until write-back
+// brings them under it, as the kernel's balance_dirty_pages holds up writers.
+bool Worker::throttled_write(const Region& r, bool first_touch)
+{
+    (void)first_touch;
+    if (!r.cache || !r.shared() || !m_ctx.cache->dirty_over_limit()) return false;
+    m_ctx.cache->request_writeback(r.cache);
+    return true;
+}
+
+void Worker::replay_throttled(bool all)
+{
+    if (m_throttled.empty()) return;
+    const auto waited = Clock::now() - m_throttled.front().fault.t0;
+    // At most a second: write-back is slow or stuck, the writer goes on (over the limit).
+    if (!all && m_ctx.cache->dirty_over_limit() && waited < std::chrono::seconds(1)) return;
+    std::vector<Throttled> now;
+    now.swap(m_throttled);
+    for (const Throttled& t : now) {
+        auto it = m_clients.find(t.client);
+        if (it == m_clients.end() || it->second->closing) continue;
+        Client& c = *it->second;
+        if (all) {  // the next daemon (or nobody) serves it: the writer faults again
+            util::uffd_wake(c.uffds[t.fault.slot].fd.get(), t.fault.page, m_ctx.page_size);
+            continue;
+        }
+        handle_write_protect_fault(c, t.fault, false);
+    }
+}
+
 // The first write to a write-protected page of a Shared region the daemon tracks.
-void Worker::handle_write_protect_fault(Client& c, const Fault& f)
+void Worker::handle_write_protect_fault(Client& c, const Fault& f, bool may_throttle)
 {
     const Region* r = c.regions.find(f.page);
     const tracking::Strategy* t = r && r->uffd_slot == f.slot ? tracking::of(*r) : nullptr;
     const int uffd = c.uffds[f.slot].fd.get();
+    if (t && may_throttle && throttled_write(*r, false)) {
+        m_throttled.push_back({c.serial, f});
+        return;
+    }
     if (t && t->written(uffd, *r, f.page, m_ctx.page_size)) {
         m_stats.faults.fetch_add(1, std::memory_order_relaxed);
         m_stats.latency.record(static_cast<std::uint64_t>(

@@ -172,6 +172,7 @@ void Worker::handle_completion(Op* op, int res)
         take_inbox();
         if (m_stop.load() && !m_stopping) {
             m_stopping = true;
+            replay_throttled(true);  // woken: each writer faults again, to this daemon or the next
             const bool detach = m_detach.load();
             (void)detach;
             for (auto it = m_clients.begin(); it != m_clients.end();) {
@@ -302,6 +303,7 @@ void Worker::check_deadlines()
     const auto now = Clock::now();
     if (now - m_last_deadline_check < std::chrono::milliseconds(50)) return;
     m_last_deadline_check = now;
+    replay_throttled(false);
     for (auto it = m_clients.begin(); it != m_clients.end();) {
         Client& c = *(it++)->second;
         if (c.closing || c.hello_done || now < c.hello_deadline) continue;
@@ -436,7 +438,7 @@ void Worker::queue_cache_writeback(std::shared_ptr<Cache> cache)
     job->why = "making room in the page cache";
     WriteJob::Part part;
     part.first = 0;
-    part.count = (cache->size() + m_ctx.page_size - 1) / m_ctx.page_size;  // (pages past the file's end are never dirty)
+    part.count = 0;  // the whole file (the writer asks its size: no cache lock here)
     part.cache = std::move(cache);
     job->parts.push_back(std::move(part));
     m_writer->submit(std::move(job));

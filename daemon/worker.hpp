@@ -260,7 +260,11 @@ private:
     void on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool defer_faults);
     void handle_fault(Client& c, Fault f);
     void drain_events(Client& c);  // reads pending uffd messages now; serves the faults among them
-    void handle_write_protect_fault(Client& c, const Fault& f);
+    // may_throttle: a first write to a page cache page waits while the dirty pages of all
+    // caches are over their limit (m_throttled, replayed by replay_throttled()).
+    void handle_write_protect_fault(Client& c, const Fault& f, bool may_throttle = true);
+    bool throttled_write(const Region& r, bool first_touch);  // a first write that must wait
+    void replay_throttled(bool all);  // all: stopping, or the client leaves
     void handle_minor_fault(Client& c, const Fault& f);  // CACHE regions: the cache holds the page
     void mark_written(Client& c, const Region& r, std::uint64_t page);
     void start_read(Load& l);  // from the page cache at once if it holds the data, else io_uring
@@ -314,6 +318,11 @@ private:
     std::vector<std::uint8_t*> m_free_buffers;
     std::deque<std::pair<Client*, Fault>> m_waiting;  // faults waiting for a buffer
     std::vector<Load*> m_ready;  // read at once (start_read): installed by process_ready()
+    struct Throttled {
+        std::uint64_t client;  // serial
+        Fault fault;
+    };
+    std::vector<Throttled> m_throttled;  // first writes waiting for write-back (oldest first)
     std::uint64_t m_uffd_reads = 0;  // uffd reads that brought messages
     bool m_fault_seen = false;      // a fault arrived since the loop last slept
     std::vector<std::uint64_t> m_busy;  // clients that faulted lately (serials), for poll_for_faults

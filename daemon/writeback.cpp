@@ -194,6 +194,8 @@ void Writer::write_cache(WriteJob& job, WriteJob::Part& part)
     if (part.cache->keeping_for_restart()) return;
     const auto serial = part.cache->lock_writeback();
     job.cache_written = true;
+    if (part.count == 0)  // the whole file (pages past its end are never dirty)
+        part.count = (part.cache->size() + part.cache->page_size() - 1) / part.cache->page_size();
     const auto runs = part.cache->collect(part.first, part.count);
     const auto out = m_writeback.write(*part.cache, runs);
     part.cache->written(runs, out.error == 0);

@@ -29,7 +29,7 @@ struct WriteJob {
         // Or a range of a page cache written by Shared regions: its dirty pages are collected
         // (and protected in every view) on the writer's thread, then written.
         std::shared_ptr<Cache> cache;
-        std::uint64_t first = 0, count = 0;  // cache pages
+        std::uint64_t first = 0, count = 0;  // cache pages (count 0: all of them)
     };
     std::vector<Part> parts;
     std::uint64_t client = 0;      // serial of the client it is for

@@ -96,6 +96,15 @@ void FileStore::will_need(std::uint64_t off, std::uint64_t len)
 
 void FileStore::loaded(std::uint64_t off, std::uint64_t len)
 {
+    // The kernel drops only the folios wholly inside the range, and file systems cache in
+    // large folios (up to 2 MiB on ext4 here): a 256 KiB range drops next to nothing
+    // (pagerd-bench --cases second-copy: 1009 of 1024 MiB stayed cached after a scan). So
+    // the 2 MiB-aligned blocks whose end this load reached go whole: a scan drops each
+    // block once it has loaded all of it.
+    constexpr std::uint64_t k_block = std::uint64_t{2} << 20;
+    const std::uint64_t from = off / k_block * k_block, to = (off + len) / k_block * k_block;
+    if (to > from)
+        ::posix_fadvise(m_fd.get(), static_cast<off_t>(from), static_cast<off_t>(to - from), POSIX_FADV_DONTNEED);
     ::posix_fadvise(m_fd.get(), static_cast<off_t>(off), static_cast<off_t>(len), POSIX_FADV_DONTNEED);
 }
 
