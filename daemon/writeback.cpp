@@ -16,6 +16,7 @@ namespace {
 
 constexpr unsigned k_ring = 64;
 constexpr std::uint64_t k_max_write = 1 << 20;
+constexpr unsigned k_bounce_slots = 16;  // cache write-back: 16 MiB of pieces in flight
 
 }  // namespace
 
@@ -129,24 +130,46 @@ Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRu
     const std::int64_t size = store->size();
     if (size < 0) return {0, 0, static_cast<int>(-size)};
     const auto file_size = static_cast<std::uint64_t>(size);
-    if (m_bounce.size() < k_max_write) m_bounce.resize(k_max_write);
-    for (const PageRun& run : runs) {
-        for (std::uint64_t pos = run.first * m_page, end = (run.first + run.count) * m_page; pos < end;) {
-            if (pos >= file_size) break;  // the file shrank: nothing to write there
-            const std::uint64_t len = std::min({end - pos, k_max_write, file_size - pos});
-            const ssize_t got = ::pread(cache.memfd(), m_bounce.data(), len, static_cast<off_t>(pos));
-            if (got <= 0) return {out.pages, out.bytes, got < 0 ? errno : EIO};
-            for (std::uint64_t done = 0; done < static_cast<std::uint64_t>(got);) {
-                const ssize_t w = store->write(m_bounce.data() + done, static_cast<std::uint64_t>(got) - done, pos + done);
-                if (w <= 0) return {out.pages, out.bytes, w < 0 ? errno : EIO};
-                done += static_cast<std::uint64_t>(w);
+    // Each piece is read from the memfd into a buffer of its own, then written through
+    // io_uring, k_bounce_slots pieces in flight.
+    if (m_bounce.size() < k_bounce_slots * k_max_write) m_bounce.resize(k_bounce_slots * k_max_write);
+    unsigned slot = 0;
+    auto flush_queue = [&] {
+        if (int e = drain(m_queued); e && !out.error) out.error = e;
+        m_queued = 0;
+        slot = 0;
+    };
+    for (std::size_t i = 0; i < runs.size() && !out.error;) {
+        // Merge runs that touch (a run may be cut at a bitmap word boundary).
+        std::uint64_t pos = runs[i].first * m_page;
+        std::uint64_t end = (runs[i].first + runs[i].count) * m_page;
+        for (++i; i < runs.size() && runs[i].first * m_page == end; ++i) end += runs[i].count * m_page;
+        end = std::min(end, file_size);  // the file shrank: nothing to write past its end
+        while (pos < end && !out.error) {
+            if (slot == k_bounce_slots) flush_queue();
+            std::uint8_t* buf = m_bounce.data() + slot * k_max_write;
+            const std::uint64_t len = std::min(end - pos, k_max_write);
+            const ssize_t got = ::pread(cache.memfd(), buf, len, static_cast<off_t>(pos));
+            if (got <= 0) {
+                out.error = got < 0 ? errno : EIO;
+                break;
             }
+            io_uring_sqe* s = io_uring_get_sqe(&m_ring);
+            if (!s) {
+                flush_queue();
+                s = io_uring_get_sqe(&m_ring);
+            }
+            store->prep_write(s, buf, static_cast<unsigned>(got), pos);
+            io_uring_sqe_set_data64(s, static_cast<std::uint64_t>(got));
+            ++m_queued;
+            ++slot;
             out.pages += (static_cast<std::uint64_t>(got) + m_page - 1) / m_page;
             out.bytes += static_cast<std::uint64_t>(got);
             pos += static_cast<std::uint64_t>(got);
         }
     }
-    if (out.bytes) out.error = store->sync();
+    if (m_queued) flush_queue();
+    if (out.bytes && !out.error) out.error = store->sync();
     return out;
 }
 

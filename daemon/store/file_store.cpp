@@ -69,6 +69,11 @@ ssize_t FileStore::write(const void* buf, std::uint64_t len, std::uint64_t off)
 
 int FileStore::sync() { return ::fdatasync(m_fd.get()) == 0 ? 0 : errno; }
 
+void FileStore::prep_write(io_uring_sqe* sqe, const void* buf, unsigned len, std::uint64_t off)
+{
+    io_uring_prep_write(sqe, m_fd.get(), buf, len, off);
+}
+
 std::shared_ptr<Store> FileStore::reopen_for_writing(std::string& why) const
 {
     if (!m_writable) {

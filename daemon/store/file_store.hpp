@@ -24,6 +24,7 @@ public:
                    bool background) override;
     ssize_t write(const void* buf, std::uint64_t len, std::uint64_t off) override;
     int sync() override;
+    void prep_write(io_uring_sqe* sqe, const void* buf, unsigned len, std::uint64_t off) override;
     void will_need(std::uint64_t off, std::uint64_t len) override;
     void loaded(std::uint64_t off, std::uint64_t len) override;
     int descriptor() const override { return m_fd.get(); }

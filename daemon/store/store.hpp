@@ -47,6 +47,8 @@ public:
     // durability (0 or an errno).
     virtual ssize_t write(const void* buf, std::uint64_t len, std::uint64_t off) = 0;
     virtual int sync() = 0;
+    // The same write, prepared on a writer's io_uring (completion res as pwrite(2)).
+    virtual void prep_write(io_uring_sqe* sqe, const void* buf, unsigned len, std::uint64_t off) = 0;
 
     // Hints: the range will be read soon; the range is in the daemon's page cache now and
     // need not stay cached anywhere else.
