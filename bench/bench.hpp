@@ -9,6 +9,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pagerd/client.hpp"
@@ -387,6 +388,24 @@ Result<std::string> find_gnuplot();
 // fault latency p50/p99 (log scale).
 Result<void> write_plot(const std::string& gnuplot, const std::string& png, const RunInfo& info,
                         const std::vector<CaseResult>& cases);
+// plot.cpp helpers, also used by plot_cache.cpp.
+std::string gnuplot_quoted(const std::string& s);  // a double-quoted gnuplot string
+std::string gnuplot_num(double v);                 // "NaN" unless positive and finite
+// Lower and upper bound of a log axis holding every positive value of `v`, with room above
+// (a factor `headroom`) for the labels.
+std::pair<double, double> gnuplot_log_range(const std::vector<double>& v, double headroom);
+// The lines that select a PNG terminal (pngcairo when there is one) and the output file.
+std::string gnuplot_terminal(int width, int height, const std::string& png);
+// Writes `script` to a temporary file, runs gnuplot on it, checks that `png` was written.
+Result<void> run_gnuplot(const std::string& gnuplot, const std::string& script, const std::string& png);
+
+// plot_cache.cpp: --plot with the cache cases. One PNG, two panels: GB/s of both sides of
+// every throughput row (log scale; ratio, target and met above each group), and memory in
+// GiB (3m, the kernel's page cache after case 3, the readers' cgroup peaks of 1 and 2).
+Result<void> write_cache_plot(const std::string& gnuplot, const std::string& png, const RunInfo& info);
+// Where --plot FILE draws the cache cases: FILE itself when no read case ran, else
+// FILE-cache.png next to it (FILE's ".png" replaced).
+std::string cache_plot_path(const std::string& plot, bool reads_ran);
 
 // report_write.cpp: the write and flush tables, and their JSON members.
 void print_write_tables(const RunInfo& info);

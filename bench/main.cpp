@@ -112,7 +112,12 @@ or a failed case is reported and makes the exit status 1; a missed target does n
 --plot FILE.png: one PNG drawn by gnuplot (package gnuplot-nox) with two panels: GB/s of
 both sides of every case of the table of targets (of the extra cases when only those ran;
 grouped bars, log scale, ratio, target and met above each group), and the pagerd side's
-fault latency p50/p99 (log scale). gnuplot missing is an error before anything runs.
+fault latency p50/p99 (log scale). gnuplot missing is an error before anything runs. When
+the cache cases ran, a second PNG, FILE-cache.png next to FILE.png (FILE.png itself when
+no read or extra case ran), with two panels: GB/s of both sides of every cache row (log
+scale; ratio, target and met above each group), and memory in GiB (log scale): 3m, the
+file left in the kernel's page cache after case 3's mmap and pagerd readers, and the
+readers' cgroup peaks in cases 1 and 2.
 
 Write cases (--cases write): one byte written in each of the first --write-pages pages of
 the file, in order, per case on a new mapping; the clock covers the writes only:
@@ -307,7 +312,8 @@ int run(const Options& o)
 
     std::string gnuplot;
     if (!o.plot.empty()) {
-        if (!any_reads) return fail("--plot draws the read cases: add read (or extra) to --cases");
+        if (!any_reads && !info.caches)
+            return fail("--plot draws the read and the cache cases: add read, extra or cache to --cases");
         auto g = find_gnuplot();
         if (!g) return fail(g.error().message);
         gnuplot = g.value();
@@ -563,8 +569,12 @@ int run(const Options& o)
         info.daemon_peak_rss_kib = process_vm_kib(info.daemon_pid, "VmHWM");
         info.daemon_rss_kib = process_vm_kib(info.daemon_pid, "VmRSS");
     }
-    if (!o.plot.empty()) {
+    if (!o.plot.empty() && any_reads) {
         if (auto p = write_plot(gnuplot, o.plot, info, results); !p) error("--plot: " + p.error().message);
+    }
+    if (!o.plot.empty() && info.caches) {
+        const std::string png = cache_plot_path(o.plot, any_reads);
+        if (auto p = write_cache_plot(gnuplot, png, info); !p) error("--plot: " + p.error().message);
     }
     if (o.json)
         print_json(info, results);
@@ -631,7 +641,8 @@ int main(int argc, char** argv)
     app.add_flag("--json", o.json, "Print one JSON object with every figure instead of the table");
     app.add_option("--plot", o.plot,
                    "Also draw the read cases into this PNG file with gnuplot (GB/s of both sides; "
-                   "fault latency p50/p99)");
+                   "fault latency p50/p99), and the cache cases into FILE-cache.png next to it (into "
+                   "this file when no read case ran)");
     CLI11_PARSE(app, argc, argv);
     try {
         return run(o);

@@ -1,7 +1,7 @@
 // --plot: one PNG with two panels, drawn by gnuplot run as a child process on a script
 // written to a temporary file: the GB/s of both sides of every read case (grouped bars,
 // log scale, ratio / target / met above each group), and the pagerd side's fault latency
-// p50/p99 (log scale).
+// p50/p99 (log scale). The helpers here also serve plot_cache.cpp (the cache cases).
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,10 +19,9 @@
 extern char** environ;
 
 namespace pagerd::bench {
-namespace {
 
 // A gnuplot double-quoted string.
-std::string quoted(const std::string& s)
+std::string gnuplot_quoted(const std::string& s)
 {
     std::string out = "\"";
     for (const char c : s) {
@@ -36,7 +35,7 @@ std::string quoted(const std::string& s)
     return out + "\"";
 }
 
-std::string num(double v)
+std::string gnuplot_num(double v)
 {
     if (!(v > 0) || !std::isfinite(v)) return "NaN";
     char buf[64];
@@ -44,9 +43,7 @@ std::string num(double v)
     return buf;
 }
 
-// Lower and upper bound of a log axis holding every positive value of `v`, with room above
-// for the labels.
-std::pair<double, double> log_range(const std::vector<double>& v, double headroom)
+std::pair<double, double> gnuplot_log_range(const std::vector<double>& v, double headroom)
 {
     double lo = 0, hi = 0;
     for (const double x : v)
@@ -58,6 +55,8 @@ std::pair<double, double> log_range(const std::vector<double>& v, double headroo
     return {std::pow(10.0, std::floor(std::log10(lo / 2))), std::pow(10.0, std::ceil(std::log10(hi * headroom)))};
 }
 
+namespace {
+
 std::string describe_status(int status)
 {
     if (WIFEXITED(status)) return "exited with status " + std::to_string(WEXITSTATUS(status));
@@ -66,6 +65,18 @@ std::string describe_status(int status)
 }
 
 }  // namespace
+
+std::string gnuplot_terminal(int width, int height, const std::string& png)
+{
+    const std::string size = std::to_string(width) + "," + std::to_string(height);
+    return "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) {\n"
+           "  set terminal pngcairo noenhanced size " + size + " font \"Sans,11\"\n"
+           "} else {\n"
+           "  set terminal png noenhanced size " + size + " font \"Sans,10\"\n"
+           "}\n"
+           "set output " + gnuplot_quoted(png) + "\n"
+           "set encoding utf8\n";
+}
 
 Result<std::string> find_gnuplot()
 {
@@ -106,33 +117,28 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
         const double p99 = c.ran() && c.p99_ns > 0 ? c.p99_ns / 1e3 : -1;
         rates.insert(rates.end(), {b, p});
         lat.insert(lat.end(), {p50, p99});
-        sc << i << ' ' << num(b) << ' ' << num(p) << ' ' << num(p50) << ' ' << num(p99) << '\n';
+        sc << i << ' ' << gnuplot_num(b) << ' ' << gnuplot_num(p) << ' ' << gnuplot_num(p50) << ' '
+           << gnuplot_num(p99) << '\n';
     }
     sc << "EOD\n\n";
 
-    const auto [rlo, rhi] = log_range(rates, 30);
-    const auto [llo, lhi] = log_range(lat, 4);
+    const auto [rlo, rhi] = gnuplot_log_range(rates, 30);
+    const auto [llo, lhi] = gnuplot_log_range(lat, 4);
     const int width = std::max(1100, 250 * n + 200);
-    sc << "if (strstrt(GPVAL_TERMINALS, \"pngcairo\") > 0) {\n"
-       << "  set terminal pngcairo noenhanced size " << width << ",1100 font \"Sans,11\"\n"
-       << "} else {\n"
-       << "  set terminal png noenhanced size " << width << ",1100 font \"Sans,10\"\n"
-       << "}\n"
-       << "set output " << quoted(png) << "\n"
-       << "set encoding utf8\n";
+    sc << gnuplot_terminal(width, 1100, png);
     char head[512];
     std::snprintf(head, sizeof head, "pagerd-bench: %.0f MiB file, %llu random pages, median of %u run%s; kernel %s, %ld CPUs, %s",
                   static_cast<double>(info.file_bytes) / (1 << 20),
                   static_cast<unsigned long long>(info.random_pages), info.repeat, info.repeat == 1 ? "" : "s",
                   info.kernel.c_str(), info.cpus, info.date.c_str());
-    sc << "set multiplot layout 2,1 title " << quoted(head) << " font \",14\"\n";
+    sc << "set multiplot layout 2,1 title " << gnuplot_quoted(head) << " font \",14\"\n";
 
     // x axis: one group per case.
     std::string xt = "set xtics (";
     for (int i = 0; i < n; ++i) {
         const CaseResult& c = *cases[static_cast<std::size_t>(i)];
         const std::string num_label = c.target_case ? std::to_string(i + 1) : "x" + std::to_string(i + 1);
-        xt += (i ? ", " : "") + quoted(num_label + ". " + c.name + "\nvs " + c.baseline) + " " + std::to_string(i);
+        xt += (i ? ", " : "") + gnuplot_quoted(num_label + ". " + c.name + "\nvs " + c.baseline) + " " + std::to_string(i);
     }
     xt += ") scale 0 font \",10\"\n";
     sc << "set xrange [-0.6:" << n - 0.4 << "]\n" << xt
@@ -146,12 +152,12 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
 
     // Panel 1: throughput.
     sc << "set title "
-       << quoted(std::string("Throughput of the first touches (GB/s, higher is better)") +
-                 (targets ? ": above each case, pagerd / baseline ratio, the target, and whether it was met"
-                          : ": above each case, pagerd / baseline ratio"))
+       << gnuplot_quoted(std::string("Throughput of the first touches (GB/s, higher is better)") +
+                         (targets ? ": above each case, pagerd / baseline ratio, the target, and whether it was met"
+                                  : ": above each case, pagerd / baseline ratio"))
        << "\n"
        << "set ylabel \"GB/s (4 KiB x pages / wall time, log scale)\"\n"
-       << "set yrange [" << num(rlo) << ":" << num(rhi) << "]\n"
+       << "set yrange [" << gnuplot_num(rlo) << ":" << gnuplot_num(rhi) << "]\n"
        << "set format y \"%g\"\n";
     for (int i = 0; i < n; ++i) {
         const CaseResult& c = *cases[static_cast<std::size_t>(i)];
@@ -169,7 +175,7 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
                 color = c.met() ? "#1a7f1a" : "#c00000";
             }
         }
-        sc << "set label " << i + 1 << " " << quoted(text) << " at " << i << "," << num(y)
+        sc << "set label " << i + 1 << " " << gnuplot_quoted(text) << " at " << i << "," << gnuplot_num(y)
            << " center front textcolor rgb \"" << color << "\" font \",10\"\n";
     }
     sc << "plot $data using ($1-0.19):2 with boxes lc rgb \"#9e9e9e\" title \"baseline\", \\\n"
@@ -180,7 +186,7 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
     sc << "set title \"Fault latency of the pagerd side (the daemon's figures for the case's region; lower is "
           "better; no bar: no faults or no figures)\"\n"
        << "set ylabel \"µs (log scale)\"\n"
-       << "set yrange [" << num(llo) << ":" << num(lhi) << "]\n";
+       << "set yrange [" << gnuplot_num(llo) << ":" << gnuplot_num(lhi) << "]\n";
     for (int i = 0; i < n; ++i) {
         const CaseResult& c = *cases[static_cast<std::size_t>(i)];
         if (c.ran() && c.p50_ns > 0) continue;
@@ -188,7 +194,7 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
                                  : !c.failure.empty()                      ? "FAILED"
                                  : c.have_region && c.region_faults == 0   ? "0 faults"
                                                                            : "no figures";
-        sc << "set label " << i + 1 << " " << quoted(text) << " at " << i << "," << num(llo * 1.5)
+        sc << "set label " << i + 1 << " " << gnuplot_quoted(text) << " at " << i << "," << gnuplot_num(llo * 1.5)
            << " center front font \",10\"\n";
     }
     sc << "plot $data using ($1-0.19):4 with boxes lc rgb \"#f2a541\" title \"p50\", \\\n"
@@ -196,10 +202,14 @@ Result<void> write_plot(const std::string& gnuplot, const std::string& png, cons
        << "unset multiplot\n"
        << "set output\n";
 
+    return run_gnuplot(gnuplot, sc.str(), png);
+}
+
+Result<void> run_gnuplot(const std::string& gnuplot, const std::string& text, const std::string& png)
+{
     char script[] = "/tmp/pagerd-bench-plot.XXXXXX";
     const int sfd = ::mkstemp(script);
     if (sfd < 0) return Error::system(errno, std::string("mkstemp for the gnuplot script: ") + std::strerror(errno));
-    const std::string text = sc.str();
     std::size_t done = 0;
     while (done < text.size()) {
         const ssize_t w = ::write(sfd, text.data() + done, text.size() - done);
