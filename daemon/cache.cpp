@@ -92,7 +92,7 @@ Cache::Cache(CachePool& pool, std::uint32_t id, dev_t dev, ino_t ino, util::Uniq
 Cache::~Cache()
 {
     m_pool.closed(*this);
-    m_pool.dirty_changed(-static_cast<std::int64_t>(m_pending));
+    m_pool.dirty_changed(-static_cast<std::int64_t>(m_pending - std::min(m_pending, m_stuck.count())));
     if (!m_pool.keeping()) {
         if (m_pending)
             spdlog::error("cache {}: closing with {} page(s) written by Shared regions that could not be written "
@@ -153,7 +153,7 @@ bool Cache::punch(std::uint64_t page)
 }
 
 std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len,
-                                       std::uint64_t epoch, std::vector<std::uint64_t>& stale_pages)
+                                       std::uint64_t epoch, std::vector<std::uint64_t>& failed)
 {
     const std::uint64_t ps = m_pool.page_size();
     std::vector<std::uint64_t> added;
@@ -164,8 +164,7 @@ std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t*
     const bool check = m_bits && epoch != m_evict_seq;  // written pages were evicted since the read
     auto usable = [&](std::uint64_t o) { return !m_loaded.test((offset + o) / ps) && !(check && stale((offset + o) / ps, epoch)); };
     while (off < len) {
-        if (!usable(off)) {
-            if (!m_loaded.test((offset + off) / ps)) stale_pages.push_back((offset + off) / ps);
+        if (!usable(off)) {  // loaded already, or stale (not filled: its fault loads it again)
             off += ps;
             continue;
         }
@@ -192,11 +191,13 @@ std::vector<std::uint64_t> Cache::fill(std::uint64_t offset, const std::uint8_t*
             punch((offset + off) / ps);
         } else if (err == EEXIST || (err == EAGAIN && ++retries <= 16)) {
             if (err == EEXIST) {  // someone keeps making it: leave it unloaded
+                failed.push_back((offset + off) / ps);
                 off += ps;
                 retries = 0;
             }
         } else {
             spdlog::warn("cache {}: UFFDIO_COPY at offset {} failed: {}", m_id, offset + off, std::strerror(err));
+            for (; off < len; off += ps) failed.push_back((offset + off) / ps);
             break;
         }
     }
@@ -569,7 +570,7 @@ void CachePool::enforce_budget()
                 for (std::uint64_t p : kept) m_policy.on_load({c.id(), p});
                 m_resident = m_policy.resident();
             }
-            request_writeback(victims[i].first);
+            if (c.writeback_useful()) request_writeback(victims[i].first);
         }
         i = j;
     }

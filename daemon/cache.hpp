@@ -85,12 +85,12 @@ public:
 
     // Puts [offset, offset + len) of `buf` into the cache (page multiples; the last page
     // may be partial only at the end of the file and is zero-filled by the caller). Pages
-    // the daemon loaded already stay as they are. Returns the pages newly loaded. epoch:
-    // load_epoch() when the read started; a page a Shared client wrote, that was written
-    // back and evicted since, is not filled (the buffer may be older than the file): it
-    // goes to `stale`, and its fault loads it again.
+    // the daemon loaded already stay as they are. Returns the pages newly loaded; `failed`
+    // gets the pages that could not be put in. epoch: load_epoch() when the read started;
+    // a page a Shared client wrote, that was written back and evicted since, is not filled
+    // (the buffer may be older than the file): its fault loads it again.
     std::vector<std::uint64_t> fill(std::uint64_t offset, const std::uint8_t* buf, std::uint64_t len,
-                                    std::uint64_t epoch, std::vector<std::uint64_t>& stale);
+                                    std::uint64_t epoch, std::vector<std::uint64_t>& failed);
     std::uint64_t load_epoch() const;
     // Maps the loaded pages of [offset, offset + len) into a client, at `addr`, with
     // UFFDIO_CONTINUE on its userfaultfd, up to the first page the daemon did not load.
@@ -145,6 +145,7 @@ public:
     // Eviction met dirty pages: true for the first caller since the last collect(), which
     // then queues a write-back.
     bool want_writeback() { return !m_writeback_wanted.exchange(true); }
+    bool writeback_useful() const;  // some dirty page is not stuck (see collect())
     bool keeping_for_restart() const;
     std::uint32_t page_size() const;
     // Held by a writer across collect(), the write and written(): one write-back of a
@@ -182,6 +183,7 @@ private:
     util::DirtyBitmap m_bits;
     std::uint64_t* m_loaded_mirror = nullptr;  // in the dirty set's memfd, after m_bits
     PageBits m_written;  // pages Shared clients wrote since they were loaded
+    PageBits m_stuck;    // dirty pages some view could not be protected for at the last write-back
     std::uint64_t m_evict_seq = 0, m_horizon = 0;
     std::unordered_map<std::uint64_t, std::uint64_t> m_evicted_written;  // page -> m_evict_seq
     std::atomic<int> m_write_store_fd{-1};

@@ -257,11 +257,29 @@ std::vector<PageRun> Cache::collect(std::uint64_t first, std::uint64_t count)
     m_bits.collect(first, count, [&](std::uint64_t p, std::uint64_t n) {
         runs.push_back({p, n});
         // Protected everywhere before the writer reads the pages. A view that could not be
-        // protected (its client is changing its address space) may still write unseen:
-        // the run stays dirty, and the next write-back takes it again.
-        if (!m_pool.protect_views(*this, p, n)) m_bits.restore_dirty(p, n);
+        // protected (its client is changing its address space, or unregistered its view)
+        // may still write unseen: the run stays dirty, and the next write-back takes it
+        // again. Such stuck pages do not count towards the writers' throttle (one client
+        // must not slow every writer down) nor ask for write-backs of their own.
+        const bool ok = m_pool.protect_views(*this, p, n);
+        if (!ok) m_bits.restore_dirty(p, n);
+        for (std::uint64_t q = p; q < p + n; ++q) {
+            if (!ok && !m_stuck.test(q)) {
+                m_stuck.set(q);
+                m_pool.dirty_changed(-1);
+            } else if (ok && m_stuck.test(q)) {
+                m_stuck.clear(q);
+                m_pool.dirty_changed(1);
+            }
+        }
     });
     return runs;
+}
+
+bool Cache::writeback_useful() const
+{
+    std::lock_guard lock(m_mutex);
+    return m_pending > m_stuck.count();
 }
 
 void Cache::written(const std::vector<PageRun>& runs, bool ok)

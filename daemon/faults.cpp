@@ -302,16 +302,17 @@ void Worker::install(Client& c, Load& l)
 std::uint64_t Worker::install_cached(Client& c, Load& l, std::uint64_t valid)
 {
     const std::uint64_t page = m_ctx.page_size;
-    std::vector<std::uint64_t> added, stale;
+    std::vector<std::uint64_t> added, failed;
     if (!l.from_cache && valid > 0) {
-        added = l.cache->fill(l.file_offset, l.buf, valid, l.cache_epoch, stale);
+        added = l.cache->fill(l.file_offset, l.buf, valid, l.cache_epoch, failed);
         l.store->loaded(l.file_offset, valid);
-        // A fault whose page did not go in (the daemon's memory cgroup is full, ...) gets
-        // SIGBUS rather than a loop of loads that fail the same way. (A stale page, one a
-        // Shared client wrote back meanwhile, is only woken: it faults and loads again.)
+        // A fault whose page could not be put in (the daemon's memory cgroup is full, ...)
+        // gets SIGBUS rather than a loop of loads that fail the same way. Any other page
+        // not mapped below (stale, or evicted by another worker meanwhile) is only woken:
+        // it faults and loads again.
         for (const Fault& f : l.faults)
-            if (f.page < l.addr + valid && !l.cache->loaded((l.file_offset + (f.page - l.addr)) / page) &&
-                std::find(stale.begin(), stale.end(), (l.file_offset + (f.page - l.addr)) / page) == stale.end() &&
+            if (f.page < l.addr + valid &&
+                std::find(failed.begin(), failed.end(), (l.file_offset + (f.page - l.addr)) / page) != failed.end() &&
                 still_backs(c, l, f.page)) {
                 spdlog::warn("client {}: page at file offset {} could not be put into the cache; SIGBUS",
                              c.serial, l.file_offset + (f.page - l.addr));

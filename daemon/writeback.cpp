@@ -16,7 +16,10 @@ namespace {
 
 constexpr unsigned k_ring = 64;
 constexpr std::uint64_t k_max_write = 1 << 20;
-constexpr unsigned k_bounce_slots = 16;  // cache write-back: 16 MiB of pieces in flight
+// Cache write-back: pieces of at most k_piece bytes, k_bounce_slots of them in flight (2 MiB
+// of buffers per writer, kept between jobs).
+constexpr std::uint64_t k_piece = 256 << 10;
+constexpr unsigned k_bounce_slots = 8;
 
 }  // namespace
 
@@ -132,7 +135,7 @@ Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRu
     const auto file_size = static_cast<std::uint64_t>(size);
     // Each piece is read from the memfd into a buffer of its own, then written through
     // io_uring, k_bounce_slots pieces in flight.
-    if (m_bounce.size() < k_bounce_slots * k_max_write) m_bounce.resize(k_bounce_slots * k_max_write);
+    if (m_bounce.size() < k_bounce_slots * k_piece) m_bounce.resize(k_bounce_slots * k_piece);
     unsigned slot = 0;
     auto flush_queue = [&] {
         if (int e = drain(m_queued); e && !out.error) out.error = e;
@@ -147,8 +150,8 @@ Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRu
         end = std::min(end, file_size);  // the file shrank: nothing to write past its end
         while (pos < end && !out.error) {
             if (slot == k_bounce_slots) flush_queue();
-            std::uint8_t* buf = m_bounce.data() + slot * k_max_write;
-            const std::uint64_t len = std::min(end - pos, k_max_write);
+            std::uint8_t* buf = m_bounce.data() + slot * k_piece;
+            const std::uint64_t len = std::min(end - pos, k_piece);
             const ssize_t got = ::pread(cache.memfd(), buf, len, static_cast<off_t>(pos));
             if (got <= 0) {
                 out.error = got < 0 ? errno : EIO;

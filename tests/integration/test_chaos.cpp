@@ -56,6 +56,15 @@ using Clock = std::chrono::steady_clock;
 #ifndef PAGERD_CHAOS_ASAN
 #define PAGERD_CHAOS_ASAN 0
 #endif
+#if defined(__SANITIZE_THREAD__)
+// Under ThreadSanitizer the daemon's RSS after the chaos says nothing about leaks: measured
+// +30 MiB there against +4.6 MiB in the plain build of the same commit, with nothing in
+// the page cache (TSan's shadow and metadata of the memory it touched). The bound is
+// checked in the plain and ASan builds; here it is only reported.
+#define PAGERD_CHAOS_RSS_BOUND 0
+#else
+#define PAGERD_CHAOS_RSS_BOUND 1
+#endif
 
 namespace {
 
@@ -896,6 +905,9 @@ TEST_CASE("chaos: victims SIGKILLed at random moments leave the daemon and a bys
     const std::size_t fds_at_start = daemon.fd_count();
     const std::uint64_t rss_at_start = proc_status_bytes(daemon.pid(), "VmRSS");
     REQUIRE(rss_at_start > 0);
+    // The daemon's page cache is in its RSS too (its own mapping of each file's cache):
+    // what the cache holds at the end is allowed on top of the slack, not a leak.
+    const std::uint64_t cache_at_start = daemon.status().cache_bytes;
 
     // The bystander, forked while this process has no other thread.
     const pid_t bystander = ::fork();
@@ -1105,15 +1117,21 @@ TEST_CASE("chaos: victims SIGKILLed at random moments leave the daemon and a bys
     }
     const std::uint64_t rss_end = proc_status_bytes(daemon.pid(), "VmRSS");
     const std::uint64_t hwm = proc_status_bytes(daemon.pid(), "VmHWM");
+    const std::uint64_t cache_end = daemon.status().cache_bytes;
+    const std::uint64_t cache_grew = cache_end > cache_at_start ? cache_end - cache_at_start : 0;
     {
         INFO("daemon VmRSS at start " << rss_at_start / 1024 << " KiB, after the chaos " << rss_end / 1024
                                       << " KiB (peak " << hwm / 1024 << " KiB), allowed " << k_rss_slack / 1024
-                                      << " KiB more");
-        std::fprintf(stderr, "chaos: daemon VmRSS %llu KiB at start, %llu KiB after, peak %llu KiB\n",
+                                      << " KiB more plus the page cache's growth, " << cache_grew / 1024 << " KiB");
+        std::fprintf(stderr, "chaos: daemon VmRSS %llu KiB at start, %llu KiB after, peak %llu KiB; page cache %llu KiB "
+                             "at start, %llu KiB after\n",
                      static_cast<unsigned long long>(rss_at_start / 1024), static_cast<unsigned long long>(rss_end / 1024),
-                     static_cast<unsigned long long>(hwm / 1024));
-        ok = ok && rss_end <= rss_at_start + k_rss_slack;
-        CHECK(rss_end <= rss_at_start + k_rss_slack);
+                     static_cast<unsigned long long>(hwm / 1024), static_cast<unsigned long long>(cache_at_start / 1024),
+                     static_cast<unsigned long long>(cache_end / 1024));
+        if (PAGERD_CHAOS_RSS_BOUND) {
+            ok = ok && rss_end <= rss_at_start + k_rss_slack + cache_grew;
+            CHECK(rss_end <= rss_at_start + k_rss_slack + cache_grew);
+        }
     }
 
     // A clean stop (under ASan, LeakSanitizer finds nothing), and a log without errors.
