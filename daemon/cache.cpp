@@ -613,6 +613,15 @@ void CachePool::closed(Cache& c)
     m_resident = m_policy.resident();
 }
 
+std::vector<std::shared_ptr<Cache>> CachePool::caches() const
+{
+    std::vector<std::shared_ptr<Cache>> live;
+    std::lock_guard lock(m_mutex);
+    for (const auto& [id, w] : m_by_id)
+        if (auto c = w.lock()) live.push_back(std::move(c));
+    return live;
+}
+
 CachePool::Figures CachePool::figures() const
 {
     Figures f;

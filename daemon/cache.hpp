@@ -146,6 +146,7 @@ public:
     // then queues a write-back.
     bool want_writeback() { return !m_writeback_wanted.exchange(true); }
     bool writeback_useful() const;  // some dirty page is not stuck (see collect())
+    std::uint64_t unstuck_dirty_pages() const;
     bool keeping_for_restart() const;
     std::uint32_t page_size() const;
     // Held by a writer across collect(), the write and written(): one write-back of a
@@ -251,13 +252,23 @@ public:
     void count_writebacks(std::uint64_t pages) { m_writebacks.fetch_add(pages, std::memory_order_relaxed); }
     // Queues a write-back of every dirty page of `c` unless one is queued already.
     void request_writeback(const std::shared_ptr<Cache>& c);
-    // Dirty pages throttle writers: above a quarter of the budget, a first write to a
-    // clean page waits (up to a second) until write-back brings them under it.
+    // Dirty pages throttle writers: a first write to a clean page of a cache waits (up to
+    // a second) while that cache's dirty pages exceed a quarter of the budget, or all
+    // caches' exceed half of it and this one holds a sixteenth. (Per file: what one client
+    // pins in its file never holds up the writers of others.)
     bool dirty_over_limit() const
     {
         const std::int64_t dirty = m_dirty_pages.load(std::memory_order_relaxed);
         return dirty > 0 && static_cast<std::uint64_t>(dirty) * m_page > m_budget.load(std::memory_order_relaxed) / 4;
     }
+    bool writers_must_wait(std::uint64_t cache_dirty_pages) const
+    {
+        const std::uint64_t budget = m_budget.load(std::memory_order_relaxed), mine = cache_dirty_pages * m_page;
+        const std::int64_t all = m_dirty_pages.load(std::memory_order_relaxed);
+        return mine > budget / 4 || (all > 0 && static_cast<std::uint64_t>(all) * m_page > budget / 2 && mine > budget / 16);
+    }
+    // Every cache open now (for the write-back at a stop).
+    std::vector<std::shared_ptr<Cache>> caches() const;
     void dirty_changed(std::int64_t pages) { m_dirty_pages.fetch_add(pages, std::memory_order_relaxed); }
 
     std::uint32_t page_size() const { return m_page; }

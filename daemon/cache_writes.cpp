@@ -158,6 +158,11 @@ bool Cache::adopt_bits(util::UniqueFd bits, std::shared_ptr<store::Store> write_
         m_bits.for_each_pending(from, to - from, false, [&](std::uint64_t p, std::uint64_t n) { m_bits.mark_range(p, n); });
         m_bits.clear_flushing(from, to - from);
         pending += m_bits.count_dirty(from, to - from);
+        // Written by a client: once written back and evicted, a load read before must not
+        // bring its older bytes back (fill(), stale()).
+        m_bits.for_each_pending(from, to - from, true, [&](std::uint64_t p, std::uint64_t n) {
+            for (std::uint64_t q = p; q < p + n; ++q) m_written.set(q);
+        });
         done = to;
     }
     m_pending = pending;
@@ -276,10 +281,12 @@ std::vector<PageRun> Cache::collect(std::uint64_t first, std::uint64_t count)
     return runs;
 }
 
-bool Cache::writeback_useful() const
+bool Cache::writeback_useful() const { return unstuck_dirty_pages() > 0; }
+
+std::uint64_t Cache::unstuck_dirty_pages() const
 {
     std::lock_guard lock(m_mutex);
-    return m_pending > m_stuck.count();
+    return m_pending - std::min(m_pending, m_stuck.count());
 }
 
 void Cache::written(const std::vector<PageRun>& runs, bool ok)

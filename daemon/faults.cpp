@@ -180,7 +180,7 @@ void Worker::handle_minor_fault(Client& c, const Fault& f)
     r->state->faults.fetch_add(1, std::memory_order_relaxed);
     // A write: dirty and writable now, rather than a second fault for the protection
     // (unless writers must wait: it faults again on the protection, and waits there).
-    if (f.write && r->shared() && !throttled_write(*r, true)) mark_written(c, *r, f.page);
+    if (f.write && r->shared() && !throttled_write(c, *r, f.page)) mark_written(c, *r, f.page);
     // Every thread waiting in what was mapped (the mapping woke nobody; a page mapped
     // meanwhile by another way, EEXIST, is included).
     util::uffd_wake(c.uffds[f.slot].fd.get(), f.page, std::max<std::uint64_t>(mapped, m_ctx.page_size));
@@ -278,7 +278,7 @@ void Worker::install(Client& c, Load& l)
             // A first touch that is a write: the page goes in write-protected with the
             // block, then is dirty and writable at once.
             if (const Region* r = c.regions.find(f.page);
-                r && r->tracking == proto::Tracking::UFFD_WP && !throttled_write(*r, true))
+                r && r->tracking == proto::Tracking::UFFD_WP && !throttled_write(c, *r, f.page))
                 mark_written(c, *r, f.page);
         }
         const auto ns = static_cast<std::uint64_t>(
@@ -418,10 +418,13 @@ void Worker::signal_unservable(Client& c, unsigned slot, std::uint64_t page)
 // A first write to a clean page of the page cache while the dirty pages of all caches are
 // over their limit: it waits (the thread stays blocked in its fault) until write-back
 // brings them under it, as the kernel's balance_dirty_pages holds up writers.
-bool Worker::throttled_write(const Region& r, bool first_touch)
+bool Worker::throttled_write(Client& c, const Region& r, std::uint64_t page)
 {
-    (void)first_touch;
-    if (!r.cache || !r.shared() || !m_ctx.cache->dirty_over_limit()) return false;
+    // A page that waited its second goes through (for a second more): evicted while it
+    // waited, it would otherwise make its writer wait again, and again.
+    if (!r.cache || !r.shared() || (page == c.unthrottled_page && Clock::now() < c.unthrottled_until) ||
+        !m_ctx.cache->writers_must_wait(r.cache->unstuck_dirty_pages()))
+        return false;
     m_ctx.cache->request_writeback(r.cache);
     return true;
 }
@@ -442,6 +445,8 @@ void Worker::replay_throttled(bool all)
             util::uffd_wake(c.uffds[t.fault.slot].fd.get(), t.fault.page, m_ctx.page_size);
             continue;
         }
+        c.unthrottled_page = t.fault.page;
+        c.unthrottled_until = Clock::now() + std::chrono::seconds(1);
         handle_write_protect_fault(c, t.fault, false);
     }
 }
@@ -452,7 +457,7 @@ void Worker::handle_write_protect_fault(Client& c, const Fault& f, bool may_thro
     const Region* r = c.regions.find(f.page);
     const tracking::Strategy* t = r && r->uffd_slot == f.slot ? tracking::of(*r) : nullptr;
     const int uffd = c.uffds[f.slot].fd.get();
-    if (t && may_throttle && throttled_write(*r, false)) {
+    if (t && may_throttle && throttled_write(c, *r, f.page)) {
         m_throttled.push_back({c.serial, f});
         return;
     }
@@ -480,6 +485,9 @@ void Worker::finish_load(Load* l)
     m_free_buffers.push_back(l->buf);
     if (PrefetchJob* job = l->job) {
         l->state->prefetch_pending.fetch_sub(l->len, std::memory_order_relaxed);
+        l->also_jobs.push_back(job);  // its own job ends like the others that waited for it
+    }
+    for (PrefetchJob* job : l->also_jobs) {
         --job->inflight;
         if (job->next >= job->end && job->inflight == 0)
             for (auto it = c.jobs.begin(); it != c.jobs.end(); ++it)

@@ -326,6 +326,9 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             }
             if (sr.cached) r.cache = caches[r.id];
             if (sr.cached && r.shared()) {
+                if (r.cache->bits_fd() < 0)
+                    spdlog::warn("descriptor store: client {} region {}: the dirty set of its file's cache is "
+                                 "missing: writes not yet written back before the restart are lost", c->serial, r.id);
                 std::string why;
                 if (!r.cache->make_writable(r.store, why)) {
                     spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);

@@ -109,6 +109,10 @@ std::uint64_t Worker::load_range(Client& c, const Region& r, std::uint64_t from,
         if (Load* other = inflight_at(c, pos)) {  // being loaded already
             const std::uint64_t past = std::min(other->addr + other->len, to);
             if (job) job->state->prefetch_pending.fetch_sub(past - pos, std::memory_order_relaxed);
+            if (job && other->job != job) {  // the job ends only once that load went in too
+                other->also_jobs.push_back(job);
+                ++job->inflight;
+            }
             pos = past;
             continue;
         }

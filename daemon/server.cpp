@@ -1,4 +1,5 @@
 #include "server.hpp"
+#include "writeback.hpp"
 
 #include <poll.h>
 #include <signal.h>
@@ -177,7 +178,13 @@ int Server::run()
                 // Shared regions are written back, then the workers return. Under the
                 // descriptor store the clients stay there for the next daemon.
                 // Kept for the next daemon: the caches stay in the store, with their pages.
-                if (fdstore::enabled()) m_ctx.cache->keep_for_restart();
+                // What Shared clients wrote into them is written to the files first, while
+                // every client's view is still there to protect (systemd releases the store
+                // if this is a stop rather than a restart).
+                if (fdstore::enabled()) {
+                    write_back_caches();
+                    m_ctx.cache->keep_for_restart();
+                }
                 for (auto& w : m_workers) w->stop(fdstore::enabled());
                 for (auto& w : m_workers) w->join();
                 spdlog::info("stopped");
@@ -185,6 +192,23 @@ int Server::run()
             }
         }
         if (fds[0].revents) accept_all();
+    }
+}
+
+void Server::write_back_caches()
+{
+    Writeback wb(m_ctx.page_size);
+    for (const auto& c : m_ctx.cache->caches()) {
+        if (!c->writable()) continue;
+        const auto serial = c->lock_writeback();
+        const auto runs = c->collect(0, (c->size() + m_ctx.page_size - 1) / m_ctx.page_size);
+        const auto out = wb.write(*c, runs);
+        c->written(runs, out.error == 0);
+        if (out.error)
+            spdlog::error("cache {}: writing back before the stop failed: {}; the pages stay dirty in the store",
+                          c->id(), std::strerror(out.error));
+        else if (out.pages)
+            spdlog::info("cache {}: wrote back {} page(s) before the stop", c->id(), out.pages);
     }
 }
 

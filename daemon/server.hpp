@@ -28,6 +28,7 @@ public:
 
 private:
     void accept_all();
+    void write_back_caches();  // stopping under the descriptor store: Shared writes to the files
     Worker& least_loaded();
     void tick();      // status and watchdog, about every second
     void reload();    // SIGHUP

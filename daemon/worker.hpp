@@ -114,6 +114,7 @@ struct Load {
     std::uint64_t done = 0;  // bytes read so far
     std::uint64_t skip = 0;  // a stream's marker page, not installed (0: none)
     PrefetchJob* job = nullptr;  // Kind::Prefetch: the job it belongs to
+    std::vector<PrefetchJob*> also_jobs;  // other jobs whose range it covers: they wait for it
     std::vector<Fault> faults;
 };
 
@@ -155,6 +156,8 @@ struct Client {
     bool restored = false;       // taken back from the descriptor store at start
     util::UniqueFd state;        // its description for a restart (fdstore.cpp)
     std::set<std::string> stored;  // names of its descriptors in the descriptor store
+    std::uint64_t unthrottled_page = 0;     // a throttled write, replayed: that page is not
+    Clock::time_point unthrottled_until{};  // throttled again until then
 };
 
 class Worker {
@@ -263,7 +266,7 @@ private:
     // may_throttle: a first write to a page cache page waits while the dirty pages of all
     // caches are over their limit (m_throttled, replayed by replay_throttled()).
     void handle_write_protect_fault(Client& c, const Fault& f, bool may_throttle = true);
-    bool throttled_write(const Region& r, bool first_touch);  // a first write that must wait
+    bool throttled_write(Client& c, const Region& r, std::uint64_t page);  // a first write that must wait
     void replay_throttled(bool all);  // all: stopping, or the client leaves
     void handle_minor_fault(Client& c, const Fault& f);  // CACHE regions: the cache holds the page
     void mark_written(Client& c, const Region& r, std::uint64_t page);

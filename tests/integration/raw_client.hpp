@@ -132,14 +132,33 @@ private:
     std::uint32_t m_id = 0;
 };
 
-inline util::UniqueFd make_uffd()
+// A userfaultfd with the given features (CACHE regions need MINOR_SHMEM, Shared ones WP).
+inline util::UniqueFd make_uffd_with(std::uint64_t features)
 {
     util::UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
     REQUIRE(fd);
-    uffdio_api api{UFFD_API, UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_POISON, 0};
+    uffdio_api api{UFFD_API, features, 0};
     REQUIRE(::ioctl(fd.get(), UFFDIO_API, &api) == 0);
     return fd;
 }
+
+inline util::UniqueFd make_uffd() { return make_uffd_with(UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_POISON); }
+
+// Address space reserved as libclient reserves it before a MAP with CACHE: PROT_NONE,
+// registered with no userfaultfd.
+struct Reservation {
+    explicit Reservation(std::uint64_t len) : length(len)
+    {
+        addr = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        REQUIRE(addr != MAP_FAILED);
+    }
+    ~Reservation() { ::munmap(addr, length); }
+    Reservation(const Reservation&) = delete;
+    Reservation& operator=(const Reservation&) = delete;
+    std::uint64_t start() const { return reinterpret_cast<std::uint64_t>(addr); }
+    void* addr = nullptr;
+    std::uint64_t length = 0;
+};
 
 // Anonymous memory registered with uffd, as libclient prepares it before MAP.
 inline std::uint64_t registered_memory(int uffd, std::uint64_t len)

@@ -44,33 +44,6 @@ constexpr std::uint64_t k_cache_features = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATU
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t unit) { return (v + unit - 1) / unit * unit; }
 
-// A userfaultfd with the given features (raw_client.hpp's make_uffd lacks MINOR_SHMEM,
-// which CACHE regions need).
-util::UniqueFd make_uffd_with(std::uint64_t features)
-{
-    util::UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-    REQUIRE(fd);
-    uffdio_api api{UFFD_API, features, 0};
-    REQUIRE(::ioctl(fd.get(), UFFDIO_API, &api) == 0);
-    return fd;
-}
-
-// Address space reserved as libclient reserves it before a MAP with CACHE: PROT_NONE,
-// registered with no userfaultfd.
-struct Reservation {
-    explicit Reservation(std::uint64_t len) : length(len)
-    {
-        addr = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        REQUIRE(addr != MAP_FAILED);
-    }
-    ~Reservation() { ::munmap(addr, length); }
-    Reservation(const Reservation&) = delete;
-    Reservation& operator=(const Reservation&) = delete;
-    std::uint64_t start() const { return reinterpret_cast<std::uint64_t>(addr); }
-    void* addr = nullptr;
-    std::uint64_t length = 0;
-};
-
 // A raw client with a CACHE region of a whole file: it holds the cache's descriptor the
 // daemon sent, and maps or registers nothing at the region's addresses.
 struct CacheHolder {

@@ -52,30 +52,6 @@ constexpr std::uint8_t k_hostile = 0xBD;  // every byte the hostile client write
 
 std::uint64_t round_up(std::uint64_t v, std::uint64_t unit) { return (v + unit - 1) / unit * unit; }
 
-util::UniqueFd make_uffd_with(std::uint64_t features)
-{
-    util::UniqueFd fd(static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK)));
-    REQUIRE(fd);
-    uffdio_api api{UFFD_API, features, 0};
-    REQUIRE(::ioctl(fd.get(), UFFDIO_API, &api) == 0);
-    return fd;
-}
-
-// Address space reserved as libclient reserves it before a MAP with CACHE.
-struct Reservation {
-    explicit Reservation(std::uint64_t len) : length(len)
-    {
-        addr = ::mmap(nullptr, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        REQUIRE(addr != MAP_FAILED);
-    }
-    ~Reservation() { ::munmap(addr, length); }
-    Reservation(const Reservation&) = delete;
-    Reservation& operator=(const Reservation&) = delete;
-    std::uint64_t start() const { return reinterpret_cast<std::uint64_t>(addr); }
-    void* addr = nullptr;
-    std::uint64_t length = 0;
-};
-
 // A raw client speaking HELLO and REGISTER_UFFD with the features of a Shared CACHE region.
 // Destroy it before unmapping a view registered with its userfaultfd: munmap of a
 // registered range waits until the UNMAP event is read, by the daemon, which may be gone
