@@ -68,6 +68,17 @@ ParsedConfig parse_config(int argc, char** argv)
                    "(default: half of the RAM, or of the daemon's cgroup limit)")
         ->transform(CLI::AsSizeValue(false))
         ->check(CLI::Range(std::uint64_t{1} << 20, std::uint64_t{1} << 40));
+    app.add_option("--allow-store", c.allow_store,
+                   "A URI prefix of NBD exports clients may map (repeatable; none by default), e.g. "
+                   "nbd://10.0.0.5:10809/ or nbd+unix:///data?socket=/run/nbd.sock. A client's URI must have the "
+                   "prefix's scheme, host, port and query (socket) exactly, and an export name that starts with "
+                   "the prefix's");
+    app.add_option("--store-connections", c.store_connections,
+                   "Connections to each NBD export, per worker that reads it")
+        ->check(CLI::Range(1u, 64u));
+    app.add_option("--store-timeout-ms", c.store_timeout_ms,
+                   "A store read or connection not done within this time fails: the faulting threads get SIGBUS")
+        ->check(CLI::Range(100u, 3600000u));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {

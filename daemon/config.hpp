@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace pagerd::daemon {
 
@@ -26,7 +27,12 @@ struct Config {
     bool fd_store = true;
     // Bytes the page cache may hold for all clients together (0: CachePool::default_budget(),
     // half of the RAM or of the daemon's cgroup limit). SIGHUP applies a new value.
-    std::uint64_t memory_max = 0;  // under systemd: keep clients in the descriptor store across restarts
+    std::uint64_t memory_max = 0;
+    // Stores beyond files: URI prefixes a client may name (NBD exports; none by default),
+    // connections per export and worker, and the deadline of a read or a connection.
+    std::vector<std::string> allow_store;
+    unsigned store_connections = 2;
+    unsigned store_timeout_ms = 30000;  // under systemd: keep clients in the descriptor store across restarts
 };
 
 // Parses argv. Returns the config, or an exit code when the program should stop now

@@ -229,6 +229,11 @@ void Worker::process_ready()
 
 void Worker::submit_read(Load& l)
 {
+    // A remote store: through this worker's channel of it, which completes like the ring.
+    if (store::Channel* ch = channel_for(l.store)) {
+        ch->read(l.buf + l.done, static_cast<unsigned>(l.len - l.done), l.file_offset + l.done, &l.op);
+        return;
+    }
     io_uring_sqe* s = sqe();
     l.store->prep_read(s, l.buf + l.done, static_cast<unsigned>(l.len - l.done), l.file_offset + l.done,
                        m_fixed_buffers, l.kind != Load::Kind::Fault);

@@ -42,6 +42,8 @@ Server::Server(const Config& config, Listener listener, CachePool& cache, Reload
     : m_reload(std::move(reload)), m_config(config), m_listener(std::move(listener)), m_ctx{config}
 {
     m_ctx.cache = &cache;
+    m_ctx.nbd.connections = m_ctx.config.store_connections;
+    m_ctx.nbd.timeout = std::chrono::milliseconds(m_ctx.config.store_timeout_ms);
     m_ctx.page_size = static_cast<std::uint32_t>(::sysconf(_SC_PAGESIZE));
     for (unsigned i = 0; i < config.workers; ++i) {
         m_workers.push_back(std::make_unique<Worker>(m_ctx, i));

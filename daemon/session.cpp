@@ -8,11 +8,15 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <thread>
 
 #include "pagerd/proto/codec.hpp"
 #include "pagerd/proto/wire.hpp"
 #include "pagerd/util/uffd.hpp"
 #include "store/file_store.hpp"
+#include "store/nbd_store.hpp"
+#include "store/uri.hpp"
+#include "store/zero_store.hpp"
 #include "worker.hpp"
 #include "writeback.hpp"
 
@@ -149,6 +153,8 @@ proto::Body Worker::handle_request(Client& c, proto::Message& msg, std::vector<u
     if (std::holds_alternative<StatusRequest>(msg.body)) return on_status(c);
     if (auto* m = std::get_if<RegionsRequest>(&msg.body)) return on_regions(c, *m);
     if (auto* m = std::get_if<CachesRequest>(&msg.body)) return on_caches(c, *m);
+    if (auto* m = std::get_if<StoresRequest>(&msg.body)) return on_stores(c, *m);
+    if (auto* m = std::get_if<MapStore>(&msg.body)) return on_map_store(c, *m, msg.request_id, deferred);
     if (auto* m = std::get_if<Ping>(&msg.body)) return Pong{m->nonce};
     if (auto* m = std::get_if<PrefetchRequest>(&msg.body)) return on_prefetch(c, *m, msg.request_id, deferred);
     reject(ErrorCode::UNKNOWN_TYPE,
@@ -159,7 +165,9 @@ proto::Body Worker::on_hello(Client& c, const proto::Hello& m, bool& disconnect)
 {
     if (c.hello_done) reject(proto::ErrorCode::NOT_READY, "HELLO was already received");
     const std::uint64_t caps =
-        k_daemon_caps | (m_ctx.cache && m_ctx.cache->unavailable().empty() ? proto::cap::CACHE | proto::cap::CACHE_SHARED : 0);
+        k_daemon_caps | (m_ctx.cache && m_ctx.cache->unavailable().empty()
+                             ? proto::cap::CACHE | proto::cap::CACHE_SHARED | proto::cap::STORES
+                             : 0);
     const std::uint64_t missing = m.required_caps & ~caps;
     if (missing) {
         std::string names;
@@ -218,23 +226,28 @@ proto::Body Worker::on_register(Client& c, const proto::RegisterUffd& m, util::U
 void Worker::check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
                              int file_fd)
 {
-    using proto::ErrorCode;
-    const std::uint64_t page = m_ctx.page_size;
     struct stat st{};
     if (::fstat(file_fd, &st) != 0 || !S_ISREG(st.st_mode))
-        reject(ErrorCode::BAD_DESCRIPTOR, "the file descriptor is not a regular file");
+        reject(proto::ErrorCode::BAD_DESCRIPTOR, "the file descriptor is not a regular file");
+    check_map_range(c, addr, length, file_offset, static_cast<std::uint64_t>(st.st_size), "file");
+}
+
+void Worker::check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
+                             std::uint64_t size, const char* what)
+{
+    using proto::ErrorCode;
+    const std::uint64_t page = m_ctx.page_size;
     if (length == 0) reject(ErrorCode::BAD_RANGE, "region length is zero");
     if (addr % page || length % page || file_offset % page)
         reject(ErrorCode::BAD_RANGE, "address, length and file offset must be multiples of the page size (" +
                                          std::to_string(page) + ")");
     if (addr + length < addr || file_offset + length < file_offset || addr + length > (std::uint64_t{1} << 57))
         reject(ErrorCode::BAD_RANGE, "region wraps around the address or offset space");
-    const std::uint64_t file_pages_end = (static_cast<std::uint64_t>(st.st_size) + page - 1) / page * page;
+    const std::uint64_t file_pages_end = size > ~std::uint64_t{0} - page ? size : (size + page - 1) / page * page;
     if (file_offset + length > file_pages_end)
         reject(ErrorCode::PAST_EOF, "region [" + std::to_string(file_offset) + ", " +
-                                        std::to_string(file_offset + length) +
-                                        ") extends past the end of the file (" + std::to_string(st.st_size) +
-                                        " bytes)");
+                                        std::to_string(file_offset + length) + ") extends past the end of the " +
+                                        what + " (" + std::to_string(size) + " bytes)");
     if (c.regions.overlaps(addr, length)) {
         // The client may have munmap'ed the old region and mapped this one before we read
         // the unmap event: take pending events, then judge.
@@ -452,6 +465,142 @@ proto::Body Worker::on_caches(Client& c, const proto::CachesRequest& m)
         reply.dirty = u.cache->dirty_pages() * m_ctx.page_size;
     }
     return reply;
+}
+
+proto::Body Worker::on_stores(Client& c, const proto::StoresRequest& m)
+{
+    const bool admin = c.peer.uid == 0 || c.peer.uid == ::geteuid();
+    std::map<store::Identity, std::shared_ptr<store::Store>> all;
+    for (Worker* w : m_ctx.workers) w->list_stores(all, admin ? -1 : static_cast<long>(c.peer.uid));
+    proto::StoresReply reply;
+    reply.total = static_cast<std::uint32_t>(all.size());
+    reply.index = m.index;
+    if (m.index < all.size()) {
+        const store::Store& s = *std::next(all.begin(), m.index)->second;
+        const store::Stats& st = s.stats();
+        auto get = [](const auto& v) { return v.load(std::memory_order_relaxed); };
+        reply.kind = s.kind();
+        reply.uri = s.name();
+        reply.size = static_cast<std::uint64_t>(std::max<std::int64_t>(s.size(), 0));
+        reply.connections = get(st.connections);
+        reply.inflight = get(st.inflight);
+        reply.reads = get(st.reads);
+        reply.read_bytes = get(st.read_bytes);
+        reply.read_errors = get(st.read_errors);
+        reply.retries = get(st.retries);
+        reply.timeouts = get(st.timeouts);
+        reply.reconnects = get(st.reconnects);
+        reply.writes = get(st.writes);
+        reply.write_bytes = get(st.write_bytes);
+        reply.write_errors = get(st.write_errors);
+        reply.read_latency_avg_ns = reply.reads ? get(st.read_ns) / reply.reads : 0;
+        reply.read_latency_max_ns = get(st.read_max_ns);
+    }
+    return reply;
+}
+
+// MAP_STORE, checks in the order PROTOCOL.md gives: the uffd, the flags and the range's
+// shape, the URI (its syntax, the operator's allow list), then the store itself.
+proto::Body Worker::on_map_store(Client& c, const proto::MapStore& m, std::uint32_t request_id, bool& deferred)
+{
+    using proto::ErrorCode;
+    if (!c.uffds[0].fd) reject(ErrorCode::NOT_READY, "MAP_STORE before REGISTER_UFFD");
+    if (!m_ctx.cache || !m_ctx.cache->unavailable().empty())
+        reject(ErrorCode::CAPABILITY, "stores need the page cache, which this daemon does not have");
+    if (!(c.uffds[0].features & UFFD_FEATURE_MINOR_SHMEM))
+        reject(ErrorCode::NOT_READY, "a store region needs UFFD_FEATURE_MINOR_SHMEM on the userfaultfd");
+    if (m.flags & ~proto::k_map_known_flags)
+        reject(ErrorCode::BAD_RANGE, "unknown MAP_STORE flags " + hex(m.flags & ~proto::k_map_known_flags));
+    if (!(m.flags & proto::k_map_cache)) reject(ErrorCode::BAD_RANGE, "MAP_STORE needs flag CACHE");
+    check_prefetch_policy(m.prefetch);
+    const bool shared = (m.flags & proto::k_map_shared) != 0;
+    if (shared) {
+        if (m.flags & proto::k_map_private_writable)
+            reject(ErrorCode::BAD_RANGE, "MAP flag SHARED excludes PRIVATE_WRITABLE");
+        constexpr std::uint64_t wp = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_HUGETLBFS_SHMEM;
+        if ((c.uffds[0].features & wp) != wp)
+            reject(ErrorCode::NOT_READY, "a Shared store region needs write-protect faults on shared memory");
+    }
+    // The range's shape now; its end once the store's size is known.
+    check_map_range(c, m.addr, m.length, m.offset, ~std::uint64_t{0}, "store");
+    if (const auto zero = store::zero_size(m.uri)) {
+        if (shared)
+            reject(ErrorCode::BAD_RANGE, "a zero store takes no Shared region (its written pages could never be "
+                                         "evicted: they have nowhere to go)");
+        if (*zero > (std::uint64_t{16} << 40)) reject(ErrorCode::BAD_RANGE, "a zero store has at most 16 TiB");
+        return map_store(c, m, std::make_shared<store::ZeroStore>(*zero));
+    }
+    if (!store::split_uri(m.uri) || !store::is_nbd_scheme(store::split_uri(m.uri)->scheme))
+        reject(ErrorCode::BAD_DESCRIPTOR, "not a store URI this daemon knows (nbd://, nbds://, nbd+unix://, "
+                                          "nbds+unix://, zero:SIZE)");
+    if (!store::allowed(m.uri, m_ctx.config.allow_store))
+        reject(ErrorCode::BAD_DESCRIPTOR, "store not allowed: no --allow-store prefix of the daemon matches " + m.uri);
+    if (auto open = store::NbdStore::find(m.uri)) return map_store(c, m, std::move(open));
+    // Connecting may wait for the network: a thread of its own does it, and this
+    // connection's next requests wait meanwhile (its faults are served).
+    deferred = true;
+    c.paused = true;
+    std::thread([box = m_opened, o = Opened{c.serial, request_id, m, nullptr, {}, false}, nbd = m_ctx.nbd]() mutable {
+        o.store = store::NbdStore::open_shared(o.request.uri, nbd, o.why, o.timed_out);
+        {
+            std::lock_guard lock(box->mutex);
+            box->done.push_back(std::move(o));
+        }
+        const std::uint64_t one = 1;
+        (void)!::write(box->wake.get(), &one, sizeof one);
+    }).detach();
+    return proto::Ok{};
+}
+
+void Worker::store_opened(Opened& o)
+{
+    auto it = m_clients.find(o.client);
+    if (it == m_clients.end() || it->second->closing) return;  // gone meanwhile
+    Client& c = *it->second;
+    proto::Body reply;
+    try {
+        if (!o.store)
+            reject(o.timed_out ? proto::ErrorCode::TIMEOUT : proto::ErrorCode::IO_ERROR,
+                   "cannot open " + o.request.uri + ": " + o.why);
+        reply = map_store(c, o.request, std::move(o.store));
+    } catch (const RequestError& e) {
+        reply = proto::ErrorReply{e.code, e.text};
+    } catch (const std::exception& e) {
+        spdlog::error("client {}: MAP_STORE failed: {}", c.serial, e.what());
+        reply = proto::ErrorReply{proto::ErrorCode::INTERNAL, e.what()};
+    }
+    send_reply(c, o.request_id, std::move(reply));
+    resume_requests(c);
+}
+
+proto::Body Worker::map_store(Client& c, const proto::MapStore& m, std::shared_ptr<store::Store> s)
+{
+    using proto::ErrorCode;
+    const bool shared = (m.flags & proto::k_map_shared) != 0;
+    if (shared && !s->writable()) reject(ErrorCode::BAD_DESCRIPTOR, "the store is read-only: no Shared region");
+    check_map_range(c, m.addr, m.length, m.offset, static_cast<std::uint64_t>(std::max<std::int64_t>(s->size(), 0)),
+                    "store");
+    std::string why;
+    auto cache = m_ctx.cache->open(*s, m.offset + m.length, why);
+    if (cache && shared && !cache->make_writable(s, why)) cache.reset();
+    util::UniqueFd cache_fd;
+    if (cache) cache_fd = shared ? cache->open_read_write(why) : cache->open_read_only(why);
+    if (!cache_fd) reject(ErrorCode::LIMIT, "no page cache for this store: " + why);
+    Region r;
+    r.id = c.next_region_id++;
+    r.start = m.addr;
+    r.length = m.length;
+    r.file_offset = m.offset;
+    r.access = shared ? proto::Access::SHARED
+               : (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE
+                                                          : proto::Access::READ_ONLY;
+    r.tracking = shared ? proto::Tracking::UFFD_WP : proto::Tracking::NONE;
+    r.store = std::move(s);
+    r.cache = std::move(cache);
+    r.state->prefetch = m.prefetch;
+    add_region(c, std::move(r));
+    c.reply_fd = std::move(cache_fd);
+    return proto::CacheMapped{c.next_region_id - 1};
 }
 
 proto::Body Worker::on_status(Client& c)

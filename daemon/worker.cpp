@@ -1,5 +1,6 @@
 #include "worker.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <spdlog/spdlog.h>
 #include <sys/eventfd.h>
@@ -22,6 +23,7 @@ Worker::Worker(Context& ctx, unsigned index) : m_ctx(ctx), m_index(index)
         throw std::runtime_error(std::string("io_uring_queue_init: ") + std::strerror(-r));
     m_inbox_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (!m_inbox_fd) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+    m_opened->wake.reset(::fcntl(m_inbox_fd.get(), F_DUPFD_CLOEXEC, 0));
     const auto block = ctx.config.staging_buffer_bytes();
     m_buffers_bytes = block * ctx.config.staging_buffers;
     void* mem = ::mmap(nullptr, m_buffers_bytes, PROT_READ | PROT_WRITE,
@@ -45,6 +47,7 @@ Worker::~Worker()
 {
     join();
     io_uring_queue_exit(&m_ring);
+    for (auto& [w, op] : m_watch_ops) delete op;  // polls the ring dropped with it
     if (m_buffers) ::munmap(m_buffers, m_buffers_bytes);
 }
 
@@ -145,6 +148,7 @@ void Worker::run()
         io_uring_cq_advance(&m_ring, n);
         for (const auto& d : done)
             if (d.op) handle_completion(d.op, d.res);
+        run_store_completions();
         // Faults first: a turn gives background prefetches one slice, then looks at the
         // userfaultfds and sockets again (at once, without sleeping, while more is due).
         process_ready();
@@ -155,6 +159,8 @@ void Worker::run()
         check_deadlines();
         for (const auto& job : m_writer->take_done()) on_written(*job);
         close_doomed();
+        run_store_completions();
+        if (!m_ready.empty()) more = true;
     }
     // Every write-back queued (clients that died or were closed at the stop) reaches its
     // file before the worker ends.
@@ -170,6 +176,15 @@ void Worker::handle_completion(Op* op, int res)
         std::uint64_t v;
         (void)!::read(m_inbox_fd.get(), &v, sizeof v);
         take_inbox();
+        tick_channels(Clock::now(), false);  // a connection made by another thread, maybe
+        {
+            std::vector<Opened> opened;
+            {
+                std::lock_guard lock(m_opened->mutex);
+                opened.swap(m_opened->done);
+            }
+            for (auto& o : opened) store_opened(o);
+        }
         if (m_stop.load() && !m_stopping) {
             m_stopping = true;
             replay_throttled(true);  // woken: each writer faults again, to this daemon or the next
@@ -208,6 +223,14 @@ void Worker::handle_completion(Op* op, int res)
     case Op::Kind::Read:
         on_read_done(*op->load, res);
         return;
+    case Op::Kind::StorePoll: {
+        store::Watch* w = op->watch;
+        m_watch_ops.erase(w);
+        delete op;
+        w->armed = false;
+        w->ready(res);
+        return;
+    }
     }
 }
 
@@ -304,6 +327,7 @@ void Worker::check_deadlines()
     if (now - m_last_deadline_check < std::chrono::milliseconds(50)) return;
     m_last_deadline_check = now;
     replay_throttled(false);
+    tick_channels(now, true);
     for (auto it = m_clients.begin(); it != m_clients.end();) {
         Client& c = *(it++)->second;
         if (c.closing || c.hello_done || now < c.hello_deadline) continue;
@@ -406,6 +430,17 @@ void Worker::list_caches(std::map<std::uint32_t, CacheUse>& out, long only_uid)
             u.cache = r.cache;
             u.clients.insert(serial);
             ++u.regions;
+        });
+    }
+}
+
+void Worker::list_stores(std::map<store::Identity, std::shared_ptr<store::Store>>& out, long only_uid)
+{
+    std::lock_guard lock(m_table_mutex);
+    for (const auto& [serial, c] : m_clients) {
+        if (only_uid >= 0 && static_cast<long>(c->peer.uid) != only_uid) continue;
+        c->regions.for_each([&](const Region& r) {
+            if (r.store) out.emplace(r.store->identity(), r.store);
         });
     }
 }

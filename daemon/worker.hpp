@@ -26,6 +26,8 @@
 #include "pagerd/util/unique_fd.hpp"
 #include "region_table.hpp"
 #include "stats.hpp"
+#include "store/nbd_store.hpp"
+#include "store/store.hpp"
 #include "writeback.hpp"
 
 struct uffd_msg;
@@ -61,6 +63,7 @@ struct Context {
     std::vector<const WorkerStats*> stats;  // one per worker, fixed before workers start
     std::vector<class Worker*> workers;      // likewise
     CachePool* cache = nullptr;              // the page cache of every client, set before workers start
+    store::NbdOptions nbd;                   // connections and deadline of NBD stores
 };
 
 struct Client;
@@ -69,10 +72,11 @@ struct Load;
 
 // io_uring user_data points at one of these.
 struct Op {
-    enum class Kind : std::uint8_t { Inbox, SockPoll, UffdPoll, Read };
+    enum class Kind : std::uint8_t { Inbox, SockPoll, UffdPoll, Read, StorePoll };
     Kind kind;
     Client* client = nullptr;
     Load* load = nullptr;
+    store::Watch* watch = nullptr;  // StorePoll: a remote store's socket
     bool armed = false;
     unsigned slot = 0;  // UffdPoll: which userfaultfd
 };
@@ -187,6 +191,8 @@ public:
         std::uint32_t regions = 0;
     };
     void list_caches(std::map<std::uint32_t, CacheUse>& out, long only_uid = -1);
+    // Thread-safe: the stores this worker's clients (of `only_uid`, unless -1) map.
+    void list_stores(std::map<store::Identity, std::shared_ptr<store::Store>>& out, long only_uid = -1);
     // Thread-safe: write-protects pages [first, first + count) of `cache` in every Shared
     // view of it that this worker's clients map; false if one could not be protected.
     bool protect_views(const Cache& cache, std::uint64_t first, std::uint64_t count);
@@ -245,9 +251,26 @@ private:
     proto::Body on_flush(Client& c, const proto::Flush& m, std::uint32_t request_id, bool& deferred);
     proto::Body on_regions(Client& c, const proto::RegionsRequest& m);
     proto::Body on_caches(Client& c, const proto::CachesRequest& m);
+    proto::Body on_stores(Client& c, const proto::StoresRequest& m);
+    // MAP_STORE: a zero store, or an NBD store open already, at once; else the store is
+    // opened by a thread of its own and the reply deferred (store_opened()).
+    proto::Body on_map_store(Client& c, const proto::MapStore& m, std::uint32_t request_id, bool& deferred);
+    proto::Body map_store(Client& c, const proto::MapStore& m, std::shared_ptr<store::Store> s);
+    struct Opened {  // a store opened for a deferred MAP_STORE
+        std::uint64_t client = 0;
+        std::uint32_t request_id = 0;
+        proto::MapStore request;
+        std::shared_ptr<store::Store> store;
+        std::string why;
+        bool timed_out = false;
+    };
+    void store_opened(Opened& o);
+
     proto::Body on_prefetch(Client& c, const proto::PrefetchRequest& m, std::uint32_t request_id, bool& deferred);
     void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
                          int file_fd);
+    void check_map_range(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t file_offset,
+                         std::uint64_t size, const char* what);
     void add_region(Client& c, Region r);
     // flush.cpp: dirty pages to files, written by m_writer
     // A FLUSH of r: collects its dirty pages into job (write-protecting uffd-wp ones).
@@ -303,6 +326,24 @@ private:
     void cancel_jobs(Client& c);  // the client goes: its jobs end unanswered
     void poll_for_faults();    // --poll-us: read the uffds of busy clients before sleeping
 
+    // remote stores (store_loop.cpp): each store's channel of this worker, its polls
+    store::Channel* channel_for(const std::shared_ptr<store::Store>& s);
+    void store_poll(store::Watch& w, int fd, unsigned events);
+    void store_cancel(store::Watch& w);
+    void run_store_completions();  // reads the channels completed, as ring completions
+    void tick_channels(Clock::time_point now, bool close_unused);
+    class StoreLoop final : public store::Loop {
+    public:
+        explicit StoreLoop(Worker& w) : m_w(w) {}
+        void poll(store::Watch& w, int fd, unsigned events) override { m_w.store_poll(w, fd, events); }
+        void cancel(store::Watch& w) override { m_w.store_cancel(w); }
+        void complete(void* token, int res) override { m_w.m_store_done.push_back({token, res}); }
+        void wake() override;
+
+    private:
+        Worker& m_w;
+    };
+
     Context& m_ctx;
     unsigned m_index;
     WorkerStats m_stats;
@@ -335,6 +376,24 @@ private:
                                // table, and by other threads while they read them
     std::vector<std::uint64_t> m_doomed;  // serials of clients to close at the end of the turn
     std::unique_ptr<Writer> m_writer;
+    // Stores opened for deferred MAP_STOREs, posted by their threads (shared: a thread may
+    // outlive the worker). Guarded by its mutex; the eventfd is the worker's, duplicated.
+    struct OpenedBox {
+        std::mutex mutex;
+        std::vector<Opened> done;
+        util::UniqueFd wake;
+    };
+    std::shared_ptr<OpenedBox> m_opened = std::make_shared<OpenedBox>();
+    StoreLoop m_store_loop{*this};
+    struct ChannelUse {
+        std::shared_ptr<store::Store> store;
+        std::unique_ptr<store::Channel> channel;
+        bool shut = false;
+    };
+    std::map<const store::Store*, ChannelUse> m_channels;  // destroyed before m_store_loop
+    std::list<ChannelUse> m_closing_channels;
+    std::unordered_map<store::Watch*, Op*> m_watch_ops;
+    std::vector<std::pair<void*, int>> m_store_done;
 };
 
 }  // namespace pagerd::daemon

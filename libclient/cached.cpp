@@ -25,7 +25,7 @@ bool Connection::Impl::cache_usable() const
 }
 
 // Caller holds layout_mutex.
-Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
+Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o, const std::string* uri)
 {
     // 1. Reserve the addresses: nothing registered yet, so no fault can reach the daemon
     //    before it knows the region.
@@ -34,12 +34,19 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o)
     if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");
     // 2. The region, and the cache's descriptor (read-only).
     const bool shared = o.access == Access::Shared;
-    proto::Map m{reinterpret_cast<std::uint64_t>(addr), o.length, o.offset,
-                 proto::k_map_cache | (o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u) |
-                     (shared ? proto::k_map_shared : 0u),
-                 to_wire(o.prefetch)};
+    const std::uint32_t flags = proto::k_map_cache |
+                                (o.access == Access::PrivateWritable ? proto::k_map_private_writable : 0u) |
+                                (shared ? proto::k_map_shared : 0u);
     std::vector<util::UniqueFd> fds;
-    auto reply = request(m, std::span<const int>(&fd, 1), 0, &fds);
+    // A store's first map connects the daemon to it: that may take up to the daemon's
+    // --store-timeout-ms, so the reply is waited for as long as the daemon lives (the
+    // monitor ends the wait if the daemon goes).
+    auto reply = uri ? request(proto::MapStore{reinterpret_cast<std::uint64_t>(addr), o.length, o.offset, flags,
+                                               to_wire(o.prefetch), *uri},
+                               {}, -1, &fds)
+                     : request(proto::Map{reinterpret_cast<std::uint64_t>(addr), o.length, o.offset, flags,
+                                          to_wire(o.prefetch)},
+                               std::span<const int>(&fd, 1), 0, &fds);
     const auto* mapped = reply ? std::get_if<proto::CacheMapped>(&reply->body) : nullptr;
     if (!mapped || fds.size() != 1) {
         ::munmap(addr, o.length);

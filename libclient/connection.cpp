@@ -244,6 +244,43 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     return r;
 }
 
+Result<Region> Connection::map_store(const std::string& uri, const MapOptions& o)
+{
+    const std::uint64_t page = m_impl->page_size;
+    if (uri.empty() || uri.size() > proto::k_max_uri)
+        return Error::system(EINVAL, "a store URI has 1 to " + std::to_string(proto::k_max_uri) + " bytes");
+    if (o.length % page || o.offset % page || reinterpret_cast<std::uintptr_t>(o.addr) % page)
+        return Error::system(EINVAL, "address, offset and length must be multiples of the page size (" + std::to_string(page) + ")");
+    if (o.access != Access::ReadOnly && o.access != Access::PrivateWritable && o.access != Access::Shared)
+        return Error::system(EINVAL, "unknown access mode");
+    if (o.tracking != Tracking::Auto && o.tracking != Tracking::UffdWp)
+        return Error::system(EINVAL, "a store's Shared region is tracked with uffd-wp only");
+    if (auto p = check_prefetch(o.prefetch, m_impl->daemon_caps); !p) return p.error();
+    if (!(m_impl->daemon_caps & proto::cap::STORES))
+        return Error::daemon(proto::ErrorCode::CAPABILITY, "this pagerd maps files only (no STORES capability)");
+    if (!m_impl->cache_usable() || (o.access == Access::Shared && !(m_impl->daemon_caps & proto::cap::CACHE_SHARED)))
+        return Error::daemon(proto::ErrorCode::CAPABILITY, "a store region needs the daemon's page cache"
+                                                           " (and UFFD_FEATURE_MINOR_SHMEM; PAGERD_CACHE=0 turns it off)");
+    if (o.length == 0) return Error::system(EINVAL, "region length is zero");
+    std::lock_guard layout(m_impl->layout_mutex);
+    return m_impl->map_cached(-1, o, &uri);
+}
+
+Result<std::vector<StoreInfo>> Connection::stores()
+{
+    std::vector<StoreInfo> out;
+    for (std::uint32_t i = 0;; ++i) {
+        auto reply = m_impl->request(proto::StoresRequest{i});
+        if (!reply) return reply.error();
+        const auto* e = std::get_if<proto::StoresReply>(&reply->body);
+        if (!e) return Error::protocol(proto::ErrorCode::MALFORMED, "pagerd answered STORES with something else");
+        if (i >= e->total || i >= 100000) return out;
+        out.push_back({e->kind, e->uri, e->size, e->connections, e->inflight, e->reads, e->read_bytes,
+                       e->read_errors, e->retries, e->timeouts, e->reconnects, e->writes, e->write_bytes,
+                       e->write_errors, e->read_latency_avg_ns, e->read_latency_max_ns});
+    }
+}
+
 Result<Region> Connection::map_file(const std::string& path, const MapOptions& o)
 {
     const int mode = o.access == Access::Shared ? O_RDWR : O_RDONLY;

@@ -72,7 +72,8 @@ struct Connection::Impl {
                                    std::vector<util::UniqueFd>* fds_out = nullptr);
     // ReadOnly and PrivateWritable regions backed by the daemon's page cache (CACHE).
     bool cache_usable() const;
-    Result<Region> map_cached(int fd, const MapOptions& o);
+    // fd: a file (MAP); else uri: a store the daemon reaches itself (MAP_STORE).
+    Result<Region> map_cached(int fd, const MapOptions& o, const std::string* uri = nullptr);
 
     Result<Mapping> lookup(const Region& region);  // a region of this connection, by id and address
     std::vector<Mapping> shared_mappings();        // a snapshot of the Shared ones

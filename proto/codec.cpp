@@ -295,6 +295,53 @@ void get(Reader& r, CachesReply& m)
     m.regions = r.u32();
     m.dirty = r.u64();
 }
+void put(Writer& w, const MapStore& m)
+{
+    w.u64(m.addr);
+    w.u64(m.length);
+    w.u64(m.offset);
+    w.u32(m.flags);
+    w.u32(static_cast<std::uint32_t>(m.prefetch));
+    w.str(m.uri, k_max_uri);
+}
+void get(Reader& r, MapStore& m)
+{
+    m.addr = r.u64();
+    m.length = r.u64();
+    m.offset = r.u64();
+    m.flags = r.u32();
+    m.prefetch = prefetch_of(r.u32());
+    m.uri = r.str(k_max_uri);
+}
+void put(Writer& w, const StoresRequest& m) { w.u32(m.index); }
+void get(Reader& r, StoresRequest& m) { m.index = r.u32(); }
+void put(Writer& w, const StoresReply& m)
+{
+    w.u32(m.total);
+    w.u32(m.index);
+    w.str(m.kind, k_max_name);
+    w.str(m.uri, k_max_uri);
+    w.u64(m.size);
+    w.u32(m.connections);
+    w.u32(m.inflight);
+    for (std::uint64_t v : {m.reads, m.read_bytes, m.read_errors, m.retries, m.timeouts, m.reconnects, m.writes,
+                            m.write_bytes, m.write_errors, m.read_latency_avg_ns, m.read_latency_max_ns})
+        w.u64(v);
+}
+void get(Reader& r, StoresReply& m)
+{
+    m.total = r.u32();
+    m.index = r.u32();
+    m.kind = r.str(k_max_name);
+    m.uri = r.str(k_max_uri);
+    m.size = r.u64();
+    m.connections = r.u32();
+    m.inflight = r.u32();
+    for (std::uint64_t* v : {&m.reads, &m.read_bytes, &m.read_errors, &m.retries, &m.timeouts, &m.reconnects,
+                             &m.writes, &m.write_bytes, &m.write_errors, &m.read_latency_avg_ns,
+                             &m.read_latency_max_ns})
+        *v = r.u64();
+}
 void put(Writer& w, const PrefetchRequest& m)
 {
     w.u64(m.addr);
@@ -375,6 +422,9 @@ Body empty_body(Type t)
     case Type::CACHE_MAPPED: return CacheMapped{};
     case Type::CACHES: return CachesRequest{};
     case Type::CACHES_REPLY: return CachesReply{};
+    case Type::MAP_STORE: return MapStore{};
+    case Type::STORES: return StoresRequest{};
+    case Type::STORES_REPLY: return StoresReply{};
     }
     return Ok{};
 }
@@ -417,6 +467,9 @@ Type type_of(const Body& body)
             else if constexpr (std::is_same_v<T, CacheMapped>) return Type::CACHE_MAPPED;
             else if constexpr (std::is_same_v<T, CachesRequest>) return Type::CACHES;
             else if constexpr (std::is_same_v<T, CachesReply>) return Type::CACHES_REPLY;
+            else if constexpr (std::is_same_v<T, MapStore>) return Type::MAP_STORE;
+            else if constexpr (std::is_same_v<T, StoresRequest>) return Type::STORES;
+            else if constexpr (std::is_same_v<T, StoresReply>) return Type::STORES_REPLY;
             else return Type::ERROR;
         },
         body);

@@ -3,7 +3,7 @@
 # pagerd-bench --plot), if any is missing.
 set -euo pipefail
 packages=(g++ make cmake pkg-config binutils liburing-dev libspdlog-dev libcli11-dev catch2 libsystemd-dev systemd
-  systemd-container debootstrap gnuplot-nox clang libfuzzer-14-dev fuse3 libfuse3-dev)
+  systemd-container debootstrap gnuplot-nox clang libfuzzer-14-dev fuse3 libfuse3-dev libnbd-dev libnbd-bin nbdkit)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -16,6 +16,10 @@ public:
     static std::shared_ptr<FileStore> open(util::UniqueFd fd, std::string& why);
 
     const char* kind() const override { return "file"; }
+    std::string name() const override
+    {
+        return "file:" + std::to_string(m_identity.a) + ":" + std::to_string(m_identity.b);
+    }
     Identity identity() const override { return m_identity; }
     std::int64_t size() const override;
     bool writable() const override { return m_writable; }

@@ -1,15 +1,22 @@
 // Where a region's bytes live. The daemon reads pages from a store into its page cache,
-// and writes Shared regions' dirty pages back to it. Files are the only kind today; every
-// kind answers the same calls, so the fault path, the cache and write-back never ask
-// which kind they have.
+// and writes Shared regions' dirty pages back to it. Kinds: files (file_store), NBD
+// exports (nbd_store), demand-zero memory (zero_store). Every kind answers the same calls,
+// so the fault path, the cache and write-back never ask which kind they have.
 //
-// Threads: read_now() and prep_read() run on the worker that owns the region (the fault
-// path: neither ever waits for the device); write() and sync() on a writer thread (they
-// may wait as long as the device takes). The hints never wait.
+// Reads go one of two ways. A local store (a file) is read through the worker's io_uring:
+// read_now() and prep_read(). A remote store gives each worker a Channel instead
+// (open_channel()): the worker polls the channel's sockets on its ring and the channel
+// completes reads on the worker's thread, so neither way ever blocks the fault path.
+//
+// Threads: read_now(), prep_read() and a channel's calls run on the worker that owns the
+// region; write() and sync() on a writer thread (they may wait as long as the device or
+// the network takes). The hints never wait.
 #pragma once
 #include <liburing.h>
 #include <sys/types.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,10 +31,68 @@ struct Identity {
     friend auto operator<=>(const Identity&, const Identity&) = default;
 };
 
+// Figures of one store (pagerctl status), kept by whoever reads or writes it.
+struct Stats {
+    std::atomic<std::uint32_t> connections{0}, inflight{0};
+    std::atomic<std::uint64_t> reads{0}, read_bytes{0}, read_errors{0};
+    std::atomic<std::uint64_t> retries{0}, timeouts{0}, reconnects{0};
+    std::atomic<std::uint64_t> writes{0}, write_bytes{0}, write_errors{0};
+    std::atomic<std::uint64_t> read_ns{0}, read_max_ns{0};  // summed over reads; the longest
+    void read_done(std::uint64_t ns)
+    {
+        read_ns.fetch_add(ns, std::memory_order_relaxed);
+        std::uint64_t max = read_max_ns.load(std::memory_order_relaxed);
+        while (ns > max && !read_max_ns.compare_exchange_weak(max, ns, std::memory_order_relaxed)) {
+        }
+    }
+};
+
+using Clock = std::chrono::steady_clock;
+
+// A poll on the worker's ring for a channel's socket: ready() runs on the worker when it
+// fires (revents, or -errno: -ECANCELED after Loop::cancel()).
+class Watch {
+public:
+    virtual ~Watch() = default;
+    virtual void ready(int revents) = 0;
+    bool armed = false;  // kept by the Loop
+};
+
+// What a worker offers the channels of the remote stores its clients read.
+class Loop {
+public:
+    virtual ~Loop() = default;
+    virtual void poll(Watch& w, int fd, unsigned events) = 0;  // once; w must not be armed
+    virtual void cancel(Watch& w) = 0;                          // w.ready(-ECANCELED) follows
+    // A read started with Channel::read() is over: res as read(2) (bytes, 0 at the end,
+    // -errno). Runs the completion after the channel's call returns, never inside it.
+    virtual void complete(void* token, int res) = 0;
+    // Thread-safe: the worker calls every channel's tick() soon (a connection made by
+    // another thread is ready to be taken).
+    virtual void wake() = 0;
+};
+
+// One worker's reads of one remote store. All calls on the worker's thread.
+class Channel {
+public:
+    virtual ~Channel() = default;
+    // Reads [off, off + len) into buf, completing with Loop::complete(token, res) within
+    // the store's deadline (-ETIMEDOUT past it). buf stays the caller's until then only.
+    virtual void read(void* buf, unsigned len, std::uint64_t off, void* token) = 0;
+    // Deadlines, reconnections, connections made meanwhile (at least every 200 ms).
+    virtual void tick(Clock::time_point now) = 0;
+    // Nothing in flight and no poll armed: the channel may be destroyed now. shutdown()
+    // starts closing its connections (no read may follow).
+    virtual bool idle() const = 0;
+    virtual void shutdown() = 0;
+};
+
 class Store {
 public:
     virtual ~Store() = default;
-    virtual const char* kind() const = 0;  // "file"
+    virtual const char* kind() const = 0;  // "file", "nbd", "zero"
+    // The store's name for people (a URI; a file: "file:<dev>:<ino>").
+    virtual std::string name() const = 0;
     virtual Identity identity() const = 0;
     // Its size in bytes now (a file may grow or shrink while mapped); -errno on failure.
     virtual std::int64_t size() const = 0;
@@ -55,11 +120,21 @@ public:
     virtual void will_need(std::uint64_t off, std::uint64_t len) = 0;
     virtual void loaded(std::uint64_t off, std::uint64_t len) = 0;
 
+    // A remote store: this worker's channel, through which it reads instead of
+    // read_now() and prep_read() (null: a local store, read through the ring).
+    virtual std::unique_ptr<Channel> open_channel(Loop&) { return nullptr; }
+    // False: write-back calls write() rather than prep_write().
+    virtual bool ring_writes() const { return true; }
+    Stats& stats() const { return m_stats; }
+
     // The descriptor that a restart through the descriptor store keeps (-1: none).
     virtual int descriptor() const = 0;
     // The same store, opened anew for writing by the daemon (its own open file
     // description: no client can change its flags); null with why when it cannot be.
     virtual std::shared_ptr<Store> reopen_for_writing(std::string& why) const = 0;
+
+private:
+    mutable Stats m_stats;
 };
 
 }  // namespace pagerd::daemon::store

@@ -141,6 +141,19 @@ struct CacheInfo {
     std::uint64_t dirty = 0;         // bytes of it written by clients and not yet to the file
 };
 
+// One store the daemon reads (Connection::stores()): a file, an NBD export, zero memory.
+struct StoreInfo {
+    std::string kind;  // "file", "nbd", "zero"
+    std::string uri;   // its name (a file: "file:<dev>:<ino>")
+    std::uint64_t size = 0;
+    std::uint32_t connections = 0;  // open now
+    std::uint32_t inflight = 0;     // requests in flight now
+    std::uint64_t reads = 0, read_bytes = 0, read_errors = 0;
+    std::uint64_t retries = 0, timeouts = 0, reconnects = 0;
+    std::uint64_t writes = 0, write_bytes = 0, write_errors = 0;
+    std::uint64_t read_latency_avg_ns = 0, read_latency_max_ns = 0;
+};
+
 // One region of any client, as `pagerctl status` lists them.
 struct RegionInfo {
     std::uint64_t client = 0;  // the daemon's serial number of the connection
@@ -200,6 +213,13 @@ public:
 
     Result<Region> map_file(const std::string& path, const MapOptions& options);
     Result<Region> map_fd(int fd, const MapOptions& options);  // fd stays the caller's
+    // A region of a store the daemon reaches itself (capability STORES), named by URI:
+    // "nbd://host[:port]/export", "nbd+unix:///export?socket=PATH" (nbds: TLS), which the
+    // daemon's --allow-store must allow, or "zero:SIZE" (demand-zero memory, e.g. zero:1G).
+    // options.length: non-zero (the daemon checks it against the store's size). Needs the daemon's page
+    // cache (Shared: with UffdWp tracking). The first map of an export waits for the
+    // daemon to connect to it.
+    Result<Region> map_store(const std::string& uri, const MapOptions& options);
     Result<void> unmap(const Region& region);  // Shared regions are flushed first
     // Writes the region's dirty pages to its file, then fdatasync. Thread-safe.
     Result<FlushResult> flush(const Region& region);
@@ -218,6 +238,8 @@ public:
     // The daemon's page caches, one per file (a caller that is not root or the daemon's
     // user sees those of files its own uid maps).
     Result<std::vector<CacheInfo>> caches();
+    // The stores the daemon reads (same visibility as caches()).
+    Result<std::vector<StoreInfo>> stores();
     Result<void> ping();
 
     // True when the kernel only gave a userfaultfd that handles faults from user mode:

@@ -13,6 +13,7 @@ inline constexpr std::size_t k_max_message_size = 4096;  // header included
 inline constexpr std::size_t k_max_fds = 2;              // per message
 inline constexpr std::size_t k_max_name = 64;            // HELLO client name
 inline constexpr std::size_t k_max_text = 1024;          // ERROR text, version strings
+inline constexpr std::size_t k_max_uri = 1024;           // MAP_STORE.uri, STORES_REPLY.uri
 inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
 
 // Message types: X(NAME, value, fds carried)
@@ -37,7 +38,10 @@ inline constexpr const char* k_default_socket_path = "/run/pagerd/pagerd.sock";
     X(PREFETCH, 18, 0)          \
     X(CACHE_MAPPED, 19, 1)      \
     X(CACHES, 20, 0)            \
-    X(CACHES_REPLY, 21, 0)
+    X(CACHES_REPLY, 21, 0)      \
+    X(MAP_STORE, 22, 0)         \
+    X(STORES, 23, 0)            \
+    X(STORES_REPLY, 24, 0)
 
 enum class Type : std::uint16_t {
 #define PAGERD_X(name, value, fds) name = value,
@@ -77,7 +81,8 @@ enum class ErrorCode : std::uint32_t {
     X(SHARED_WRITABLE, 5)        \
     X(PREFETCH, 6)               \
     X(CACHE, 7)                  \
-    X(CACHE_SHARED, 8)
+    X(CACHE_SHARED, 8)           \
+    X(STORES, 9)
 
 namespace cap {
 #define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;

@@ -135,6 +135,34 @@ struct PrefetchRequest {  // PREFETCH: load [addr, addr + length) of this connec
     std::uint64_t length = 0;
     std::uint32_t flags = 0;  // k_prefetch_*
 };
+// MAP_STORE: a region of a store the daemon reaches itself, named by URI (capability
+// STORES): "nbd://host[:port]/export", "nbd+unix:///export?socket=PATH" (and the nbds
+// forms), allowed by the daemon's --allow-store, or "zero:SIZE" (demand-zero memory).
+// flags as MAP's (k_map_cache is required). Reply CACHE_MAPPED with the cache's descriptor.
+struct MapStore {
+    std::uint64_t addr = 0;
+    std::uint64_t length = 0;
+    std::uint64_t offset = 0;  // in the store
+    std::uint32_t flags = 0;   // k_map_*
+    Prefetch prefetch = Prefetch::SEQUENTIAL;
+    std::string uri;  // at most k_max_uri bytes
+};
+struct StoresRequest {
+    std::uint32_t index = 0;  // which store of the list
+};
+struct StoresReply {  // one store; all 0 and empty but total when index >= total
+    std::uint32_t total = 0;
+    std::uint32_t index = 0;
+    std::string kind;  // "file", "nbd", "zero"
+    std::string uri;   // the store's name (a file: "file:<dev>:<ino>")
+    std::uint64_t size = 0;
+    std::uint32_t connections = 0;  // open now
+    std::uint32_t inflight = 0;     // requests in flight now
+    std::uint64_t reads = 0, read_bytes = 0, read_errors = 0;
+    std::uint64_t retries = 0, timeouts = 0, reconnects = 0;
+    std::uint64_t writes = 0, write_bytes = 0, write_errors = 0;
+    std::uint64_t read_latency_avg_ns = 0, read_latency_max_ns = 0;
+};
 struct ErrorReply {
     ErrorCode code = ErrorCode::INTERNAL;
     std::string text;  // at most k_max_text bytes
@@ -142,7 +170,8 @@ struct ErrorReply {
 
 using Body = std::variant<Hello, Welcome, RegisterUffd, Map, Mapped, CacheMapped, Unmap, Ok, StatusRequest,
                           StatusReply, Ping, Pong, ErrorReply, MapShared, Flush, Flushed,
-                          RegionsRequest, RegionsReply, PrefetchRequest, CachesRequest, CachesReply>;
+                          RegionsRequest, RegionsReply, PrefetchRequest, CachesRequest, CachesReply, MapStore,
+                          StoresRequest, StoresReply>;
 
 struct Message {
     std::uint32_t request_id = 0;
