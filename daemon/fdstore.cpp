@@ -69,6 +69,11 @@ bool unhex(const std::string& s, std::string& out)
     return true;
 }
 
+// Regions of stores the daemon reaches itself (NBD, zero) are not kept: a restarted daemon
+// would have to connect again before it could serve them. Their pages mapped already stay
+// readable; the others raise SIGBUS after the restart (PROTOCOL.md, MAP_STORE).
+bool kept(const Region& r) { return !r.store || r.store->descriptor() >= 0; }
+
 std::string describe(const Client& c)
 {
     std::ostringstream o;
@@ -77,6 +82,7 @@ std::string describe(const Client& c)
       << ' ' << c.hello_done << ' ' << c.uffd_flags << ' ' << c.uffds[0].features << ' ' << c.uffds[1].features
       << ' ' << c.next_region_id << '\n';
     c.regions.for_each([&](const Region& r) {
+        if (!kept(r)) return;
         o << "region " << r.id << ' ' << r.start << ' ' << r.length << ' ' << r.file_offset << ' '
           << static_cast<unsigned>(r.access) << ' ' << static_cast<unsigned>(r.tracking) << ' ' << r.uffd_slot << ' '
           << r.mem_offset << ' ' << (r.mem ? r.mem->file_base : 0) << ' ' << (r.mem ? r.mem->length : 0) << ' '
@@ -133,6 +139,7 @@ void save(Client& c)
     store(c, p + "uffd0", c.uffds[0].fd.get());
     store(c, p + "uffd1", c.uffds[1].fd.get());
     c.regions.for_each([&](const Region& r) {
+        if (!kept(r)) return;
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
         store(c, rp + "file", r.store ? r.store->descriptor() : -1);
         store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);

@@ -528,7 +528,10 @@ proto::Body Worker::on_map_store(Client& c, const proto::MapStore& m, std::uint3
             reject(ErrorCode::BAD_RANGE, "a zero store takes no Shared region (its written pages could never be "
                                          "evicted: they have nowhere to go)");
         if (*zero > (std::uint64_t{16} << 40)) reject(ErrorCode::BAD_RANGE, "a zero store has at most 16 TiB");
-        return map_store(c, m, std::make_shared<store::ZeroStore>(*zero));
+        check_map_range(c, m.addr, m.length, m.offset, *zero, "store");
+        // The region is the store's only user: the store (and its cache) need not span
+        // more than the region's end.
+        return map_store(c, m, std::make_shared<store::ZeroStore>(std::min(*zero, m.offset + m.length)));
     }
     if (!store::split_uri(m.uri) || !store::is_nbd_scheme(store::split_uri(m.uri)->scheme))
         reject(ErrorCode::BAD_DESCRIPTOR, "not a store URI this daemon knows (nbd://, nbds://, nbd+unix://, "

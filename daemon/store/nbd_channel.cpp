@@ -141,6 +141,11 @@ public:
         for (auto& r : m_live)
             if (!r->over && now >= r->deadline) {
                 r->over = true;
+                // A connection that let a read wait this long is not trusted any more:
+                // closing it frees what it holds, and its other reads go to a new one.
+                if (auto it = m_issued_on.find(r.get()); it != m_issued_on.end() && it->second->h &&
+                                                          it->second->state == Conn::State::Ready)
+                    close(*it->second);
                 m_store->stats().timeouts.fetch_add(1, std::memory_order_relaxed);
                 m_store->stats().read_errors.fetch_add(1, std::memory_order_relaxed);
                 spdlog::warn("store {}: a read of {} bytes at {} took longer than {} ms", m_store->uri(), r->len,
@@ -225,8 +230,14 @@ private:
             ++c->inflight;
             m_store->stats().inflight.fetch_add(1, std::memory_order_relaxed);
             // Refused at once (the connection is no longer ready): libnbd called free,
-            // which recorded the part as lost; the rest is not sent.
-            if (::nbd_aio_pread(c->h, r->bounce.data() + at, n, r->off + at, cb, 0) == -1) break;
+            // which recorded the part as lost; the rest is not sent, and the connection
+            // goes (else the retry would pick it again).
+            if (::nbd_aio_pread(c->h, r->bounce.data() + at, n, r->off + at, cb, 0) == -1) {
+                spdlog::warn("store {}: a read was refused: {}", m_store->uri(), ::nbd_get_error());
+                m_issued_on[r.get()] = c;
+                close(*c);
+                return;
+            }
         }
         m_issued_on[r.get()] = c;
     }
