@@ -129,6 +129,7 @@ void Server::reload()
     } else {
         spdlog::set_level(spdlog::level::from_str(fresh->log_level));
         m_ctx.limits.set(*fresh);
+        m_ctx.set_allowed_stores(fresh->allow_store);  // new maps only: regions mapped stay
         const std::uint64_t budget = fresh->memory_max ? fresh->memory_max : CachePool::default_budget();
         if (budget != m_ctx.cache->figures().budget) {
             spdlog::info("SIGHUP: page cache budget {} bytes", budget);
@@ -137,8 +138,9 @@ void Server::reload()
         if (fresh->workers != m_config.workers || fresh->fault_block_bytes != m_config.fault_block_bytes ||
             fresh->staging_buffers != m_config.staging_buffers || fresh->socket_path != m_config.socket_path)
             spdlog::warn("SIGHUP: socket, workers, fault-block and staging-buffers change only with a restart");
-        spdlog::info("SIGHUP: configuration reloaded (log level {}, max clients {}, max regions per client {})",
-                     fresh->log_level, fresh->max_clients, fresh->max_regions_per_client);
+        spdlog::info("SIGHUP: configuration reloaded (log level {}, max clients {}, max regions per client {}, "
+                     "{} store prefix(es) allowed)",
+                     fresh->log_level, fresh->max_clients, fresh->max_regions_per_client, fresh->allow_store.size());
     }
     systemd::notify_ready();
 }

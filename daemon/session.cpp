@@ -536,7 +536,7 @@ proto::Body Worker::on_map_store(Client& c, const proto::MapStore& m, std::uint3
     if (!store::split_uri(m.uri) || !store::is_nbd_scheme(store::split_uri(m.uri)->scheme))
         reject(ErrorCode::BAD_DESCRIPTOR, "not a store URI this daemon knows (nbd://, nbds://, nbd+unix://, "
                                           "nbds+unix://, zero:SIZE)");
-    if (!store::allowed(m.uri, m_ctx.config.allow_store))
+    if (!store::allowed(m.uri, m_ctx.allowed_stores()))
         reject(ErrorCode::BAD_DESCRIPTOR, "store not allowed: no --allow-store prefix of the daemon matches " + m.uri);
     if (auto open = store::NbdStore::find(m.uri)) return map_store(c, m, std::move(open));
     // Connecting may wait for the network: a thread of its own does it, and this

@@ -54,6 +54,7 @@ struct Limits {
 
 // What every worker can see of the whole daemon.
 struct Context {
+    explicit Context(const Config& c) : config(c) {}
     const Config& config;  // what cannot change without a restart
     Limits limits{config};
     std::uint32_t page_size = 4096;
@@ -64,6 +65,21 @@ struct Context {
     std::vector<class Worker*> workers;      // likewise
     CachePool* cache = nullptr;              // the page cache of every client, set before workers start
     store::NbdOptions nbd;                   // connections and deadline of NBD stores
+    // --allow-store, which SIGHUP may change (regions mapped already stay).
+    std::vector<std::string> allowed_stores() const
+    {
+        std::lock_guard lock(m_allow_mutex);
+        return m_allow;
+    }
+    void set_allowed_stores(std::vector<std::string> prefixes)
+    {
+        std::lock_guard lock(m_allow_mutex);
+        m_allow = std::move(prefixes);
+    }
+
+private:
+    mutable std::mutex m_allow_mutex;
+    std::vector<std::string> m_allow{config.allow_store};
 };
 
 struct Client;
