@@ -24,9 +24,10 @@ nbd_handle* nbd_connect(const std::string& uri, std::string& why)
         why = std::string("nbd_create: ") + ::nbd_get_error();
         return nullptr;
     }
-    // The URI was allowed as it is: no file of the daemon's may be read for it (TLS keys
-    // named in a query), and only TCP and Unix sockets are reached.
-    ::nbd_set_uri_allow_local_file(h, false);
+    // Only TCP and Unix sockets are reached. A query may name a local file (the TLS key of
+    // tls-psk-file): the allow list makes the query exactly the operator's, so it is the
+    // operator's file.
+    ::nbd_set_uri_allow_local_file(h, true);
     ::nbd_set_uri_allow_transports(h, LIBNBD_ALLOW_TRANSPORT_TCP | LIBNBD_ALLOW_TRANSPORT_UNIX);
     ::nbd_set_handle_name(h, "pagerd");
     if (::nbd_connect_uri(h, uri.c_str()) == -1) {

@@ -29,8 +29,8 @@ int free_tcp_port()
 }
 
 Nbdkit::Nbdkit(const std::string& plugin, const std::vector<std::string>& args, Transport transport,
-               const std::vector<std::string>& filters)
-    : m_plugin(plugin), m_args(args), m_filters(filters), m_transport(transport)
+               const std::vector<std::string>& filters, const std::vector<std::string>& server_args)
+    : m_plugin(plugin), m_args(args), m_filters(filters), m_server_args(server_args), m_transport(transport)
 {
     if (m_transport == Transport::Tcp) m_port = free_tcp_port();
     start();
@@ -48,6 +48,7 @@ void Nbdkit::start()
     } else {
         argv.insert(argv.end(), {"-i", "127.0.0.1", "-p", std::to_string(m_port)});
     }
+    argv.insert(argv.end(), m_server_args.begin(), m_server_args.end());
     for (const auto& f : m_filters) argv.push_back("--filter=" + f);
     argv.push_back(m_plugin);
     argv.insert(argv.end(), m_args.begin(), m_args.end());
@@ -84,6 +85,14 @@ std::string Nbdkit::uri(const std::string& export_name) const
 {
     if (m_transport == Transport::Unix) return "nbd+unix:///" + export_name + "?socket=" + m_dir.file("nbd.sock");
     return "nbd://127.0.0.1:" + std::to_string(m_port) + "/" + export_name;
+}
+
+std::string Nbdkit::uri_with(const std::string& scheme, const std::string& user, const std::string& export_name,
+                             const std::string& query) const
+{
+    if (m_transport == Transport::Unix)
+        return scheme + "://" + user + "/" + export_name + "?socket=" + m_dir.file("nbd.sock") + query;
+    return scheme + "://" + user + "127.0.0.1:" + std::to_string(m_port) + "/" + export_name + query;
 }
 
 void Nbdkit::kill_hard()
