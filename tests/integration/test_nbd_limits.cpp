@@ -1,0 +1,36 @@
+// NBD servers' limits: a server whose largest request is smaller than the daemon's loads.
+#include <catch2/catch.hpp>
+
+#include "harness.hpp"
+#include "nbdkit.hpp"
+
+using namespace pagerd;
+using namespace pagerd::test;
+
+TEST_CASE("reads are split at the largest request the server takes", "[nbd]")
+{
+    TempDir dir;
+    const std::uint64_t size = 16ull << 20;
+    make_file(dir.file("data"), size, 5);
+    // 64 KiB at most, and a larger request is an error (EINVAL): the daemon's 256 KiB loads
+    // must go as four requests each.
+    Nbdkit server("file", {dir.file("data"), "blocksize-maximum=64K", "blocksize-error-policy=error"},
+                  Nbdkit::Transport::Unix, {"blocksize-policy"});
+    Daemon d({"--allow-store=" + server.allow_prefix(), "--readahead-max=4194304"});
+    auto conn = d.connect();
+    libclient::MapOptions o;
+    o.length = size;
+    auto r = conn->map_store(server.uri(), o);
+    REQUIRE(r);
+    const auto* p = static_cast<const std::uint8_t*>(r->addr);
+    std::uint64_t bad = 0;
+    for (std::uint64_t i = 0; i < size; ++i) bad += p[i] != pattern_byte(i, 5);
+    CHECK(bad == 0);
+    auto stores = conn->stores();
+    REQUIRE(stores);
+    REQUIRE(stores->size() == 1);
+    CHECK(stores->at(0).read_errors == 0);
+    CHECK(stores->at(0).read_bytes == size);
+    CHECK(d.status().sigbus_faults == 0);
+    CHECK(conn->unmap(*r));
+}
