@@ -22,6 +22,14 @@ inline auto fields(const CachesReply& m)
 {
     return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions, m.dirty);
 }
+inline auto fields(const MapStore& m) { return std::tie(m.addr, m.length, m.offset, m.flags, m.prefetch, m.uri); }
+inline auto fields(const StoresRequest& m) { return std::tie(m.index); }
+inline auto fields(const StoresReply& m)
+{
+    return std::tie(m.total, m.index, m.kind, m.uri, m.size, m.connections, m.inflight, m.reads, m.read_bytes,
+                    m.read_errors, m.retries, m.timeouts, m.reconnects, m.writes, m.write_bytes, m.write_errors,
+                    m.read_latency_avg_ns, m.read_latency_max_ns);
+}
 inline auto fields(const Unmap& m) { return std::tie(m.region_id); }
 inline auto fields(const Ok&) { return std::tie(); }
 inline auto fields(const StatusRequest&) { return std::tie(); }

@@ -37,6 +37,11 @@ void check_body(const Body& body)
                 (void)error_code_name(b.code);  // any u32: a client shows codes it does not know
             }
             if constexpr (std::is_same_v<T, RegionsReply>) FUZZ_CHECK(b.entries.size() <= k_max_region_entries);
+            if constexpr (std::is_same_v<T, MapStore>) FUZZ_CHECK(b.uri.size() <= k_max_uri);
+            if constexpr (std::is_same_v<T, StoresReply>) {
+                FUZZ_CHECK(b.kind.size() <= k_max_name);
+                FUZZ_CHECK(b.uri.size() <= k_max_uri);
+            }
         },
         body);
 }

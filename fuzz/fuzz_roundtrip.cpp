@@ -61,13 +61,23 @@ RegionEntry entry(FuzzedDataProvider& in)
     return e;
 }
 
+// The highest message type number: build() picks every type from 1 to it.
+constexpr std::uint16_t last_type()
+{
+    std::uint16_t last = 0;
+#define PAGERD_X(name, value, fds) last = value > last ? value : last;
+    PAGERD_MESSAGE_TYPES(PAGERD_X)
+#undef PAGERD_X
+    return last;
+}
+
 // A message of any type with any field values; `expected` is what decoding its encoding
 // must give: strings cut to their limit, at most k_max_region_entries entries.
 Message build(FuzzedDataProvider& in, Message& expected)
 {
     Message m;
     m.request_id = in.ConsumeIntegral<std::uint32_t>();
-    const auto type = static_cast<Type>(in.ConsumeIntegralInRange<std::uint16_t>(1, 18));
+    const auto type = static_cast<Type>(in.ConsumeIntegralInRange<std::uint16_t>(1, last_type()));
     auto cut = [](std::string s, std::size_t limit) { return s.size() > limit ? s.substr(0, limit) : s; };
     expected.request_id = m.request_id;
     switch (type) {
@@ -158,6 +168,35 @@ Message build(FuzzedDataProvider& in, Message& expected)
                              in.ConsumeIntegral<std::uint32_t>(), in.ConsumeIntegral<std::uint32_t>(),
                              in.ConsumeIntegral<std::uint64_t>()};
         break;
+    case Type::MAP_STORE: {
+        MapStore b{in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint64_t>(),
+                   in.ConsumeIntegral<std::uint64_t>(), in.ConsumeIntegral<std::uint32_t>(),
+                   static_cast<Prefetch>(in.ConsumeIntegral<std::uint8_t>()), text(in, k_max_uri)};
+        m.body = b;
+        b.uri = cut(b.uri, k_max_uri);
+        expected.body = b;
+        break;
+    }
+    case Type::STORES: m.body = StoresRequest{in.ConsumeIntegral<std::uint32_t>()}; break;
+    case Type::STORES_REPLY: {
+        StoresReply b;
+        b.total = in.ConsumeIntegral<std::uint32_t>();
+        b.index = in.ConsumeIntegral<std::uint32_t>();
+        b.kind = text(in, k_max_name);
+        b.uri = text(in, k_max_uri);
+        b.size = in.ConsumeIntegral<std::uint64_t>();
+        b.connections = in.ConsumeIntegral<std::uint32_t>();
+        b.inflight = in.ConsumeIntegral<std::uint32_t>();
+        for (std::uint64_t* f : {&b.reads, &b.read_bytes, &b.read_errors, &b.retries, &b.timeouts, &b.reconnects,
+                                 &b.writes, &b.write_bytes, &b.write_errors, &b.read_latency_avg_ns,
+                                 &b.read_latency_max_ns})
+            *f = in.ConsumeIntegral<std::uint64_t>();
+        m.body = b;
+        b.kind = cut(b.kind, k_max_name);
+        b.uri = cut(b.uri, k_max_uri);
+        expected.body = b;
+        break;
+    }
     }
     if (expected.body.index() != m.body.index()) expected.body = m.body;  // nothing to cut
     return m;

@@ -99,6 +99,22 @@ std::vector<std::pair<std::string, Message>> messages()
         {"17-regions-reply-full", {15, full}},
         {"18-prefetch", {16, PrefetchRequest{0x7f0000000000, 1 << 20, 0}}},
         {"18-prefetch-wait", {17, PrefetchRequest{0x7f0000000000, 1 << 16, k_prefetch_wait}}},
+        {"22-map-store-nbd", {18, MapStore{0x7f0000500000, 1 << 20, 0, k_map_cache, Prefetch::SEQUENTIAL,
+                                           "nbd://storage.example:10809/disk0"}}},
+        {"22-map-store-nbd-unix-shared",
+         {19, MapStore{0x7f0000600000, 1 << 20, 1 << 20, k_map_cache | k_map_shared, Prefetch::NONE,
+                       "nbd+unix:///disk1?socket=/run/nbd/disk1.sock"}}},
+        {"22-map-store-zero", {20, MapStore{0x7f0000700000, 1 << 30, 0, k_map_cache | k_map_private_writable,
+                                            Prefetch::ALL, "zero:1G"}}},
+        {"22-map-store-longest-uri", {21, MapStore{0x7f0000800000, 4096, 0, k_map_cache, Prefetch::SEQUENTIAL,
+                                                   "nbd://h/" + std::string(k_max_uri - 8, 'e')}}},
+        {"23-stores", {22, StoresRequest{0}}},
+        {"24-stores-reply-nbd", {22, StoresReply{2, 0, "nbd", "nbd://storage.example:10809/disk0", 1ull << 34, 4, 2,
+                                                  1000, 1000 * 131072, 1, 3, 1, 2, 50, 50 * 65536, 0, 250000,
+                                                  8000000}}},
+        {"24-stores-reply-file", {23, StoresReply{2, 1, "file", "file:64769:1234", 1 << 30, 0, 0, 10, 10 * 4096, 0,
+                                                   0, 0, 0, 0, 0, 0, 20000, 90000}}},
+        {"24-stores-reply-past-end", {24, StoresReply{2, 2, "", "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}}},
     };
 }
 

@@ -65,6 +65,14 @@ auto fields(const CachesReply& m)
 {
     return std::tie(m.total, m.index, m.dev, m.ino, m.size, m.resident, m.clients, m.regions, m.dirty);
 }
+auto fields(const MapStore& m) { return std::tie(m.addr, m.length, m.offset, m.flags, m.prefetch, m.uri); }
+auto fields(const StoresRequest& m) { return std::tie(m.index); }
+auto fields(const StoresReply& m)
+{
+    return std::tie(m.total, m.index, m.kind, m.uri, m.size, m.connections, m.inflight, m.reads, m.read_bytes,
+                    m.read_errors, m.retries, m.timeouts, m.reconnects, m.writes, m.write_bytes, m.write_errors,
+                    m.read_latency_avg_ns, m.read_latency_max_ns);
+}
 auto fields(const RegionsReply& m)
 {
     std::vector<decltype(fields(RegionEntry{}))> entries;
@@ -131,6 +139,29 @@ std::vector<RegionEntry> sample_entries(std::size_t n)
     std::vector<RegionEntry> out;
     for (std::size_t i = 0; i < n; ++i) out.push_back(sample_entry(i));
     return out;
+}
+
+// A STORES_REPLY with every number non-zero and different from the others.
+StoresReply sample_stores_reply(std::string kind, std::string uri)
+{
+    return StoresReply{.total = 0xfffffff1,
+                       .index = 0x80000002,
+                       .kind = std::move(kind),
+                       .uri = std::move(uri),
+                       .size = 0x0000100000000000,
+                       .connections = 0xf3f2f1f0,
+                       .inflight = 0x80000004,
+                       .reads = 0x1112131415161718,
+                       .read_bytes = 0x2122232425262728,
+                       .read_errors = 0x3132333435363738,
+                       .retries = 0x4142434445464748,
+                       .timeouts = 0x5152535455565758,
+                       .reconnects = 0x6162636465666768,
+                       .writes = 0x7172737475767778,
+                       .write_bytes = 0x8182838485868788,
+                       .write_errors = 0x9192939495969798,
+                       .read_latency_avg_ns = 0xa1a2a3a4a5a6a7a8,
+                       .read_latency_max_ns = 0xb1b2b3b4b5b6b7b8};
 }
 
 // One message of every type, every field non-zero and strings at their limit; and
@@ -233,6 +264,14 @@ std::vector<Message> samples()
                          .clients = 0xfffffffe,
                          .regions = 0x80000001,
                          .dirty = 0x8000000000001000}},
+        {23, MapStore{.addr = 0x7f0123456000,
+                      .length = 0x0000100000000000,
+                      .offset = 0xfffffffffffff000,
+                      .flags = k_map_cache | k_map_shared | 0x80000000,
+                      .prefetch = Prefetch::ALL,
+                      .uri = pattern(k_max_uri)}},
+        {24, StoresRequest{.index = 0xfffffffd}},
+        {25, sample_stores_reply(pattern(k_max_name), pattern(k_max_uri))},
     };
 }
 
@@ -247,6 +286,7 @@ std::size_t string_limit(Type t)
 {
     switch (t) {
     case Type::HELLO: return k_max_name;
+    case Type::MAP_STORE: return k_max_uri;
     case Type::WELCOME:
     case Type::STATUS_REPLY:
     case Type::ERROR: return k_max_text;
@@ -420,7 +460,7 @@ TEST_CASE("codec: an unknown type is UNKNOWN_TYPE and not a framing error", "[co
 #define PAGERD_X(name, value, fds) last = value > last ? value : last;
     PAGERD_MESSAGE_TYPES(PAGERD_X)
 #undef PAGERD_X
-    REQUIRE(last == static_cast<std::uint16_t>(Type::CACHES_REPLY));
+    REQUIRE(last == static_cast<std::uint16_t>(Type::STORES_REPLY));
     const auto next = static_cast<std::uint16_t>(last + 1);
     Bytes b = encode(Message{9, Ping{.nonce = 5}});
     for (std::uint16_t t : {std::uint16_t{0}, next, std::uint16_t{0xffff}}) {
@@ -457,6 +497,9 @@ TEST_CASE("codec: a wrong number of descriptors is BAD_DESCRIPTOR", "[codec]")
     CHECK(fds_expected(Type::MAP) == 1);
     CHECK(fds_expected(Type::SHARED_MAP) == 2);
     CHECK(fds_expected(Type::SHARED_MAP) == k_max_fds);
+    CHECK(fds_expected(Type::MAP_STORE) == 0);
+    CHECK(fds_expected(Type::STORES) == 0);
+    CHECK(fds_expected(Type::STORES_REPLY) == 0);
 }
 
 TEST_CASE("codec: framing is judged before descriptors", "[codec]")
@@ -507,6 +550,17 @@ TEST_CASE("codec: the encoder cuts a string to its limit", "[codec]")
         decode(encode(Message{1, ErrorReply{.text = std::string(k_max_text * 3, 't')}}), 0);
     REQUIRE(e.ok());
     CHECK(std::get<ErrorReply>(e->body).text.size() == k_max_text);
+    const auto u = decode(encode(Message{1, MapStore{.uri = std::string(k_max_uri + 1, 'u')}}), 0);
+    REQUIRE(u.ok());
+    CHECK(std::get<MapStore>(u->body).uri == std::string(k_max_uri, 'u'));
+    const auto s = decode(encode(Message{1, StoresReply{.kind = std::string(k_max_name + 1, 'k'),
+                                                        .uri = std::string(k_max_uri + 9, 'u'),
+                                                        .size = 5}}),
+                          0);
+    REQUIRE(s.ok());
+    CHECK(std::get<StoresReply>(s->body).kind == std::string(k_max_name, 'k'));
+    CHECK(std::get<StoresReply>(s->body).uri == std::string(k_max_uri, 'u'));
+    CHECK(std::get<StoresReply>(s->body).size == 5);
 }
 
 TEST_CASE("codec: the header is little-endian, byte for byte", "[codec]")
@@ -1014,5 +1068,175 @@ TEST_CASE("codec: latency_bucket() at the edges of its buckets", "[codec]")
         CHECK(b < k_latency_buckets);
         CHECK(b >= prev);
         prev = b;
+    }
+}
+
+TEST_CASE("codec: MAP_STORE is laid out byte for byte, its URI last", "[codec]")
+{
+    const Message m{8, MapStore{.addr = 0x1112131415161718,
+                                .length = 0x2122232425262728,
+                                .offset = 0x3132333435363738,
+                                .flags = k_map_cache | k_map_private_writable,
+                                .prefetch = Prefetch::NONE,
+                                .uri = "zero:1G"}};
+    Bytes b = encode(m);
+    CHECK(b[6] == 22);  // type MAP_STORE
+    CHECK(b[7] == 0);
+    const Bytes body(b.begin() + static_cast<long>(k_header_size), b.end());
+    const Bytes expected = {
+        0x18, 0x17, 0x16, 0x15, 0x14, 0x13, 0x12, 0x11,  // addr
+        0x28, 0x27, 0x26, 0x25, 0x24, 0x23, 0x22, 0x21,  // length
+        0x38, 0x37, 0x36, 0x35, 0x34, 0x33, 0x32, 0x31,  // offset
+        0x03, 0x00, 0x00, 0x00,                          // flags PRIVATE_WRITABLE | CACHE
+        0x01, 0x00, 0x00, 0x00,                          // prefetch NONE
+        0x07, 0x00,                                      // uri: count
+        'z', 'e', 'r', 'o', ':', '1', 'G',               //      bytes
+    };
+    CHECK(body == expected);
+    CHECK(fds_expected(Type::MAP_STORE) == 0);
+    const auto r = decode(b, 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, m.body));
+    // A descriptor sent with it is the wrong count, not a framing error.
+    const auto one = decode(b, 1);
+    REQUIRE(fails_with(one, ErrorCode::BAD_DESCRIPTOR));
+    CHECK_FALSE(is_framing_error(one.error()));
+    // An empty URI decodes (the session refuses it), and every prefetch value on the wire
+    // that does not fit decodes to something that is not a valid policy.
+    CHECK(decode(encode(Message{1, MapStore{}}), 0).ok());
+    for (std::uint32_t v : {3u, 0x100u, 0x101u, 0xffffffffu}) {
+        INFO("prefetch on the wire " << v);
+        put_u32(b, k_header_size + 28, v);
+        const auto p = decode(b, 0);
+        REQUIRE(p.ok());
+        for (const Prefetch valid : k_prefetches) CHECK(std::get<MapStore>(p->body).prefetch != valid);
+        CHECK(std::get<MapStore>(p->body).uri == "zero:1G");
+    }
+    // Unknown flag bits are carried for the session to refuse.
+    put_u32(b, k_header_size + 24, 0x80000002);
+    const auto f = decode(b, 0);
+    REQUIRE(f.ok());
+    CHECK(std::get<MapStore>(f->body).flags == 0x80000002);
+}
+
+TEST_CASE("codec: STORES is its index, STORES_REPLY has numbers after its two strings", "[codec]")
+{
+    const Bytes s = encode(Message{9, StoresRequest{.index = 0x01020304}});
+    CHECK(Bytes(s.begin() + static_cast<long>(k_header_size), s.end()) == Bytes{0x04, 0x03, 0x02, 0x01});
+    CHECK(s[6] == 23);
+
+    const StoresReply reply = sample_stores_reply("nbd", "nbd://h/e");
+    const Bytes b = encode(Message{9, reply});
+    CHECK(b[6] == 24);
+    const std::size_t k = 3, u = 9;
+    REQUIRE(b.size() == k_header_size + 116 + k + u);
+    const auto at = [&](std::size_t off, std::size_t n) {
+        std::uint64_t v = 0;
+        for (std::size_t i = 0; i < n; ++i) v |= std::uint64_t{b[k_header_size + off + i]} << (8 * i);
+        return v;
+    };
+    CHECK(at(0, 4) == reply.total);
+    CHECK(at(4, 4) == reply.index);
+    CHECK(at(8, 2) == k);
+    CHECK(std::string(b.begin() + static_cast<long>(k_header_size + 10),
+                      b.begin() + static_cast<long>(k_header_size + 10 + k)) == "nbd");
+    CHECK(at(10 + k, 2) == u);
+    CHECK(std::string(b.begin() + static_cast<long>(k_header_size + 12 + k),
+                      b.begin() + static_cast<long>(k_header_size + 12 + k + u)) == "nbd://h/e");
+    const std::size_t n = 12 + k + u;  // the numbers after the strings
+    CHECK(at(n + 0, 8) == reply.size);
+    CHECK(at(n + 8, 4) == reply.connections);
+    CHECK(at(n + 12, 4) == reply.inflight);
+    const std::uint64_t counters[] = {reply.reads,      reply.read_bytes,  reply.read_errors,
+                                      reply.retries,    reply.timeouts,    reply.reconnects,
+                                      reply.writes,     reply.write_bytes, reply.write_errors,
+                                      reply.read_latency_avg_ns, reply.read_latency_max_ns};
+    for (std::size_t i = 0; i < std::size(counters); ++i) {
+        INFO("counter " << i);
+        CHECK(at(n + 16 + 8 * i, 8) == counters[i]);
+    }
+    CHECK(n + 16 + 8 * std::size(counters) == b.size() - k_header_size);
+    const auto r = decode(b, 0);
+    REQUIRE(r.ok());
+    CHECK(same_body(r->body, reply));
+
+    // Past the end of the list: all 0 and empty but total and index.
+    const auto e = decode(encode(Message{9, StoresReply{.total = 2, .index = 5}}), 0);
+    REQUIRE(e.ok());
+    CHECK(same_body(e->body, StoresReply{.total = 2, .index = 5}));
+    CHECK(encode(Message{9, StoresReply{}}).size() == k_header_size + 116);
+}
+
+TEST_CASE("codec: STORES_REPLY strings over their limits are MALFORMED", "[codec]")
+{
+    // kind at body offset 8 (limit k_max_name), uri after it (limit k_max_uri).
+    const StoresReply reply = sample_stores_reply(pattern(k_max_name), pattern(k_max_uri));
+    const Bytes whole = encode(Message{3, reply});
+    REQUIRE(decode(whole, 0).ok());
+    const std::size_t kind_at = k_header_size + 8;
+    const std::size_t uri_at = kind_at + 2 + k_max_name;
+
+    SECTION("kind of k_max_name + 1 bytes")
+    {
+        Bytes b = whole;
+        put_u16(b, kind_at, static_cast<std::uint16_t>(k_max_name + 1));
+        b.insert(b.begin() + static_cast<long>(kind_at + 2), 'k');
+        fix_length(b);
+        const auto r = decode(b, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(is_framing_error(r.error()));
+        CHECK(r.error().message.find("exceeds limit") != std::string::npos);
+    }
+    SECTION("uri of k_max_uri + 1 bytes")
+    {
+        Bytes b = whole;
+        put_u16(b, uri_at, static_cast<std::uint16_t>(k_max_uri + 1));
+        b.insert(b.begin() + static_cast<long>(uri_at + 2), 'u');
+        fix_length(b);
+        const auto r = decode(b, 0);
+        REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+        CHECK(is_framing_error(r.error()));
+        CHECK(r.error().message.find("exceeds limit") != std::string::npos);
+    }
+    SECTION("counts of 0xffff")
+    {
+        for (const std::size_t count_at : {kind_at, uri_at}) {
+            INFO("count at " << count_at);
+            Bytes b = whole;
+            put_u16(b, count_at, 0xffff);
+            CHECK(fails_with(decode(b, 0), ErrorCode::MALFORMED));
+        }
+    }
+    SECTION("a kind within its limit that runs into the uri")
+    {
+        // The counts no longer agree with the bytes: whatever the reader makes of the
+        // rest, it must not accept the datagram.
+        Bytes b = whole;
+        put_u16(b, kind_at, static_cast<std::uint16_t>(k_max_name - 1));
+        CHECK(fails_with(decode(b, 0), ErrorCode::MALFORMED));
+    }
+}
+
+TEST_CASE("codec: the store messages cut short are MALFORMED", "[codec]")
+{
+    // Short strings (the samples have them at their limits), so that every field's bytes
+    // are cut at some length, inside each string included.
+    const std::vector<Message> messages = {
+        {1, MapStore{.addr = 0x1000, .length = 0x2000, .flags = k_map_cache, .uri = "nbd://host/export"}},
+        {2, StoresRequest{.index = 1}},
+        {3, sample_stores_reply("zero", "zero:4096")},
+    };
+    for (const auto& m : messages) {
+        INFO(type_name(type_of(m.body)));
+        const Bytes whole = encode(m);
+        REQUIRE(decode(whole, 0).ok());
+        for (std::size_t len = k_header_size; len < whole.size(); ++len) {
+            INFO("body cut to " << len - k_header_size << " bytes");
+            Bytes cut(whole.begin(), whole.begin() + static_cast<long>(len));
+            fix_length(cut);
+            const auto r = decode(cut, 0);
+            REQUIRE(fails_with(r, ErrorCode::MALFORMED));
+            CHECK(is_framing_error(r.error()));
+        }
     }
 }

@@ -237,6 +237,28 @@ const std::map<std::string, Setter> k_numbers = {
     NUM(CACHES_REPLY, CachesReply, clients),
     NUM(CACHES_REPLY, CachesReply, regions),
     NUM(CACHES_REPLY, CachesReply, dirty),
+    NUM(MAP_STORE, MapStore, addr),
+    NUM(MAP_STORE, MapStore, length),
+    NUM(MAP_STORE, MapStore, offset),
+    NUM(MAP_STORE, MapStore, flags),
+    NUM(MAP_STORE, MapStore, prefetch),
+    NUM(STORES, StoresRequest, index),
+    NUM(STORES_REPLY, StoresReply, total),
+    NUM(STORES_REPLY, StoresReply, index),
+    NUM(STORES_REPLY, StoresReply, size),
+    NUM(STORES_REPLY, StoresReply, connections),
+    NUM(STORES_REPLY, StoresReply, inflight),
+    NUM(STORES_REPLY, StoresReply, reads),
+    NUM(STORES_REPLY, StoresReply, read_bytes),
+    NUM(STORES_REPLY, StoresReply, read_errors),
+    NUM(STORES_REPLY, StoresReply, retries),
+    NUM(STORES_REPLY, StoresReply, timeouts),
+    NUM(STORES_REPLY, StoresReply, reconnects),
+    NUM(STORES_REPLY, StoresReply, writes),
+    NUM(STORES_REPLY, StoresReply, write_bytes),
+    NUM(STORES_REPLY, StoresReply, write_errors),
+    NUM(STORES_REPLY, StoresReply, read_latency_avg_ns),
+    NUM(STORES_REPLY, StoresReply, read_latency_max_ns),
     NUM(UNMAP, Unmap, region_id),
     NUM(STATUS_REPLY, StatusReply, uptime_ms),
     NUM(STATUS_REPLY, StatusReply, workers),
@@ -293,6 +315,9 @@ const std::map<std::string, Setter> k_strings = {
     STR(WELCOME, Welcome, version),
     STR(STATUS_REPLY, StatusReply, version),
     STR(ERROR, ErrorReply, text),
+    STR(MAP_STORE, MapStore, uri),
+    STR(STORES_REPLY, StoresReply, kind),
+    STR(STORES_REPLY, StoresReply, uri),
 };
 
 // Setters for the elements of fixed-size arrays of numbers ("N × uB" in a layout), keyed
@@ -366,9 +391,11 @@ const Row k_layout_header = {"field", "offset", "size", "meaning"};
 
 struct Field {
     std::string name;
-    std::size_t offset = 0;
-    std::size_t size = 0;  // for a string: 2, its count; for an array: 0
+    std::size_t offset = 0;  // with every string before it empty
+    std::size_t size = 0;    // for a string: 2, its count; for an array: 0
     bool string = false;
+    std::string letter;                // a string's: "2 + k" is string k
+    std::vector<std::string> after;    // offset "N + k + u": the strings before the field
     bool array = false;       // size "E × count": `count` elements of E bytes
     std::size_t element = 0;  // E
     // A fixed array of numbers: size in bytes, meaning "N × uB ...": N elements of B bits.
@@ -378,20 +405,52 @@ struct Field {
 
 const std::string k_times = " × ";
 
+// An offset cell: "N", or "N + k + u" after strings "2 + k" and "2 + u".
+std::pair<std::size_t, std::vector<std::string>> offset_cell(const std::string& cell)
+{
+    const std::string plus = " + ";
+    std::vector<std::string> letters;
+    std::size_t at = cell.find(plus);
+    const std::string fixed = cell.substr(0, at);
+    while (at != std::string::npos) {
+        const std::size_t from = at + plus.size();
+        at = cell.find(plus, from);
+        letters.push_back(cell.substr(from, at == std::string::npos ? std::string::npos : at - from));
+    }
+    return {number(fixed), letters};
+}
+
+// A string's size cell "2 + n": the letter, or "" when the cell is not one.
+std::string string_letter(const std::string& cell)
+{
+    const std::string lead = "2 + ";
+    if (cell.size() != lead.size() + 1 || cell.rfind(lead, 0) != 0) return "";
+    const char c = cell.back();
+    return c >= 'a' && c <= 'z' ? std::string(1, c) : "";
+}
+
 // Parses a layout table and checks that its fields are contiguous from offset 0, that
-// the size matches the stated type, and that a string or an array is only ever the last
-// field. An array's count is an earlier field of the table.
+// the size matches the stated type, and that an array is only ever the last field. An
+// array's count is an earlier field of the table. A field after strings names them in
+// its offset, in order ("12 + k + u"), each string with a letter of its own.
 std::vector<Field> layout(const Table& t)
 {
     std::vector<Field> out;
     std::size_t next = 0;
+    std::vector<std::string> strings;  // the letters of the strings so far
     for (const auto& r : t.rows) {
         INFO("layout row " << Catch::Detail::stringify(r));
         REQUIRE(r.size() == 4);
         Field f;
         f.name = unquote(r[0]);
-        f.offset = number(r[1]);
-        f.string = r[2] == "2 + n";
+        std::tie(f.offset, f.after) = offset_cell(r[1]);
+        CHECK(f.after == strings);
+        f.letter = string_letter(r[2]);
+        f.string = !f.letter.empty();
+        if (f.string) {
+            CHECK(std::find(strings.begin(), strings.end(), f.letter) == strings.end());
+            strings.push_back(f.letter);
+        }
         const auto times = r[2].find(k_times);
         f.array = times != std::string::npos;
         std::string kind;
@@ -428,7 +487,7 @@ std::vector<Field> layout(const Table& t)
         }
         CHECK(f.offset == next);
         CHECK(r[3].rfind(kind, 0) == 0);
-        if (!out.empty()) CHECK_FALSE((out.back().string || out.back().array));
+        if (!out.empty()) CHECK_FALSE(out.back().array);
         next = f.offset + f.size;
         out.push_back(f);
     }
@@ -467,10 +526,11 @@ std::uint64_t mask(std::size_t bytes)
     return bytes >= 8 ? ~std::uint64_t{0} : (std::uint64_t{1} << (8 * bytes)) - 1;
 }
 
-// A "body bytes" cell: "N", "N + string" or "N + E per entry".
+// A "body bytes" cell: "N", "N + string", "N + strings" or "N + E per entry".
 struct BodyBytes {
     std::uint64_t fixed = 0;
-    bool string = false;
+    bool string = false;   // one string, the last field
+    bool strings = false;  // more than one, fields after them
     std::uint64_t per_entry = 0;
 };
 
@@ -479,8 +539,9 @@ BodyBytes body_bytes(const std::string& cell)
     INFO("body bytes '" << cell << "'");
     BodyBytes out;
     if (const auto plus = cell.find(" + string"); plus != std::string::npos) {
-        CHECK(cell.substr(plus) == " + string");
-        out.string = true;
+        CHECK((cell.substr(plus) == " + string" || cell.substr(plus) == " + strings"));
+        out.strings = cell.substr(plus) == " + strings";
+        out.string = !out.strings;
         out.fixed = number(cell.substr(0, plus));
     } else if (const auto per = cell.find(" per entry"); per != std::string::npos) {
         CHECK(cell.substr(per) == " per entry");
@@ -528,6 +589,7 @@ TEST_CASE("doc: the constants table matches constants.hpp", "[doc]")
         {"k_max_fds", k_max_fds},
         {"k_max_name", k_max_name},
         {"k_max_text", k_max_text},
+        {"k_max_uri", k_max_uri},
         {"k_max_region_entries", k_max_region_entries},
     };
     const std::map<std::string, std::string> code_strings = {
@@ -709,13 +771,16 @@ TEST_CASE("doc: body bytes in the type table match encoded default messages", "[
             }
         }
 
-        // The body layout agrees: same fixed size, a string field iff "+ string", an
-        // array of E-byte elements iff "+ E per entry", laid out in E bytes.
+        // The body layout agrees: same fixed size, one string field, the last, iff
+        // "+ string", several iff "+ strings", an array of E-byte elements iff
+        // "+ E per entry", laid out in E bytes.
         const Table* body = body_table(t.name, t.value);
         if (bb.fixed > 0) REQUIRE(body != nullptr);
         const auto fields = body ? layout(*body) : std::vector<Field>{};
         CHECK(fixed_size(fields) == bb.fixed);
-        CHECK((!fields.empty() && fields.back().string) == bb.string);
+        const auto strings = std::count_if(fields.begin(), fields.end(), [](const Field& f) { return f.string; });
+        CHECK((!fields.empty() && fields.back().string && strings == 1) == bb.string);
+        CHECK((strings > 1) == bb.strings);
         CHECK((!fields.empty() && fields.back().array) == (bb.per_entry > 0));
         if (bb.per_entry > 0) {
             CHECK(fields.back().name == k_arrays.at(t.name).field);
@@ -778,23 +843,57 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
             Body b = empty;
             for (const auto& [k, set] : k_numbers)
                 if (k.rfind(t.name + ".", 0) == 0) set(b, 0);
-            if (f.string) {
-                REQUIRE(k_strings.count(key) == 1);
-                k_strings.at(key)(b, 3);
-                const auto bytes = encode(Message{0, b});
-                CHECK(little_endian(bytes, at, 2) == 3);
-                CHECK(std::string(bytes.begin() + static_cast<long>(at) + 2, bytes.end()) ==
-                      "sss");
-            } else {
-                REQUIRE(k_numbers.count(key) == 1);
-                const std::uint64_t marker = 0x8877665544332211;
-                const std::uint64_t held = k_numbers.at(key)(b, marker);
-                CHECK(held != 0);
-                const auto bytes = encode(Message{0, b});
-                CHECK(little_endian(bytes, at, f.size) == (held & mask(f.size)));
-                // Nothing else moved: the rest of the body is still zero.
+            // The field's own value, and how many bytes it puts at `at` (a string: its
+            // count and 3 bytes "sss").
+            std::uint64_t held = 0;
+            std::size_t width = f.size;
+            const auto set_field = [&](Body& body) {
+                if (f.string) {
+                    REQUIRE(k_strings.count(key) == 1);
+                    held = k_strings.at(key)(body, 3);
+                    width = 2 + 3;
+                } else {
+                    REQUIRE(k_numbers.count(key) == 1);
+                    held = k_numbers.at(key)(body, 0x8877665544332211);
+                    CHECK(held != 0);
+                }
+            };
+            const auto check_field = [&](const std::vector<std::uint8_t>& bytes, std::size_t where) {
+                CHECK(little_endian(bytes, where, f.string ? 2 : f.size) == (held & mask(f.string ? 2 : f.size)));
+                if (f.string)
+                    CHECK(std::string(bytes.begin() + static_cast<long>(where) + 2,
+                                      bytes.begin() + static_cast<long>(where) + 5) == "sss");
+            };
+            {
+                // The strings before it empty: at the fixed offset, and nothing else moved
+                // (the rest of the body is still zero).
+                Body one = b;
+                set_field(one);
+                const auto bytes = encode(Message{0, one});
+                if (k_arrays.count(t.name) == 0)  // (REGIONS_REPLY.count adds entries)
+                    CHECK(bytes.size() == k_header_size + fixed_size(fields) + (f.string ? 3 : 0));
+                check_field(bytes, at);
                 for (std::size_t i = k_header_size; i < bytes.size(); ++i)
-                    if (i < at || i >= at + f.size) CHECK(bytes[i] == 0);
+                    if (i < at || i >= at + width) CHECK(bytes[i] == 0);
+            }
+            if (!f.after.empty()) {
+                // "N + k + u": the strings before it moved it by their lengths, each a
+                // different one.
+                Body one = b;
+                std::size_t shift = 0, j = 0;
+                for (const auto& letter : f.after) {
+                    const auto s = std::find_if(fields.begin(), fields.end(),
+                                                [&](const Field& g) { return g.string && g.letter == letter; });
+                    REQUIRE(s != fields.end());
+                    const std::string skey = t.name + "." + s->name;
+                    REQUIRE(k_strings.count(skey) == 1);
+                    shift += k_strings.at(skey)(one, 5 + 6 * j++);
+                }
+                set_field(one);
+                const auto bytes = encode(Message{0, one});
+                INFO("after strings of " << shift << " bytes in all");
+                CHECK(bytes.size() == k_header_size + fixed_size(fields) + shift + (f.string ? 3 : 0));
+                check_field(bytes, at + shift);
             }
         }
     }
@@ -810,6 +909,58 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
         INFO("field in the code: " << key);
         CHECK(documented.count(key) == 1);
     }
+}
+
+TEST_CASE("doc: every string's documented limit is the one the codec keeps", "[doc]")
+{
+    // "string, n ≤ `k_max_...`": the encoder cuts the string there, and the decoder takes
+    // a string of that length back. A string whose meaning names no limit has k_max_text.
+    const std::map<std::string, std::size_t> limits = {
+        {"k_max_name", k_max_name}, {"k_max_text", k_max_text}, {"k_max_uri", k_max_uri}};
+    std::set<std::string> seen;
+    for (const auto& t : k_types) {
+        const Table* body = body_table(t.name, t.value);
+        if (!body) continue;
+        const auto fields = layout(*body);
+        for (const auto& f : fields) {
+            if (!f.string) continue;
+            const std::string key = t.name + "." + f.name;
+            INFO(key);
+            std::string meaning;
+            for (const auto& r : body->rows)
+                if (unquote(r[0]) == f.name) meaning = r[3];
+            std::size_t limit = k_max_text;
+            const std::string le = f.letter + " ≤ `";
+            if (const auto at = meaning.find(le); at != std::string::npos) {
+                const auto from = at + le.size();
+                const auto end = meaning.find('`', from);
+                REQUIRE(end != std::string::npos);
+                const std::string name = meaning.substr(from, end - from);
+                INFO("limit " << name);
+                REQUIRE(limits.count(name) == 1);
+                limit = limits.at(name);
+                seen.insert(name);
+            }
+            REQUIRE(k_strings.count(key) == 1);
+            Body b = k_bodies.at(t.name);
+            k_strings.at(key)(b, limit + 7);
+            const auto cut = encode(Message{0, b});
+            CHECK(little_endian(cut, k_header_size + f.offset, 2) == limit);
+            CHECK(cut.size() == k_header_size + fixed_size(fields) + limit);
+            CHECK(decode(cut, fds_expected(type_of(b))).ok());
+            // One byte more, written by hand: MALFORMED.
+            auto over = cut;
+            over.insert(over.begin() + static_cast<long>(k_header_size + f.offset + 2), 's');
+            over[k_header_size + f.offset] = static_cast<std::uint8_t>(limit + 1);
+            over[k_header_size + f.offset + 1] = static_cast<std::uint8_t>((limit + 1) >> 8);
+            const auto len = static_cast<std::uint32_t>(over.size());
+            for (int i = 0; i < 4; ++i) over[8 + i] = static_cast<std::uint8_t>(len >> (8 * i));
+            const auto r = decode(over, fds_expected(type_of(b)));
+            REQUIRE_FALSE(r.ok());
+            CHECK(r.error().code == static_cast<int>(ErrorCode::MALFORMED));
+        }
+    }
+    CHECK(seen == std::set<std::string>{"k_max_name", "k_max_text", "k_max_uri"});
 }
 
 TEST_CASE("doc: every REGIONS_REPLY entry field sits at its documented offset", "[doc]")
@@ -1012,6 +1163,7 @@ TEST_CASE("doc: the flag bits named in the layouts match constants.hpp", "[doc]"
     const std::map<std::string, std::uint32_t> known = {
         {"REGISTER_UFFD", k_uffd_known_flags},
         {"MAP", k_map_known_flags},
+        {"MAP_STORE", k_map_known_flags},
         {"PREFETCH", k_prefetch_known_flags},
     };
     std::set<std::string> seen;
