@@ -157,15 +157,24 @@ Writeback::Outcome Writeback::write(const Cache& cache, const std::vector<PageRu
                 out.error = got < 0 ? errno : EIO;
                 break;
             }
-            io_uring_sqe* s = io_uring_get_sqe(&m_ring);
-            if (!s) {
-                flush_queue();
-                s = io_uring_get_sqe(&m_ring);
+            if (!store->ring_writes()) {
+                // A remote store writes through its own connection, waiting for each piece.
+                const ssize_t put = store->write(buf, static_cast<std::uint64_t>(got), pos);
+                if (put != got) {
+                    out.error = put < 0 ? errno : EIO;
+                    break;
+                }
+            } else {
+                io_uring_sqe* s = io_uring_get_sqe(&m_ring);
+                if (!s) {
+                    flush_queue();
+                    s = io_uring_get_sqe(&m_ring);
+                }
+                store->prep_write(s, buf, static_cast<unsigned>(got), pos);
+                io_uring_sqe_set_data64(s, static_cast<std::uint64_t>(got));
+                ++m_queued;
+                ++slot;
             }
-            store->prep_write(s, buf, static_cast<unsigned>(got), pos);
-            io_uring_sqe_set_data64(s, static_cast<std::uint64_t>(got));
-            ++m_queued;
-            ++slot;
             out.pages += (static_cast<std::uint64_t>(got) + m_page - 1) / m_page;
             out.bytes += static_cast<std::uint64_t>(got);
             pos += static_cast<std::uint64_t>(got);
