@@ -66,5 +66,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(c.readahead_max_bytes <= std::uint64_t{64} << 20);
     FUZZ_CHECK(c.staging_buffers >= 4 && c.staging_buffers <= 4096);
     FUZZ_CHECK(c.poll_us <= 1000000);
+    FUZZ_CHECK(c.store_connections >= 1 && c.store_connections <= 64);
+    FUZZ_CHECK(c.store_timeout_ms >= 100 && c.store_timeout_ms <= 3600000);
     return 0;
 }

@@ -9,7 +9,7 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 secs=${1:-15}
-targets=(decode roundtrip fdstore config)
+targets=(decode roundtrip fdstore config uri)
 
 bash scripts/install-deps.sh  # clang and libfuzzer-14-dev among them
 

@@ -1,5 +1,6 @@
 #include "uri.hpp"
 
+#include <cctype>
 #include <limits>
 
 namespace pagerd::daemon::store {
@@ -14,6 +15,8 @@ std::optional<UriParts> split_uri(std::string_view uri)
     if (colon == std::string_view::npos || colon == 0) return std::nullopt;
     UriParts p;
     p.scheme = uri.substr(0, colon);
+    for (char ch : p.scheme)  // RFC 3986: letters, digits, "+", "-", "."
+        if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '+' && ch != '-' && ch != '.') return std::nullopt;
     std::string_view rest = uri.substr(colon + 3);
     const auto q = rest.find('?');
     if (q != std::string_view::npos) {

@@ -12,8 +12,9 @@ namespace pagerd::daemon::store {
 struct UriParts {
     std::string scheme, authority, path, query;
 };
-// "scheme://authority/path?query". Null when the text is not of that form, has a fragment
-// ('#'), a control character, a space or a backslash.
+// "scheme://authority/path?query". Null when the text is not of that form (the scheme:
+// letters, digits, '+', '-', '.'), has a fragment ('#'), a control character, a space or
+// a backslash.
 std::optional<UriParts> split_uri(std::string_view uri);
 
 // True when `uri` names an NBD export (nbd, nbds, nbd+unix, nbds+unix) that `prefix`
