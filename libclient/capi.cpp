@@ -160,6 +160,19 @@ int pagerd_map_fd_prefetch(pagerd_conn* conn, int fd, uint64_t offset, uint64_t 
     });
 }
 
+int pagerd_map_store(pagerd_conn* conn, const char* uri, uint64_t offset, uint64_t length, int access, int tracking,
+                     int prefetch, pagerd_region* out)
+{
+    return guarded([&] {
+        if (!conn || !uri || !out) return fail(EINVAL, "conn, uri and out must not be NULL");
+        if (!valid_access(access)) return fail(EINVAL, "unknown access mode");
+        if (tracking < PAGERD_TRACK_AUTO || tracking > PAGERD_TRACK_ASYNC) return fail(EINVAL, "unknown tracking");
+        if (prefetch < PAGERD_PREFETCH_SEQUENTIAL || prefetch > PAGERD_PREFETCH_ALL)
+            return fail(EINVAL, "unknown prefetch policy");
+        return map_common(conn, conn->conn->map_store(uri, options(offset, length, access, tracking, prefetch)), out);
+    });
+}
+
 int pagerd_prefetch(pagerd_conn* conn, const void* addr, uint64_t length, int wait)
 {
     return guarded([&] {

@@ -23,15 +23,24 @@ int main(int argc, char** argv)
     app.add_option("--socket", socket, "pagerd socket (default: $PAGERD_SOCKET, else /run/pagerd/pagerd.sock)");
 
     bool json = false;
-    auto* status = app.add_subcommand("status", "Daemon version, uptime, clients, regions, faults, latency");
+    auto* status = app.add_subcommand(
+        "status", "Daemon version, uptime, clients, regions, faults, latency, page caches, stores");
     status->add_flag("--json", json, "One JSON object");
 
     CatOptions cat;
     std::string pattern = "seq";
-    auto* catcmd = app.add_subcommand("cat", "Map FILE through pagerd, touch every page, write the bytes to stdout");
-    catcmd->add_option("FILE", cat.file, "File to map")->required();
+    auto* catcmd = app.add_subcommand(
+        "cat", "Map FILE or a store URI through pagerd, touch every page, write the bytes to stdout");
+    catcmd->add_option("FILE", cat.file,
+                       "File to map, or a store the daemon reaches itself: nbd://HOST[:PORT]/EXPORT, "
+                       "nbd+unix:///EXPORT?socket=PATH (nbds://, nbds+unix://: TLS), which the daemon's "
+                       "--allow-store must allow, or zero:SIZE (zeros; SIZE in bytes or with K, M, G, T). "
+                       "A file named like a URI: ./NAME")
+        ->required();
     catcmd->add_option("--offset", cat.offset, "First byte");
-    catcmd->add_option("--length", cat.length, "Bytes (default: to the end of the file)");
+    catcmd->add_option("--length", cat.length,
+                       "Bytes (default: to the end of the file or store; an NBD export's size is asked of "
+                       "the daemon after mapping its first page)");
     catcmd->add_option("--pattern", pattern, "Order of first touches")->check(CLI::IsMember({"seq", "random"}));
     catcmd->add_option("--threads", cat.threads, "Touching threads")->check(CLI::Range(1u, 1024u));
     std::string prefetch = "sequential";

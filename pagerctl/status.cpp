@@ -1,10 +1,12 @@
-// pagerctl status: the daemon's counters, its fault-latency histogram, and every region of
-// every client.
+// pagerctl status: the daemon's counters, its fault-latency histogram, every region of
+// every client, the page caches and the stores.
 #include <cstdio>
 #include <iterator>
 #include <string>
+#include <vector>
 
 #include "commands.hpp"
+#include "pagerd/proto/constants.hpp"
 
 namespace pagerd::pagerctl {
 namespace {
@@ -148,6 +150,10 @@ int run_status(const std::string& socket, bool json)
     if (!regions) return report(regions.error());
     auto caches = conn.value()->caches();
     if (!caches) return report(caches.error());
+    // A daemon without capability STORES lists none (it would not know the request).
+    Result<std::vector<libclient::StoreInfo>> stores = std::vector<libclient::StoreInfo>{};
+    if (conn.value()->daemon_caps() & proto::cap::STORES) stores = conn.value()->stores();
+    if (!stores) return report(stores.error());
     if (json) {
         std::printf("{\"version\":%s,\"uptime_ms\":%llu,\"workers\":%u,\"clients\":%u,"
                     "\"regions\":%llu,\"mapped_bytes\":%llu,\"faults\":%llu,\"pages_installed\":%llu,"
@@ -182,6 +188,18 @@ int run_status(const std::string& socket, bool json)
                         "\"clients\":%u,\"regions\":%u}",
                         i ? "," : "", (ull)k.dev, (ull)k.ino, (ull)k.size, (ull)k.dirty, (ull)k.resident, k.clients,
                         k.regions);
+        }
+        std::printf("],\"stores\":[");
+        for (std::size_t i = 0; i < stores->size(); ++i) {
+            const auto& t = (*stores)[i];
+            std::printf("%s{\"kind\":%s,\"uri\":%s,\"size\":%llu,\"connections\":%u,\"inflight\":%u,"
+                        "\"reads\":%llu,\"read_bytes\":%llu,\"read_errors\":%llu,\"retries\":%llu,"
+                        "\"timeouts\":%llu,\"reconnects\":%llu,\"writes\":%llu,\"write_bytes\":%llu,"
+                        "\"write_errors\":%llu,\"read_latency_avg_ns\":%llu,\"read_latency_max_ns\":%llu}",
+                        i ? "," : "", json_string(t.kind).c_str(), json_string(t.uri).c_str(), (ull)t.size,
+                        t.connections, t.inflight, (ull)t.reads, (ull)t.read_bytes, (ull)t.read_errors,
+                        (ull)t.retries, (ull)t.timeouts, (ull)t.reconnects, (ull)t.writes, (ull)t.write_bytes,
+                        (ull)t.write_errors, (ull)t.read_latency_avg_ns, (ull)t.read_latency_max_ns);
         }
         std::printf("]}\n");
         return 0;
@@ -223,6 +241,17 @@ int run_status(const std::string& socket, bool json)
     for (const auto& k : *caches)
         std::printf("%-12llu %-12llu %14llu %14llu %14llu %8u %8u\n", (ull)k.dev, (ull)k.ino, (ull)k.size,
                     (ull)k.resident, (ull)k.dirty, k.clients, k.regions);
+    // Stores: "errors" counts failed reads and writes, "writes" the writes with their bytes.
+    if (!stores->empty())
+        std::printf("\n%-10s %14s %5s %9s %10s %14s %7s %8s %8s %10s %10s %14s %11s %11s  %s\n", "store kind",
+                    "bytes", "conns", "in flight", "reads", "bytes read", "errors", "retries", "timeouts",
+                    "reconnects", "writes", "bytes written", "avg read us", "max read us", "uri");
+    for (const auto& t : *stores)
+        std::printf("%-10s %14llu %5u %9u %10llu %14llu %7llu %8llu %8llu %10llu %10llu %14llu %11.1f %11.1f  %s\n",
+                    t.kind.c_str(), (ull)t.size, t.connections, t.inflight, (ull)t.reads, (ull)t.read_bytes,
+                    (ull)(t.read_errors + t.write_errors), (ull)t.retries, (ull)t.timeouts, (ull)t.reconnects,
+                    (ull)t.writes, (ull)t.write_bytes, t.read_latency_avg_ns / 1e3, t.read_latency_max_ns / 1e3,
+                    t.uri.c_str());
     return 0;
 }
 

@@ -1,5 +1,7 @@
 /* A plain C program on the C API, linked against the shared libpagerd-client: maps
- * argv[2] through the daemon at argv[1], writes its bytes to stdout, checks error paths. */
+ * argv[2] through the daemon at argv[1], writes its bytes to stdout, checks error paths,
+ * maps a zero store. */
+#include <errno.h>
 #include <fcntl.h>
 #include <pagerd/client.h>
 #include <stdio.h>
@@ -23,6 +25,26 @@ static int write_through(pagerd_conn* conn, const char* path)
     if (pagerd_flush(conn, &r, &pages, &bytes) != 0 || pages != 1 || bytes != 4096) return 32;
     if (pagerd_flush_all(conn, &pages, NULL) != 0 || pages != 0) return 33;
     return pagerd_unmap(conn, &r) == 0 ? 0 : 34;
+}
+
+/* A store by URI: zero memory reads zeros and takes private writes; a NULL URI is refused. */
+static int zero_store(pagerd_conn* conn)
+{
+    static const char zeros[65536];
+    pagerd_region z;
+    if (pagerd_map_store(conn, NULL, 0, sizeof zeros, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                         PAGERD_PREFETCH_NONE, &z) == 0 ||
+        pagerd_last_error_code() != EINVAL)
+        return 40;
+    if (pagerd_map_store(conn, "zero:64K", 0, sizeof zeros, PAGERD_PRIVATE_WRITABLE, PAGERD_TRACK_AUTO,
+                         PAGERD_PREFETCH_NONE, &z) != 0) {
+        fprintf(stderr, "map store: %s\n", pagerd_last_error());
+        return 41;
+    }
+    if (z.size != sizeof zeros || memcmp(z.addr, zeros, sizeof zeros) != 0) return 42;
+    memcpy(z.addr, "C API", 5);
+    if (memcmp(z.addr, "C API", 5) != 0) return 43;
+    return pagerd_unmap(conn, &z) == 0 ? 0 : 44;
 }
 
 int main(int argc, char** argv)
@@ -55,6 +77,10 @@ int main(int argc, char** argv)
     if (pagerd_user_mode_only(conn) != 0 || s.this_client_user_mode_only != 0) return 15;
     if (pagerd_unmap(conn, &r) != 0) return 16;
     if (pagerd_unmap(conn, &r) == 0) return 17; /* twice: refused */
+    {
+        const int rc = zero_store(conn);
+        if (rc) return rc;
+    }
     if (argc == 4) {
         const int rc = write_through(conn, argv[3]);
         if (rc) return rc;

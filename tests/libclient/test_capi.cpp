@@ -136,3 +136,129 @@ TEST_CASE("the C API maps with each prefetch policy and prefetches ranges", "[ca
     ::close(fd);
     CHECK(pagerd_disconnect(conn) == 0);
 }
+
+// pagerd_map_store: regions of stores the daemon reaches itself, and each way a map of one
+// fails, with its errno, domain and daemon code.
+#include "libclient/fake_daemon.hpp"
+
+namespace {
+
+// The call returned -1 with this errno, domain and daemon code, and a message containing
+// `text`.
+void check_failed(const char* what, int rc, int err, int domain, int daemon_code, const std::string& text)
+{
+    INFO(what << ": " << pagerd_last_error());
+    REQUIRE(rc == -1);
+    CHECK(pagerd_last_error_code() == err);
+    CHECK(pagerd_last_error_domain() == domain);
+    CHECK(pagerd_last_daemon_error() == daemon_code);
+    CHECK(std::string(pagerd_last_error()).find(text) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("the C API maps a store by URI, and reports each refusal", "[capi][store]")
+{
+    TempDir dir;
+    // The daemon allows one export that nobody serves: its maps get as far as connecting.
+    const std::string allowed = "nbd+unix:///x?socket=" + dir.file("nbd.sock");
+    Daemon daemon({"--allow-store=" + allowed, "--store-timeout-ms=1000"});
+    pagerd_conn* conn = nullptr;
+    REQUIRE(pagerd_connect(daemon.socket().c_str(), &conn) == 0);
+    const std::uint64_t size = 1 << 20;
+
+    for (int access : {PAGERD_READ_ONLY, PAGERD_PRIVATE_WRITABLE})
+        for (int policy : {PAGERD_PREFETCH_SEQUENTIAL, PAGERD_PREFETCH_NONE, PAGERD_PREFETCH_ALL}) {
+            INFO("access " << access << ", prefetch " << policy);
+            pagerd_region r{};
+            const int rc = pagerd_map_store(conn, "zero:1M", 65536, size - 65536, access, PAGERD_TRACK_AUTO, policy, &r);
+            INFO(pagerd_last_error());
+            REQUIRE(rc == 0);
+            REQUIRE(r.size == size - 65536);
+            REQUIRE(r.addr != nullptr);
+            const std::vector<char> zeros(r.size, 0);
+            CHECK(std::memcmp(r.addr, zeros.data(), r.size) == 0);
+            if (access == PAGERD_PRIVATE_WRITABLE) {
+                std::memcpy(r.addr, "C API", 5);
+                CHECK(std::memcmp(r.addr, "C API", 5) == 0);
+            }
+            REQUIRE(pagerd_unmap(conn, &r) == 0);
+        }
+
+    pagerd_region r{};
+    // The library's own checks: nothing reaches the daemon.
+    check_failed("NULL uri", pagerd_map_store(conn, nullptr, 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                              PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "NULL");
+    check_failed("NULL out", pagerd_map_store(conn, "zero:1M", 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                              PAGERD_PREFETCH_SEQUENTIAL, nullptr),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "NULL");
+    check_failed("NULL conn", pagerd_map_store(nullptr, "zero:1M", 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                               PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "NULL");
+    check_failed("empty uri", pagerd_map_store(conn, "", 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                               PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "URI");
+    check_failed("zero length", pagerd_map_store(conn, "zero:1M", 0, 0, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                                 PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "zero");
+    check_failed("unaligned offset", pagerd_map_store(conn, "zero:1M", 100, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                                      PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "page size");
+    check_failed("unknown access", pagerd_map_store(conn, "zero:1M", 0, 4096, 42, PAGERD_TRACK_AUTO,
+                                                    PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "access");
+    check_failed("unknown tracking", pagerd_map_store(conn, "zero:1M", 0, 4096, PAGERD_SHARED, 7,
+                                                      PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "tracking");
+    check_failed("sigsegv tracking", pagerd_map_store(conn, "zero:1M", 0, 4096, PAGERD_SHARED, PAGERD_TRACK_SIGSEGV,
+                                                      PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "uffd-wp");
+    check_failed("unknown prefetch", pagerd_map_store(conn, "zero:1M", 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO, 3,
+                                                      &r),
+                 EINVAL, PAGERD_ERROR_SYSTEM, 0, "prefetch");
+    // The daemon's refusals, with its code.
+    check_failed("past the end", pagerd_map_store(conn, "zero:1M", 0, 2 * size, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                                  PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EINVAL, PAGERD_ERROR_DAEMON, PAGERD_DAEMON_PAST_EOF, "past the end");
+    check_failed("unknown scheme", pagerd_map_store(conn, "ftp://host/x", 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                                    PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EBADF, PAGERD_ERROR_DAEMON, PAGERD_DAEMON_BAD_DESCRIPTOR, "not a store URI");
+    // The URI reaches the daemon as given: its refusal names it.
+    const std::string other = "nbd://127.0.0.1:1/not-allowed";
+    check_failed("not allowed", pagerd_map_store(conn, other.c_str(), 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                                 PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EBADF, PAGERD_ERROR_DAEMON, PAGERD_DAEMON_BAD_DESCRIPTOR, "store not allowed");
+    CHECK(std::string(pagerd_last_error()).find(other) != std::string::npos);
+    // Allowed, but nothing listens: the daemon's attempt to connect fails.
+    check_failed("no server", pagerd_map_store(conn, allowed.c_str(), 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                               PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EIO, PAGERD_ERROR_DAEMON, PAGERD_DAEMON_IO_ERROR, allowed);
+    CHECK(r.addr == nullptr);
+    // None of it left a region behind, and the connection serves on.
+    pagerd_status s{};
+    REQUIRE(pagerd_status_get(conn, &s) == 0);
+    CHECK(s.regions == 0);
+    CHECK(pagerd_ping(conn) == 0);
+    CHECK(pagerd_disconnect(conn) == 0);
+}
+
+TEST_CASE("pagerd_map_store with a daemon that has no stores fails before asking it", "[capi][store]")
+{
+    TempDir dir;
+    // The stand-in's WELCOME lacks STORES (and CACHE): the library refuses by itself.
+    namespace proto = pagerd::proto;
+    FakeDaemon fake(dir.file("files-only.sock"), [](const proto::Message& m) {
+        return FakeDaemon::reply(m.request_id, proto::ErrorReply{proto::ErrorCode::UNKNOWN_TYPE, "unknown message type"});
+    });
+    REQUIRE(fake.listening());
+    pagerd_conn* conn = nullptr;
+    REQUIRE(pagerd_connect(dir.file("files-only.sock").c_str(), &conn) == 0);
+    pagerd_region r{};
+    check_failed("files-only daemon", pagerd_map_store(conn, "zero:1M", 0, 4096, PAGERD_READ_ONLY, PAGERD_TRACK_AUTO,
+                                                       PAGERD_PREFETCH_SEQUENTIAL, &r),
+                 EIO, PAGERD_ERROR_DAEMON, PAGERD_DAEMON_CAPABILITY, "STORES");
+    CHECK(r.addr == nullptr);
+    CHECK(fake.requests() == 0);
+    CHECK(pagerd_disconnect(conn) == 0);
+}

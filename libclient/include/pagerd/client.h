@@ -66,6 +66,19 @@ enum pagerd_prefetch {
 /* Like pagerd_map_fd_tracked, with a prefetch policy. */
 int pagerd_map_fd_prefetch(pagerd_conn* conn, int fd, uint64_t offset, uint64_t length, int access,
                            int tracking, int prefetch, pagerd_region* out);
+/* A region of a store the daemon reaches itself (daemon capability STORES), named by URI:
+ * "nbd://host[:port]/export", "nbd+unix:///export?socket=PATH" (nbds://, nbds+unix://:
+ * TLS), which the daemon's --allow-store must allow, or "zero:SIZE" (demand-zero memory;
+ * SIZE in bytes or with K, M, G, T, e.g. "zero:1G"). offset and length as for
+ * pagerd_map_fd_prefetch; length must not be zero (the daemon checks the range against the
+ * store's size: PAGERD_DAEMON_PAST_EOF). tracking: PAGERD_TRACK_AUTO or
+ * PAGERD_TRACK_UFFD_WP (a store's PAGERD_SHARED region is tracked with uffd-wp only).
+ * Needs the daemon's page cache. The first map of an export waits until the daemon has
+ * connected to it (PAGERD_DAEMON_TIMEOUT or _IO_ERROR when it cannot); a URI the daemon
+ * does not know or does not allow is PAGERD_DAEMON_BAD_DESCRIPTOR (EBADF); a daemon
+ * without stores PAGERD_DAEMON_CAPABILITY (EIO). Unmap with pagerd_unmap. */
+int pagerd_map_store(pagerd_conn* conn, const char* uri, uint64_t offset, uint64_t length, int access,
+                     int tracking, int prefetch, pagerd_region* out);
 /* Loads [addr, addr + length) of the connection's regions in the background; with wait
  * non-zero, returns once every page of it is loaded. */
 int pagerd_prefetch(pagerd_conn* conn, const void* addr, uint64_t length, int wait);
