@@ -264,6 +264,20 @@ void* umap(void* addr, size_t length, int prot, int flags, int fd, off_t offset)
         if (fixed && (!addr || reinterpret_cast<std::uintptr_t>(addr) % page))
             return fail_ptr(EINVAL, "umap: UMAP_FIXED needs a page-aligned, non-null addr");
 
+        // fd -1: anonymous memory, the daemon's zero store (demand-zero pages in its cache;
+        // a writable region's written pages are this process's own, as MAP_ANONYMOUS).
+        if (fd == -1) {
+            if (offset != 0) return fail_ptr(EINVAL, "umap: anonymous memory (fd -1) takes offset 0");
+            Connection* c = connection(true);
+            if (!c) return UMAP_FAILED;
+            MapOptions o;
+            o.length = rounded;
+            o.access = writable ? Access::PrivateWritable : Access::ReadOnly;
+            o.addr = fixed ? addr : nullptr;
+            auto r = c->map_store("zero:" + std::to_string(rounded), o);
+            if (!r) return fail_ptr(to_errno(r.error()), "umap: " + r.error().message);
+            return r->addr;
+        }
         // As mmap(2): the descriptor must be readable, and writable too for a writable region.
         const int fl = ::fcntl(fd, F_GETFL);
         if (fl < 0) return fail_ptr(EBADF, "umap: fd " + std::to_string(fd) + " is not an open descriptor");

@@ -126,6 +126,32 @@ TEST_CASE("umap PROT_READ: the region holds the file's bytes", "[umap][read]")
     CHECK(difference(read_file(dir.file("data")), expect) == "");
 }
 
+TEST_CASE("umap with fd -1: anonymous memory from the daemon's zero store", "[umap][anonymous]")
+{
+    Daemon daemon({"--memory-max=8MiB"});
+    in_child(daemon, [&] {
+        // Larger than the daemon's page-cache budget: clean pages are evicted and read as
+        // zeros again; written pages are this process's own.
+        const std::uint64_t size = 32ull << 20;
+        auto* p = static_cast<std::uint8_t*>(umap(nullptr, size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, -1, 0));
+        CHILD_REQUIRE(p != UMAP_FAILED);
+        for (std::uint64_t i = 0; i < size; i += k_page) CHILD_REQUIRE(p[i] == 0 && p[i + k_page - 1] == 0);
+        for (std::uint64_t i = 0; i < size; i += 2 * k_page) p[i] = written_byte(i);
+        for (std::uint64_t i = 0; i < size; i += k_page)
+            CHILD_REQUIRE(p[i] == (i % (2 * k_page) == 0 ? written_byte(i) : 0));
+        auto* q = static_cast<const std::uint8_t*>(umap(nullptr, 5000, PROT_READ, UMAP_PRIVATE, -1, 0));
+        CHILD_REQUIRE(q != UMAP_FAILED);
+        for (std::uint64_t i = 0; i < 5000; ++i) CHILD_REQUIRE(q[i] == 0);
+        errno = 0;
+        CHILD_REQUIRE(umap(nullptr, 4096, PROT_READ, UMAP_PRIVATE, -1, 4096) == UMAP_FAILED && errno == EINVAL);
+        CHILD_REQUIRE(umap_flush() == 0);
+        CHILD_REQUIRE(uunmap(const_cast<std::uint8_t*>(q), 5000) == 0);
+        CHILD_REQUIRE(uunmap(p, size) == 0);
+        return 0;
+    });
+    CHECK(daemon.status().cache_evictions > 0);
+}
+
 TEST_CASE("umap PROT_READ|PROT_WRITE: writes reach the file on umap_flush", "[umap][write]")
 {
     TempDir dir;
