@@ -57,6 +57,9 @@ std::vector<std::uint32_t> sequential_pages(std::uint64_t pages);
 // `count` distinct page indices below `pages`, drawn by a fixed-seed PRNG (same every run).
 std::vector<std::uint32_t> random_pages(std::uint64_t pages, std::uint64_t count);
 
+// The byte touched in page p: it moves with p so that the checksum covers more than byte 0.
+inline std::uint64_t touch_offset(std::uint32_t p) { return std::uint64_t{p} * k_page + (p * 97u) % k_page; }
+
 struct Measure {
     double seconds = 0;          // wall time of the touches only (not map / unmap)
     std::uint64_t checksum = 0;  // sum of every touched byte
@@ -293,6 +296,93 @@ struct SecondCopyRun {
 
 SecondCopyRun run_second_copy(const SecondCopySetup& s);
 
+// ---- nbd.cpp: an NBD export through pagerd against nbdcopy and libnbd (--cases nbd) ------
+
+// Figures of one pagerd side of an NBD case (the median run's), from the daemon.
+struct NbdSide {
+    std::vector<std::string> daemon_args;  // the pagerd's options beyond --socket and --allow-store
+    double map_seconds = -1;               // map_store alone (its first map connects the store)
+    bool have_store = false;               // `store`: Connection::stores() before the unmap
+    libclient::StoreInfo store;            // of a fresh daemon: this side's reads only
+    double inflight_little = -1;           // reads x average latency / wall time (Little's law)
+    double inflight_mean = -1;             // sampled every 5 ms (StoreInfo::inflight, requests)
+    std::uint32_t inflight_max = 0;
+    std::uint32_t connections_max = 0;     // sampled: connections open at once
+    unsigned samples = 0;
+    bool have_region = false;              // the region's figures (Connection::regions())
+    std::uint64_t faults = 0, p50_ns = 0, p99_ns = 0;
+    double daemon_cpu = -1;                // utime+stime of the daemon, map to last touch
+    double busiest_cpu = -1;               // of its busiest thread
+    std::string busiest;                   // that thread's name
+    double server_cpu = -1;                // nbdkit's utime+stime over the side
+};
+
+// One row of the NBD table: a pagerd side against a baseline measured in the same run.
+struct NbdCase {
+    std::string num;       // "1", "2" (targets), "x1".. (more pagerd sides), "s1".. (sequential sweep)
+    std::string id;        // unique, for --json
+    std::string name;      // the pagerd side
+    std::string baseline;  // short name of the baseline
+    std::string title;     // the case in words
+    bool target_case = false;
+    double target = -1;    // ratio pagerd / baseline of throughput to reach
+    bool random = false;
+    unsigned threads = 1;
+    std::string prefetch;  // the pagerd side's policy
+    std::uint64_t pages = 0;
+    double base_seconds = -1, pagerd_seconds = -1;  // medians over --repeat
+    double base_cpu = -1;         // the baseline's own CPU time (nbdcopy's; the libnbd reader's)
+    double base_server_cpu = -1;  // nbdkit's over the baseline
+    NbdSide side;
+    std::string failure, skipped;
+    std::vector<std::string> notes;
+
+    bool ran() const { return base_seconds > 0 && pagerd_seconds > 0 && pages > 0; }
+    double ratio() const { return ran() ? base_seconds / pagerd_seconds : -1; }
+    bool met() const { return ran() && target > 0 && ratio() >= target; }
+};
+
+struct NbdSetup {
+    int fd = -1;              // the file the export serves (also read to check the bytes)
+    std::uint64_t bytes = 0;  // whole pages
+    std::string path;         // its name for nbdkit; empty: an unlinked temporary (copied to a named file)
+    std::string tmpdir;       // where that copy goes
+    std::string pagerd;       // executable (empty: find_pagerd)
+    std::vector<std::string> daemon_args;  // --daemon-arg, before every side's own options
+    std::string delay = "1ms";             // nbdkit-delay-filter delay-read=
+    std::vector<std::uint32_t> random;     // pages of the random cases
+    unsigned random_threads = 8;
+    std::vector<std::vector<std::string>> sweep;  // pagerd options of each sequential sweep row
+    std::vector<std::pair<unsigned, unsigned>> nbdcopy_depths;  // nbdcopy --connections, --requests
+    unsigned repeat = 1;
+    bool progress = false;
+    std::function<void(const std::string&)> error;  // reports an error (exit status 1)
+};
+
+// nbdcopy with fewer connections or requests in flight than its defaults.
+struct NbdCopyRow {
+    unsigned connections = 0, requests = 0;
+    std::uint64_t pages = 0;
+    double seconds = -1, cpu = -1, server_cpu = -1;  // medians
+};
+
+struct NbdRun {
+    std::vector<NbdCase> cases;
+    std::vector<NbdCopyRow> copies;
+    std::string server;      // the nbdkit command line
+    std::string nbdcopy;     // the baseline's command line
+    std::string export_file; // what the export serves
+    std::string libnbd;      // libnbd's version
+    std::string load;        // /proc/loadavg when the group started
+    double seconds = -1;     // wall time of the whole group
+};
+
+// nbdkit (with its delay filter) and nbdcopy on $PATH; else what to install.
+Result<void> nbd_tools_present();
+NbdRun run_nbd_cases(const NbdSetup& s);
+// Async-signal-safe: removes the named copy of the file the export serves, if any.
+void nbd_emergency_cleanup() noexcept;
+
 // ---- report.cpp: the table and the JSON object ------------------------------------------
 
 // One read case: a pagerd side against a baseline, measured back to back on the same file.
@@ -363,6 +453,8 @@ struct RunInfo {
     std::vector<WriteCase> write_cases;
     std::vector<FlushCase> flush_cases;
     CacheRun cache;  // --cases cache
+    bool nbd = false;  // --cases nbd
+    NbdRun nbd_run;
     bool second_copy = false;  // --cases second-copy
     SecondCopyRun second;
 };
@@ -414,6 +506,10 @@ void print_write_json(const RunInfo& info);  // prints ,"write_cases":[...],"flu
 // report_second_copy.cpp: the second-copy table, and its JSON member.
 void print_second_copy_tables(const RunInfo& info);
 void print_second_copy_json(const RunInfo& info);  // prints ,"second_copy":{...}
+
+// report_nbd.cpp: the NBD table, and its JSON member.
+void print_nbd_tables(const RunInfo& info);
+void print_nbd_json(const RunInfo& info);  // prints ,"nbd_cases":[...],...
 
 // report_cache.cpp: the cache table, and its JSON member.
 void print_cache_tables(const RunInfo& info);

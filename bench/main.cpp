@@ -35,6 +35,12 @@ struct Options {
     std::vector<std::string> cases = {"read", "extra", "write", "flush"};
     std::uint64_t write_pages = 16384;
     std::uint64_t zipf_reads = 200000;
+    std::uint64_t nbd_random_pages = 4000;
+    std::string nbd_delay = "1ms";
+    unsigned nbd_threads = 8;
+    std::vector<unsigned> nbd_connections = {1, 2, 4};
+    std::vector<std::uint64_t> nbd_readahead = {4ull << 20, 16ull << 20, 64ull << 20};
+    std::vector<std::string> nbd_nbdcopy = {"1x4", "1x16", "1x64"};
 };
 
 // One read case: the pagerd side and its baseline.
@@ -214,6 +220,43 @@ pattern and state, the process's CPU time per GiB (io_uring's workers included),
 MiB of the file in the kernel's page cache (mincore) before and after. The rows'
 checksums must agree.
 
+NBD cases (--cases nbd; not in the default set: about 45 s with the 1 GiB file): an NBD
+export of the file, served by nbdkit on a Unix socket, read-only, with nbdkit-delay-filter
+delay-read=--nbd-delay (default 1ms: every read request waits that long in the server; the
+file itself stays in the kernel's page cache, read by nbdkit), read through pagerd against
+plain NBD clients measured in the same run:
+  case  pagerd side                              baseline                         target
+  1     seq-1t: the whole export, 1 thread,      nbdcopy URI null: (its defaults:  >= 0.8x
+        Prefetch::Sequential, pagerd's defaults  4 connections x 64 requests of
+                                                 256 KiB), fork to exit
+  2     rand-8t-none: --nbd-random-pages pages   libnbd nbd_pread of 4 KiB, one    >= 6.0x
+        (default 4000, fixed seed), --nbd-threads request in flight, one connection
+        threads (default 8), Prefetch::None
+  x1    case 2 with Prefetch::Sequential         the same                          -
+  x2    case 2 with 1 thread                     the same                          -
+  x3    case 1 through map_fd of the export's    nbdcopy (case 1's)                -
+        own file: the daemon's path without NBD
+  s*    case 1 with --store-connections C and    nbdcopy (case 1's)                -
+        --readahead-max R, every C of --nbd-connections (default 1,2,4) with every R of
+        --nbd-readahead (default 4MiB,16MiB,64MiB)
+Every pagerd side starts a pagerd of its own (--daemon-arg options, --allow-store for the
+server's URI, then the side's options; default workers): its cache is cold, and the bytes
+the daemon read from the export (Connection::stores()) must cover every page touched. The
+whole export is mapped with Connection::map_store, Access::ReadOnly; one byte per 4 KiB page
+is touched as in the read cases. Clock: case 1 and s*: map_store (its first map connects to
+the export) + touches, as nbdcopy's includes its connections; random cases: the touches, and
+the libnbd loop after its connection. Checks: sequential: the whole mapping compared with
+the file; random: every page touched, through pagerd and through libnbd, compared with the
+file, and their sums of touched bytes equal. nbdcopy with fewer connections and requests
+(--nbd-nbdcopy, default 1x4,1x16,1x64) runs too, for the depth pagerd keeps. Figures per
+pagerd side, from its daemon: NBD reads, their average size and latency, connections open
+(sampled), requests in flight (Little's law: reads x average latency / wall time, and
+sampled every 5 ms), the CPU of the daemon, of its busiest thread, and of nbdkit over the
+side; for the sequential sides, the busiest thread's CPU seconds per GiB. With --repeat:
+medians (the baselines run once per repetition). Needs nbdkit (with its delay filter) and
+nbdcopy (libnbd-bin) on $PATH. Without --file, the export serves a named copy of the
+temporary file in --tmpdir, removed at the end.
+
 Daemon: without --socket, pagerd-bench starts its own pagerd on a temporary socket (from
 --pagerd, else ../daemon/pagerd next to pagerd-bench as in the build tree, else pagerd next
 to it, else pagerd on $PATH), waits up to 5 s for it to accept, and stops it with SIGTERM
@@ -223,10 +266,14 @@ volatile sig_atomic_t g_stop_signal = 0;  // set when stopping on SIGINT / SIGTE
 
 void on_sigbus(int)
 {
-    if (g_stop_signal) ::raise(g_stop_signal);  // the daemon was stopped by on_stop: die of that signal
+    if (g_stop_signal) {  // the daemon was stopped by on_stop: die of that signal, after its cleanup
+        nbd_emergency_cleanup();  // on_stop may not have reached it yet
+        ::raise(g_stop_signal);
+    }
     static const char msg[] = "pagerd-bench: SIGBUS while touching a mapping (did pagerd stop?)\n";
     [[maybe_unused]] const ssize_t w = ::write(STDERR_FILENO, msg, sizeof msg - 1);
     daemon_emergency_cleanup();
+    nbd_emergency_cleanup();
     ::_exit(1);
 }
 
@@ -235,6 +282,7 @@ void on_stop(int sig)
     ::signal(sig, SIG_DFL);
     g_stop_signal = sig;
     daemon_emergency_cleanup();
+    nbd_emergency_cleanup();
     ::raise(sig);
 }
 
@@ -305,8 +353,9 @@ int run(const Options& o)
     info.flushes = wanted("flush");
     info.caches = wanted("cache");
     info.second_copy = wanted("second-copy");
+    info.nbd = wanted("nbd");
     const bool any_reads = info.reads || info.extras;
-    const bool read_file = any_reads || info.caches || info.second_copy;  // the file of --size (or --file) is read
+    const bool read_file = any_reads || info.caches || info.second_copy || info.nbd;  // the file of --size (or --file) is read
     const bool main_daemon = any_reads || info.writes || info.flushes;  // the cache cases start their own
     const std::uint64_t write_bytes = o.write_pages * k_page;
 
@@ -322,6 +371,10 @@ int run(const Options& o)
         if (::access(dir.c_str(), W_OK) != 0) return fail("--plot: cannot write into " + dir);
     }
 
+    if (info.nbd) {
+        if (auto t = nbd_tools_present(); !t) return fail(t.error().message);
+    }
+
     if (progress && o.file.empty()) std::fprintf(stderr, "creating the file...\n");
     auto file = o.file.empty() ? create_temp_file(o.tmpdir, read_file ? o.size : write_bytes) : open_file(o.file);
     if (!file) return fail(file.error().message);
@@ -333,7 +386,8 @@ int run(const Options& o)
     const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
     info.threads = o.threads ? o.threads : static_cast<unsigned>(std::max(1L, cpus));
 
-    const ColdProbe cold = read_file ? probe_cold(fd, bytes) : ColdProbe{};
+    // The NBD cases need no cold page cache (nbdkit reads the file hot): no drop for them alone.
+    const ColdProbe cold = read_file && (any_reads || info.caches || info.second_copy) ? probe_cold(fd, bytes) : ColdProbe{};
     info.cold_possible = cold.possible;
     info.cold_note = cold.note;
 
@@ -384,11 +438,37 @@ int run(const Options& o)
         info.second = run_second_copy(ss);
     }
 
+    if (info.nbd) {  // a fresh daemon of its own for every pagerd side
+        NbdSetup ns;
+        ns.fd = fd;
+        ns.bytes = bytes;
+        ns.path = file->temporary ? "" : file->path;
+        ns.tmpdir = o.tmpdir;
+        ns.pagerd = o.pagerd;
+        ns.daemon_args = o.daemon_args;
+        ns.delay = o.nbd_delay;
+        ns.random = random_pages(bytes / k_page, o.nbd_random_pages);
+        ns.random_threads = o.nbd_threads;
+        for (const unsigned c : o.nbd_connections)
+            for (const std::uint64_t ra : o.nbd_readahead)
+                ns.sweep.push_back({"--store-connections=" + std::to_string(c), "--readahead-max=" + std::to_string(ra)});
+        for (const auto& d : o.nbd_nbdcopy) {
+            const std::size_t x = d.find('x');
+            ns.nbdcopy_depths.emplace_back(static_cast<unsigned>(std::stoul(d.substr(0, x))),
+                                           static_cast<unsigned>(std::stoul(d.substr(x + 1))));
+        }
+        ns.repeat = o.repeat;
+        ns.progress = progress;
+        ns.error = error;
+        info.nbd_run = run_nbd_cases(ns);
+    }
+
     std::unique_ptr<Daemon> daemon;
     std::unique_ptr<libclient::Connection> connection;
     std::string socket = o.socket;
     if (!main_daemon) {
         info.daemon = info.caches ? "none for the whole run (each group of cache cases starts its own, below)"
+                      : info.nbd  ? "none for the whole run (every pagerd side of the NBD cases starts its own, below)"
                                   : "none (the second-copy cases read the file in pagerd-bench itself)";
     } else if (socket.empty()) {
         auto started = Daemon::start(o.pagerd, o.daemon_args);
@@ -630,9 +710,37 @@ int main(int argc, char** argv)
                    "throughput), cache (the daemon's page cache against the kernel's: memory cgroups, "
                    "shared readers; about 75 s, so not in the default), second-copy (loads that leave no "
                    "second copy in the kernel's page cache: O_DIRECT, RWF_DONTCACHE, fadvise; about 4 min, "
-                   "not in the default) (default read,extra,write,flush)")
+                   "not in the default), nbd (an NBD export with a delay per read through pagerd against nbdcopy and "
+                   "synchronous libnbd reads; about 45 s, not in the default) (default read,extra,write,flush)")
         ->delimiter(',')
-        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache", "second-copy"}));
+        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache", "second-copy", "nbd"}));
+    app.add_option("--nbd-random-pages", o.nbd_random_pages,
+                   "Distinct 4 KiB pages read by the NBD random cases (default 4000)")
+        ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 24));
+    app.add_option("--nbd-delay", o.nbd_delay,
+                   "Delay of every read request of the NBD export: nbdkit-delay-filter's delay-read, SECS or NNms "
+                   "(default 1ms)");
+    app.add_option("--nbd-threads", o.nbd_threads, "Threads of NBD case 2 (default 8)")->check(CLI::Range(1u, 256u));
+    app.add_option("--nbd-connections", o.nbd_connections,
+                   "--store-connections values of the NBD sequential sweep, comma-separated (default 1,2,4)")
+        ->delimiter(',')
+        ->check(CLI::Range(1u, 64u));
+    app.add_option("--nbd-readahead", o.nbd_readahead,
+                   "--readahead-max values of the NBD sequential sweep, comma-separated, e.g. 4MiB,16MiB "
+                   "(default 4MiB,16MiB,64MiB)")
+        ->delimiter(',')
+        ->transform(CLI::AsSizeValue(false));
+    app.add_option("--nbd-nbdcopy", o.nbd_nbdcopy,
+                   "nbdcopy runs with fewer connections or requests in flight, CxR comma-separated, e.g. 1x16 "
+                   "(--connections=1 --requests=16) (default 1x4,1x16,1x64)")
+        ->delimiter(',')
+        ->check([](const std::string& v) -> std::string {
+            const std::size_t x = v.find('x');
+            const bool ok = v.size() <= 12 && x != std::string::npos && x > 0 && x + 1 < v.size() &&
+                            v.find_first_not_of("0123456789x") == std::string::npos && v.find('x', x + 1) == std::string::npos &&
+                            std::stoul(v.substr(0, x)) > 0 && std::stoul(v.substr(x + 1)) > 0;
+            return ok ? "" : "must be CONNECTIONSxREQUESTS, e.g. 1x16";
+        });
     app.add_option("--zipf-reads", o.zipf_reads, "4 KiB reads of cache case 2 (Zipf 0.99) (default 200000)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
     app.add_option("--write-pages", o.write_pages,

@@ -226,7 +226,7 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
     const bool any_reads = info.reads || info.extras;
     const std::string threads = info.threads == 1 ? "1" : "1 and " + std::to_string(info.threads);
     const std::string random = any_reads ? "; random cases touch " + std::to_string(info.random_pages) + " pages" : "";
-    if (any_reads || info.writes || info.flushes || info.caches)  // second-copy tells its own runs
+    if (any_reads || info.writes || info.flushes || info.caches || info.nbd)  // second-copy tells its own runs
         std::printf("threads: %s%s; figures are the median of %u run%s\n", threads.c_str(), random.c_str(),
                     info.repeat, info.repeat == 1 ? "" : "s");
     if (any_reads) {
@@ -239,6 +239,7 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
     print_second_copy_tables(info);
     print_write_tables(info);
     print_cache_tables(info);
+    print_nbd_tables(info);
 
     if (info.have_status) {
         const auto& s = info.status;
@@ -311,6 +312,7 @@ void print_json(const RunInfo& info, const std::vector<CaseResult>& cases)
     std::printf("]");
     print_write_json(info);
     print_cache_json(info);
+    print_nbd_json(info);
     print_second_copy_json(info);
     std::printf(",\"daemon\":{\"description\":%s,\"pid\":%s,\"peak_rss_kib\":%s,\"rss_kib\":%s,\"status\":",
                 json_string(info.daemon).c_str(), info.daemon_pid > 0 ? std::to_string(info.daemon_pid).c_str() : "null",

@@ -13,13 +13,6 @@
 #include "bench.hpp"
 
 namespace pagerd::bench {
-namespace {
-
-// The byte touched in page p: it moves with p so that the checksum covers more than byte 0.
-std::uint64_t touch_offset(std::uint32_t p) { return std::uint64_t{p} * k_page + (p * 97u) % k_page; }
-
-}  // namespace
-
 Measure touch(const void* addr, const std::vector<std::uint32_t>& pages, unsigned threads)
 {
     const auto* base = static_cast<const volatile unsigned char*>(addr);
