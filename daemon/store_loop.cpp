@@ -70,7 +70,7 @@ void Worker::tick_channels(Clock::time_point now, bool close_unused)
             use.channel->shutdown();
             use.shut = true;
         }
-        return use.shut && use.channel->idle();
+        return use.shut && use.channel->closed();
     };
     for (auto it = m_channels.begin(); it != m_channels.end();) it = visit(it->second) ? m_channels.erase(it) : std::next(it);
     for (auto it = m_closing_channels.begin(); it != m_closing_channels.end();)

@@ -94,8 +94,9 @@ struct Conn {
 
 class NbdChannel final : public Channel {
 public:
-    NbdChannel(std::shared_ptr<NbdStore> store, Loop& loop)
-        : m_store(std::move(store)), m_loop(loop), m_conns(std::max(1u, m_store->options().connections))
+    // The worker keeps the store alive as long as the channel (Worker::ChannelUse).
+    NbdChannel(NbdStore& store, Loop& loop)
+        : m_store(&store), m_loop(loop), m_conns(std::max(1u, m_store->options().connections))
     {
         for (auto& c : m_conns) {
             c.ch = this;
@@ -160,12 +161,13 @@ public:
         after();
     }
 
-    bool idle() const override
+    bool idle() const override { return m_live.empty(); }
+
+    bool closed() const override
     {
-        if (!m_live.empty()) return false;
-        return std::all_of(m_conns.begin(), m_conns.end(), [](const Conn& c) {
-            return !c.rw.armed && !c.ww.armed && c.state != Conn::State::Connecting;
-        });
+        return m_live.empty() && std::all_of(m_conns.begin(), m_conns.end(), [](const Conn& c) {
+                   return !c.rw.armed && !c.ww.armed && c.state != Conn::State::Connecting;
+               });
     }
 
     void shutdown() override
@@ -383,7 +385,7 @@ private:
         c.backoff = std::min<Clock::duration>(c.backoff * 2, std::chrono::seconds(2));
     }
 
-    std::shared_ptr<NbdStore> m_store;
+    NbdStore* m_store;
     Loop& m_loop;
     std::vector<Conn> m_conns;
     std::list<std::shared_ptr<Request>> m_live;
@@ -397,9 +399,9 @@ void Conn::PollWatch::ready(int revents) { conn->ch->on_poll(*conn, write, reven
 
 }  // namespace
 
-std::unique_ptr<Channel> make_nbd_channel(std::shared_ptr<NbdStore> store, Loop& loop)
+std::unique_ptr<Channel> make_nbd_channel(NbdStore& store, Loop& loop)
 {
-    return std::make_unique<NbdChannel>(std::move(store), loop);
+    return std::make_unique<NbdChannel>(store, loop);
 }
 
 }  // namespace pagerd::daemon::store

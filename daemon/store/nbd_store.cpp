@@ -15,7 +15,7 @@
 
 namespace pagerd::daemon::store {
 
-std::unique_ptr<Channel> make_nbd_channel(std::shared_ptr<NbdStore> store, Loop& loop);  // nbd_channel.cpp
+std::unique_ptr<Channel> make_nbd_channel(NbdStore& store, Loop& loop);  // nbd_channel.cpp
 
 nbd_handle* nbd_connect(const std::string& uri, std::string& why)
 {
@@ -199,6 +199,6 @@ std::shared_ptr<Store> NbdStore::reopen_for_writing(std::string& why) const
     return std::const_pointer_cast<NbdStore>(shared_from_this());
 }
 
-std::unique_ptr<Channel> NbdStore::open_channel(Loop& loop) { return make_nbd_channel(shared_from_this(), loop); }
+std::unique_ptr<Channel> NbdStore::open_channel(Loop& loop) { return make_nbd_channel(*this, loop); }
 
 }  // namespace pagerd::daemon::store

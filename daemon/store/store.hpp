@@ -81,10 +81,12 @@ public:
     virtual void read(void* buf, unsigned len, std::uint64_t off, void* token) = 0;
     // Deadlines, reconnections, connections made meanwhile (at least every 200 ms).
     virtual void tick(Clock::time_point now) = 0;
-    // Nothing in flight and no poll armed: the channel may be destroyed now. shutdown()
-    // starts closing its connections (no read may follow).
+    // No read in flight or waiting.
     virtual bool idle() const = 0;
+    // Starts closing its connections (no read may follow); closed() once no poll is armed
+    // and no connection is being made: the channel may be destroyed then.
     virtual void shutdown() = 0;
+    virtual bool closed() const = 0;
 };
 
 class Store {
@@ -121,7 +123,8 @@ public:
     virtual void loaded(std::uint64_t off, std::uint64_t len) = 0;
 
     // A remote store: this worker's channel, through which it reads instead of
-    // read_now() and prep_read() (null: a local store, read through the ring).
+    // read_now() and prep_read() (null: a local store, read through the ring). The caller
+    // keeps the store alive while the channel lives; the channel holds no reference.
     virtual std::unique_ptr<Channel> open_channel(Loop&) { return nullptr; }
     // False: write-back calls write() rather than prep_write().
     virtual bool ring_writes() const { return true; }

@@ -34,3 +34,33 @@ TEST_CASE("reads are split at the largest request the server takes", "[nbd]")
     CHECK(d.status().sigbus_faults == 0);
     CHECK(conn->unmap(*r));
 }
+
+TEST_CASE("an export nobody maps any more has its connections closed", "[nbd]")
+{
+    TempDir dir;
+    const std::uint64_t size = 8ull << 20;
+    make_file(dir.file("data"), size, 6);
+    Nbdkit server("file", {dir.file("data")});
+    Daemon d({"--allow-store=" + server.allow_prefix(), "--store-connections=3"});
+    auto conn = d.connect();
+    const std::size_t before = d.fd_count();
+    for (int round = 0; round < 3; ++round) {
+        libclient::MapOptions o;
+        o.length = size;
+        auto r = conn->map_store(server.uri(), o);
+        REQUIRE(r);
+        const auto* p = static_cast<const std::uint8_t*>(r->addr);
+        std::uint64_t bad = 0;
+        for (std::uint64_t i = 0; i < size; i += 4096) bad += p[i] != pattern_byte(i, 6);
+        CHECK(bad == 0);
+        auto stores = conn->stores();
+        REQUIRE(stores);
+        REQUIRE(stores->size() == 1);
+        CHECK(stores->at(0).connections >= 1);
+        CHECK(stores->at(0).connections <= 3 * d.status().workers);
+        CHECK(d.fd_count() > before);  // the connections (and the cache)
+        CHECK(conn->unmap(*r));
+        // Every connection of the export closes once its last region is gone.
+        CHECK(d.wait_fds_at_most(before));
+    }
+}
