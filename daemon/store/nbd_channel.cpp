@@ -30,7 +30,7 @@ struct Request {
     bool lost = false;         // this try's connection died: a retry is safe
     bool over = false;         // completed to the loop (done, failed or timed out)
     bool queued = false;       // waiting for a ready connection
-    std::vector<std::uint8_t> bounce;
+    bool expired = false;      // past its deadline: fails once its pieces are back
 };
 
 // What libnbd's callbacks hand back: run on the worker, inside nbd_aio_notify_*() or
@@ -128,7 +128,6 @@ public:
             m_loop.complete(token, 0);
             return;
         }
-        r->bounce.resize(r->len);
         m_live.push_back(r);
         issue(r);
         after();
@@ -139,20 +138,22 @@ public:
         for (auto& c : m_conns) {
             if (c.state == Conn::State::Connecting) take_connection(c);
         }
-        for (auto& r : m_live)
-            if (!r->over && now >= r->deadline) {
-                r->over = true;
-                // A connection that let a read wait this long is not trusted any more:
-                // closing it frees what it holds, and its other reads go to a new one.
-                if (auto it = m_issued_on.find(r.get()); it != m_issued_on.end() && it->second->h &&
-                                                          it->second->state == Conn::State::Ready)
-                    close(*it->second);
-                m_store->stats().timeouts.fetch_add(1, std::memory_order_relaxed);
-                m_store->stats().read_errors.fetch_add(1, std::memory_order_relaxed);
-                spdlog::warn("store {}: a read of {} bytes at {} took longer than {} ms", m_store->uri(), r->len,
-                             r->off, m_store->options().timeout.count());
-                m_loop.complete(r->token, -ETIMEDOUT);
+        for (auto& r : m_live) {
+            if (r->over || r->expired || now < r->deadline) continue;
+            r->expired = true;
+            spdlog::warn("store {}: a read of {} bytes at {} took longer than {} ms", m_store->uri(), r->len, r->off,
+                         m_store->options().timeout.count());
+            if (r->parts == 0) {  // waiting for a connection: nothing of it is out
+                time_out(*r);
+                continue;
             }
+            // Its pieces are reading into the caller's buffer: it fails once libnbd lets go
+            // of them. A connection that let a read wait this long is not trusted any more:
+            // closing it gives them back at once (and its other reads go to a new one).
+            if (auto it = m_issued_on.find(r.get()); it != m_issued_on.end() && it->second->h &&
+                                                      it->second->state == Conn::State::Ready)
+                close(*it->second);
+        }
         // Queued reads wait for a connection: make the missing ones (after a pause if the
         // last attempt failed).
         if (std::any_of(m_live.begin(), m_live.end(), [](const auto& r) { return r->queued && !r->over; }))
@@ -209,14 +210,13 @@ private:
 
     void issue(const std::shared_ptr<Request>& r)
     {
+        // Every connection the channel may have is made once reads come (each on a thread
+        // of its own): read-ahead and several faulting threads keep them all busy.
+        for (auto& k : m_conns)
+            if (k.state == Conn::State::Idle && Clock::now() >= k.retry_at) connect(k);
         Conn* c = pick();
         if (!c) {
             r->queued = true;
-            for (auto& k : m_conns)
-                if (k.state == Conn::State::Idle && Clock::now() >= k.retry_at) {
-                    connect(k);
-                    break;
-                }
             return;
         }
         r->queued = false;
@@ -234,7 +234,7 @@ private:
             // Refused at once (the connection is no longer ready): libnbd called free,
             // which recorded the part as lost; the rest is not sent, and the connection
             // goes (else the retry would pick it again).
-            if (::nbd_aio_pread(c->h, r->bounce.data() + at, n, r->off + at, cb, 0) == -1) {
+            if (::nbd_aio_pread(c->h, r->dest + at, n, r->off + at, cb, 0) == -1) {
                 spdlog::warn("store {}: a read was refused: {}", m_store->uri(), ::nbd_get_error());
                 m_issued_on[r.get()] = c;
                 close(*c);
@@ -266,9 +266,9 @@ private:
         }
         if (r->parts && --r->parts) return;
         m_issued_on.erase(r.get());
-        if (r->over) return;  // timed out meanwhile: its bytes go nowhere
+        if (r->over) return;
+        if (r->expired) return time_out(*r);
         if (!r->error) {
-            std::memcpy(r->dest, r->bounce.data(), r->len);
             r->over = true;
             const auto ns = static_cast<std::uint64_t>(
                 std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - r->t0).count());
@@ -291,6 +291,14 @@ private:
         spdlog::warn("store {}: reading {} bytes at {} failed: {}", m_store->uri(), r->len, r->off,
                      std::strerror(r->error));
         m_loop.complete(r->token, -(r->error == ENOTCONN ? EIO : r->error));
+    }
+
+    void time_out(Request& r)
+    {
+        r.over = true;
+        m_store->stats().timeouts.fetch_add(1, std::memory_order_relaxed);
+        m_store->stats().read_errors.fetch_add(1, std::memory_order_relaxed);
+        m_loop.complete(r.token, -ETIMEDOUT);
     }
 
     void arm(Conn& c)

@@ -7,8 +7,9 @@
 // requests split at the server's maximum. A read the server fails is retried once; a read
 // on a connection that died is retried on a new one; a read not done within the deadline
 // (--store-timeout-ms) fails with ETIMEDOUT, and the faulting threads get SIGBUS. Reads
-// land in a buffer of their own and are copied out only when they succeed, so a read that
-// timed out can never write into a buffer that has been handed to another load.
+// land in the worker's staging buffer directly; a read past its deadline is failed only
+// once libnbd has let go of it (its connection is closed for that), so no read can ever
+// write into a buffer that has been handed to another load.
 //
 // Writes (write-back of Shared regions, on a writer thread): one connection of the
 // store's, libnbd's synchronous API (NBD WRITE), and FLUSH for durability when the server
