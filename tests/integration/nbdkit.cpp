@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -103,6 +104,15 @@ std::string Nbdkit::uri_with(const std::string& scheme, const std::string& user,
         return scheme + "://" + user + "/" + export_name + "?socket=" + m_dir.file("nbd.sock") + query;
     return scheme + "://" + user + "127.0.0.1:" + std::to_string(m_port) + "/" + export_name + query;
 }
+
+bool Nbdkit::alive() const
+{
+    if (m_pid <= 0) return false;
+    siginfo_t si{};  // ended (and left to reap by kill_hard()), or not
+    return ::waitid(P_PID, static_cast<id_t>(m_pid), &si, WEXITED | WNOHANG | WNOWAIT) == 0 && si.si_pid == 0;
+}
+
+std::string Nbdkit::log() const { return slurp(m_dir.file("nbdkit.log")); }
 
 void Nbdkit::kill_hard()
 {
@@ -398,7 +408,7 @@ StoreClient::StoreClient()
 StoreClient::~StoreClient()
 {
     if (!m_waited) {
-        write_line(m_down, "exit");
+        send("exit");
         (void)wait(std::chrono::seconds(20));
     }
     ::close(m_down);
@@ -407,7 +417,36 @@ StoreClient::~StoreClient()
 
 std::string StoreClient::ask(const std::string& order, std::chrono::milliseconds timeout)
 {
-    if (m_waited || !write_line(m_down, order)) return "";
+    if (!send(order)) return "";
+    return answer(timeout);
+}
+
+bool StoreClient::send(const std::string& order)
+{
+    if (m_waited) return false;
+    // A child that died (SIGBUS, on purpose) leaves a pipe whose write raises SIGPIPE:
+    // blocked for this write, and a SIGPIPE it raised taken back, so that it never reaches
+    // the test process nor what the test starts later.
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    sigset_t pending;
+    sigpending(&pending);
+    const bool was_pending = sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &old);
+    const bool ok = write_line(m_down, order);
+    if (!ok && !was_pending) {
+        const timespec zero{0, 0};
+        while (sigtimedwait(&pipe_only, nullptr, &zero) == -1 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    return ok;
+}
+
+std::string StoreClient::answer(std::chrono::milliseconds timeout)
+{
+    if (m_waited) return "";
     std::string line;
     if (!read_line(m_up, line, static_cast<int>(timeout.count()))) return "timeout";
     return line;

@@ -33,6 +33,8 @@ public:
     // The prefix to pass to pagerd's --allow-store for this server.
     std::string allow_prefix() const { return uri(); }
     pid_t pid() const { return m_pid; }
+    bool alive() const;           // the server process still runs
+    std::string log() const;      // what nbdkit wrote to stdout and stderr
     void kill_hard();  // SIGKILL: the server goes away
     // Starts again on the same socket or port (after kill_hard()).
     void restart();
@@ -112,9 +114,14 @@ public:
     // Sends an order, returns the answer; "" when the child ended first (see wait()),
     // "timeout" when no answer came in time.
     std::string ask(const std::string& order, std::chrono::milliseconds timeout = std::chrono::seconds(60));
+    // The same in two steps, for a parent that acts while the child works on an order.
+    bool send(const std::string& order);
+    std::string answer(std::chrono::milliseconds timeout = std::chrono::seconds(60));
     // How the child ended: its raw wait status (waits up to timeout, then kills it).
     int wait(std::chrono::milliseconds timeout = std::chrono::seconds(10));
     pid_t pid() const { return m_pid; }
+    bool alive() const;           // the server process still runs
+    std::string log() const;      // what nbdkit wrote to stdout and stderr
 
 private:
     int m_down = -1, m_up = -1;  // our ends: orders, answers
