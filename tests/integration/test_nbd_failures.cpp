@@ -447,3 +447,41 @@ TEST_CASE("MAP_STORE of a server that never answers: TIMEOUT after --store-timeo
     silent.reset();
     d.reset();
 }
+
+TEST_CASE("a client that goes away while its first MAP_STORE of an export waits: the daemon carries on", "[nbd][failure][open]")
+{
+    TempDir dir;
+    const std::uint64_t size = 4 * k_mib;
+    make_pattern_file(dir.file("data"), size, 317);
+    make_pattern_file(dir.file("other"), 4 * k_mib, 318);
+    // One server that connects in 1 s, one that never answers.
+    Nbdkit slow("file", {dir.file("data"), "delay-open=1"}, Nbdkit::Transport::Unix, {"delay"});
+    auto silent = std::make_unique<SilentServer>();
+    auto d = std::make_unique<Daemon>(std::vector<std::string>{"--allow-store=" + slow.allow_prefix(),
+                                                              "--allow-store=" + silent->uri(), "--workers", "1",
+                                                              "--store-timeout-ms", "1500"});
+    StoreClient to_slow, to_silent;
+    for (auto* c : {&to_slow, &to_silent}) REQUIRE(c->ask("connect " + d->socket()) == "ok");
+    REQUIRE(to_slow.send(map_order(slow.uri(), 0, size)));
+    REQUIRE(to_silent.send(map_order(silent->uri(), 0, size)));
+    std::this_thread::sleep_for(300ms);  // both MAP_STOREs wait for their servers
+    ::kill(to_slow.pid(), SIGKILL);
+    ::kill(to_silent.pid(), SIGKILL);
+    CHECK(killed_by(to_slow.wait(), SIGKILL));
+    CHECK(killed_by(to_silent.wait(), SIGKILL));
+    // Past both opens' ends (the slow one opened, the silent one timed out): the daemon
+    // serves on, and the slow export maps and reads right for a new client.
+    std::this_thread::sleep_for(1800ms);
+    CHECK(d->alive());
+    file_region_reads_right(*d, dir.file("other"), 4 * k_mib, 318);
+    auto conn = d->connect();
+    const auto r = map_or_fail(*conn, slow.uri(), 0, size);
+    CHECK(pattern_mismatches(r.addr, size, 0, 317) == 0);
+    const auto s = only_store(*conn);
+    INFO(figures(s) << "\npagerd log:\n" << tail_of(d->log()));
+    CHECK(s.read_bytes == size);
+    CHECK(conn->unmap(r));
+    conn.reset();
+    silent.reset();
+    d.reset();  // a clean stop (exit 0)
+}

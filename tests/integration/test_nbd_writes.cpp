@@ -272,3 +272,83 @@ TEST_CASE("a read-only NBD export takes no Shared region (BAD_DESCRIPTOR), and r
     }
     CHECK(read_fast(dir.file("data")) == before);
 }
+
+TEST_CASE("two clients of one NBD export, one writing Shared: the other sees the writes at once", "[nbd][write][share]")
+{
+    TempDir dir;
+    const std::uint64_t size = 4 * k_mib;
+    Nbdkit server("memory", {"4M"});
+    Daemon d(allow(server));
+    auto writer = d.connect("writer");
+    auto reader = d.connect("reader");
+    const auto w = map_or_fail(*writer, server.uri(), 0, size, Access::Shared);
+    const auto r = map_or_fail(*reader, server.uri(), 0, size, Access::ReadOnly);
+    CHECK(nonzero_bytes(r.addr, size) == 0);  // loaded before the writes
+    write_pattern(w.addr, size, 0, 213);
+    // No flush: one cache, so the reader's pages are the writer's.
+    CHECK(pattern_mismatches(r.addr, size, 0, 213) == 0);
+    auto stores = reader->stores();
+    REQUIRE(stores);
+    CHECK(stores->size() == 1);
+    CHECK(writer->unmap(w));
+    CHECK(pattern_mismatches(r.addr, size, 0, 213) == 0);
+    CHECK(reader->unmap(r));
+    const auto held = server_bytes(server.uri(), dir);
+    CHECK(pattern_mismatches(held.data(), size, 0, 213) == 0);
+}
+
+TEST_CASE("flush of a Shared NBD region while the server is gone fails; once it is back the same pages are written",
+          "[nbd][write][failure]")
+{
+    TempDir dir;
+    const std::uint64_t size = 4 * k_mib;
+    // A file, so that the server's bytes outlive its restart.
+    {
+        std::FILE* f = std::fopen(dir.file("disk").c_str(), "wb");
+        REQUIRE(f);
+        REQUIRE(::ftruncate(::fileno(f), static_cast<off_t>(size)) == 0);
+        std::fclose(f);
+    }
+    Nbdkit server("file", {dir.file("disk")});
+    Daemon d(allow(server, {"--store-timeout-ms", "1000"}));
+    auto conn = d.connect();
+    const auto r = map_or_fail(*conn, server.uri(), 0, size, Access::Shared);
+    write_pattern(r.addr, size / 2, 0, 215);
+    server.kill_hard();
+    auto failed = conn->flush(r);
+    INFO((failed ? "flush said it wrote " + std::to_string(failed->pages) + " pages" : failed.error().message));
+    CHECK_FALSE(failed);
+    CHECK(d.status().cache_dirty_bytes >= size / 2);  // kept, to be written later
+    // More writes meanwhile, then the server is back.
+    write_pattern(static_cast<std::uint8_t*>(r.addr) + size / 2, size / 2, size / 2, 215);
+    server.restart();
+    auto f = conn->flush(r);
+    REQUIRE(f);
+    CHECK(f->pages == size / k_page);
+    CHECK(d.status().cache_dirty_bytes == 0);
+    const auto held = read_fast(dir.file("disk"));
+    CHECK(pattern_mismatches(held.data(), size, 0, 215) == 0);
+    const auto s = only_store(*conn);
+    INFO(figures(s));
+    CHECK(s.write_errors > 0);
+    CHECK(s.reconnects > 0);
+    CHECK(conn->unmap(r));
+}
+
+TEST_CASE("a stop with unwritten Shared NBD pages while the server is gone ends anyway", "[nbd][write][failure]")
+{
+    const std::uint64_t size = 4 * k_mib;
+    Nbdkit server("memory", {"4M"});
+    Daemon d(allow(server, {"--store-timeout-ms", "1000"}));
+    auto conn = d.connect();
+    const auto r = map_or_fail(*conn, server.uri(), 0, size, Access::Shared);
+    write_pattern(r.addr, size, 0, 217);
+    server.kill_hard();
+    const auto t0 = std::chrono::steady_clock::now();
+    const int st = d.stop();  // fails the test if it takes more than 15 s
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    INFO("the daemon " << describe_status(st) << " after " << took << " s; its log:\n" << tail_of(d.log()));
+    CHECK(WIFEXITED(st));
+    CHECK(took < 10.0);
+    CHECK(d.log().find("could not be written back") != std::string::npos);  // said, not lost in silence
+}
