@@ -27,6 +27,7 @@ store::Channel* Worker::channel_for(const std::shared_ptr<store::Store>& s)
     }
     auto& use = m_channels[s.get()];
     use.store = s;
+    s->channel_holders().fetch_add(1);
     use.channel = std::move(ch);
     return use.channel.get();
 }
@@ -64,9 +65,10 @@ void Worker::tick_channels(Clock::time_point now, bool close_unused)
 {
     auto visit = [&](ChannelUse& use) {
         use.channel->tick(now);
-        // Nobody maps the store any more (this worker holds the last reference): its
-        // connections close, then the channel goes.
-        if (close_unused && use.store.use_count() == 1 && !use.shut && use.channel->idle()) {
+        // Nobody maps the store any more (the workers' channels hold the last references):
+        // its connections close, then the channel goes.
+        if (close_unused && use.store.use_count() <= use.store->channel_holders().load() && !use.shut &&
+            use.channel->idle()) {
             use.channel->shutdown();
             use.shut = true;
         }

@@ -402,6 +402,14 @@ private:
     std::shared_ptr<OpenedBox> m_opened = std::make_shared<OpenedBox>();
     StoreLoop m_store_loop{*this};
     struct ChannelUse {
+        ChannelUse() = default;
+        ChannelUse(ChannelUse&&) = default;
+        ChannelUse& operator=(ChannelUse&&) = default;
+        ~ChannelUse()
+        {
+            channel.reset();  // before the store it reads
+            if (store) store->channel_holders().fetch_sub(1);
+        }
         std::shared_ptr<store::Store> store;
         std::unique_ptr<store::Channel> channel;
         bool shut = false;

@@ -129,6 +129,9 @@ public:
     // False: write-back calls write() rather than prep_write().
     virtual bool ring_writes() const { return true; }
     Stats& stats() const { return m_stats; }
+    // References held by workers' channels (each worker keeps the store of its channel):
+    // the store is in use by nobody else when use_count() equals this.
+    std::atomic<long>& channel_holders() const { return m_channel_holders; }
 
     // The descriptor that a restart through the descriptor store keeps (-1: none).
     virtual int descriptor() const = 0;
@@ -138,6 +141,7 @@ public:
 
 private:
     mutable Stats m_stats;
+    mutable std::atomic<long> m_channel_holders{0};
 };
 
 }  // namespace pagerd::daemon::store

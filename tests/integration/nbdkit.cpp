@@ -15,6 +15,7 @@
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -224,6 +225,43 @@ void on_scan_sigbus(int)
     ::raise(SIGBUS);
 }
 
+struct ScanCounts {
+    std::uint64_t right = 0, bus = 0, bad = 0;
+};
+
+// Checks [0, len) page by page with wrong(from, n), counting the pages whose touch raised
+// SIGBUS. A function of its own, every local across sigsetjmp volatile: the caller's
+// locals are not in reach of the longjmp (g++ -Wclobbered).
+__attribute__((noinline)) ScanCounts scan_pages(const std::function<std::uint64_t(std::uint64_t, std::uint64_t)>& wrong,
+                                                std::uint64_t len)
+{
+    const std::function<std::uint64_t(std::uint64_t, std::uint64_t)>* volatile fn = &wrong;
+    volatile std::uint64_t right = 0, bus = 0, bad = 0, from = 0;
+    const volatile std::uint64_t total = len;
+    struct sigaction sa{}, old{};
+    sa.sa_handler = on_scan_sigbus;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGBUS, &sa, &old);
+    while (from < total) {
+        if (sigsetjmp(g_scan_jump, 1)) {
+            g_scanning = 0;
+            bus = bus + 1;
+            continue;
+        }
+        const std::uint64_t here = from;
+        from = here + 4096;
+        g_scanning = 1;
+        const std::uint64_t w = (*fn)(here, std::min<std::uint64_t>(4096, total - here));
+        g_scanning = 0;
+        if (w)
+            bad = bad + 1;
+        else
+            right = right + 1;
+    }
+    ::sigaction(SIGBUS, &old, nullptr);
+    return {right + 0, bus + 0, bad + 0};
+}
+
 bool write_line(int fd, std::string line)
 {
     line.push_back('\n');
@@ -340,30 +378,8 @@ int store_client_main(int in, int out)
                     for (; k < len; ++k) base[k] = pattern_byte(at + k, seed);
                     answer = "ok";
                 } else {
-                    volatile std::uint64_t right = 0, bus = 0, bad = 0, from = 0;
-                    struct sigaction sa{}, old{};
-                    sa.sa_handler = on_scan_sigbus;
-                    sigemptyset(&sa.sa_mask);
-                    ::sigaction(SIGBUS, &sa, &old);
-                    const std::uint64_t page = 4096;
-                    while (from < len) {
-                        const std::uint64_t here = from, n = std::min<std::uint64_t>(page, len - here);
-                        from = here + page;
-                        if (sigsetjmp(g_scan_jump, 1)) {
-                            g_scanning = 0;
-                            bus = bus + 1;
-                            continue;
-                        }
-                        g_scanning = 1;
-                        const std::uint64_t w = wrong(here, n);
-                        g_scanning = 0;
-                        if (w)
-                            bad = bad + 1;
-                        else
-                            right = right + 1;
-                    }
-                    ::sigaction(SIGBUS, &old, nullptr);
-                    answer = "ok " + std::to_string(right + 0) + " " + std::to_string(bus + 0) + " " + std::to_string(bad + 0);
+                    const ScanCounts n = scan_pages(wrong, len);
+                    answer = "ok " + std::to_string(n.right) + " " + std::to_string(n.bus) + " " + std::to_string(n.bad);
                 }
             }
         } else if (verb == "flush" || verb == "unmap") {

@@ -549,14 +549,11 @@ TEST_CASE("NBD regions mapped and unmapped again and again: right bytes, and eve
     CHECK(d.alive());
 }
 
-// KNOWN DAEMON BUG (reported to the lead): each worker's channel of an export holds a
-// reference to the store (Worker::ChannelUse::store), and a channel shuts only when its
-// reference is the last one (store_loop.cpp, use_count() == 1). With channels on two
-// workers each one sees the other's reference: neither ever closes, the connections (and
-// the store) stay open for the daemon's life. Tagged [!shouldfail]: remove the tag once
-// it is fixed.
-TEST_CASE("BUG: an export read through two workers has its connections closed once nobody maps it",
-          "[nbd][lifecycle][!shouldfail]")
+// Each worker's channel of an export holds a reference to the store: a channel must shut
+// once only channels hold it (it shut only at use_count() == 1, so with channels on two
+// workers neither ever closed).
+TEST_CASE("an export read through two workers has its connections closed once nobody maps it",
+          "[nbd][lifecycle]")
 {
     TempDir dir;
     const std::uint64_t size = 8 * k_mib;
