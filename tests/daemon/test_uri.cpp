@@ -140,7 +140,7 @@ TEST_CASE("allowed_by: only NBD URIs, whatever the prefix", "[uri]")
     CHECK_FALSE(allowed_by("nbd://h/x", "file://h/"));
 }
 
-TEST_CASE("allowed: any of the prefixes; none allows nothing", "[uri]")
+TEST_CASE("allowed: any of the prefixes and none allows nothing", "[uri]")
 {
     const std::vector<std::string> none;
     CHECK_FALSE(allowed("nbd://h:1/x", none));
@@ -152,7 +152,7 @@ TEST_CASE("allowed: any of the prefixes; none allows nothing", "[uri]")
     CHECK_FALSE(allowed("nbd://h:2/a", two));
 }
 
-TEST_CASE("zero_size: bytes, or K, M, G, T (powers of 1024); nothing else", "[uri][zero]")
+TEST_CASE("zero_size: bytes, or K, M, G, T (powers of 1024) and nothing else", "[uri][zero]")
 {
     CHECK(zero_size("zero:1") == 1u);
     CHECK(zero_size("zero:4096") == 4096u);

@@ -407,7 +407,7 @@ TEST_CASE("stores(): read latency shows a server's delay", "[nbd][stores][delay]
 
 // Each worker's channel makes all its --store-connections connections at its first read
 // (until 196e41b only one ever was: reads went to the first ready connection).
-TEST_CASE("--store-connections N: a worker with reads in flight on a slow server has N connections",
+TEST_CASE("with --store-connections N a worker with reads in flight on a slow server has N connections",
           "[nbd][stores][delay]")
 {
     TempDir dir;

@@ -87,7 +87,7 @@ TEST_CASE("a daemon without --allow-store refuses every NBD URI and connects to 
     CHECK(conn->ping());
 }
 
-TEST_CASE("--allow-store of an export on a Unix socket: no other socket, query, scheme, authority or export",
+TEST_CASE("an --allow-store prefix of an export on a Unix socket: no other socket, query, scheme, authority or export",
           "[nbd][allow]")
 {
     TempDir dir;
@@ -138,7 +138,7 @@ TEST_CASE("--allow-store of an export on a Unix socket: no other socket, query, 
     CHECK(connected_exports(dir.file("other.log")).empty());
 }
 
-TEST_CASE("--allow-store of a TCP server: that address and port only, no user, no query", "[nbd][allow]")
+TEST_CASE("an --allow-store prefix of a TCP server: that address and port only, no user, no query", "[nbd][allow]")
 {
     TempDir dir;
     make_pattern_file(dir.file("data"), 4 * k_mib, 405);

@@ -302,7 +302,7 @@ TEST_CASE("a client killed while its reads are at a slow server: the daemon live
     CHECK(conn->unmap(r));
 }
 
-TEST_CASE("a server that stops answering (SIGSTOP): SIGBUS within the timeout; once it runs again reads work",
+TEST_CASE("a server that stops answering (SIGSTOP): SIGBUS within the timeout and reads work once it runs again",
           "[nbd][failure][timeout]")
 {
     const auto transport = GENERATE(Nbdkit::Transport::Unix, Nbdkit::Transport::Tcp);

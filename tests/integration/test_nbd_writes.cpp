@@ -297,7 +297,7 @@ TEST_CASE("two clients of one NBD export, one writing Shared: the other sees the
     CHECK(pattern_mismatches(held.data(), size, 0, 213) == 0);
 }
 
-TEST_CASE("flush of a Shared NBD region while the server is gone fails; once it is back the same pages are written",
+TEST_CASE("flush of a Shared NBD region while the server is gone fails and once it is back the same pages are written",
           "[nbd][write][failure]")
 {
     TempDir dir;
