@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "harness.hpp"
 #include "nbdkit.hpp"
@@ -16,6 +17,12 @@ using namespace pagerd;
 using namespace pagerd::test;
 using libclient::Access;
 using libclient::Prefetch;
+
+#if defined(__SANITIZE_THREAD__)
+constexpr bool k_tsan = true;
+#else
+constexpr bool k_tsan = false;
+#endif
 
 namespace {
 
@@ -142,6 +149,7 @@ TEST_CASE("zero: URIs the daemon refuses: Shared is BAD_RANGE, a size that is no
             return zeros ? "mapped" : "mapped, not zeros";
         }
         if (!r.error().is_daemon()) return "not-daemon: " + r.error().message;
+        UNSCOPED_INFO(uri << ": " << r.error().message);
         return libclient::daemon_error_name(static_cast<libclient::DaemonError>(r.error().code));
     };
     CHECK(code_of("zero:64M", 0, k_mib, Access::Shared) == "BAD_RANGE");
@@ -164,7 +172,13 @@ TEST_CASE("zero: URIs the daemon refuses: Shared is BAD_RANGE, a size that is no
     CHECK(code_of("zero:1M", k_mib, k_page) == "PAST_EOF");
     // Sizes that are fine: the largest, a byte count, one that is not a page multiple
     // (its last page reads zeros like the rest).
-    CHECK(code_of("zero:16T", (std::uint64_t{16} << 40) - k_mib, k_mib) == "mapped");
+    // (The daemon maps the cache up to the region's end: 16 TiB of address space, which
+    // ThreadSanitizer's memory layout does not leave it: LIMIT there.)
+    const std::string largest = code_of("zero:16T", (std::uint64_t{16} << 40) - k_mib, k_mib);
+    if (k_tsan)
+        CHECK((largest == "mapped" || largest == "LIMIT"));
+    else
+        CHECK(largest == "mapped");
     CHECK(code_of("zero:1048576", 0, k_mib) == "mapped");
     CHECK(code_of("zero:4097", 0, 2 * k_page) == "mapped");
     CHECK(code_of("zero:4097", 0, 3 * k_page) == "PAST_EOF");
@@ -201,4 +215,47 @@ TEST_CASE("a zero region eight times the cache budget: read twice, zeros through
     CHECK(st2.cache_dirty_bytes == 0);
     CHECK(conn->unmap(w));
     CHECK(conn->unmap(r));
+}
+
+// KNOWN DAEMON BUG (reported to the lead): a zero store's cache spans [0, offset + length)
+// of the store, not the region: a 4 KiB region at the end of zero:16T takes 16 TiB of the
+// daemon's 64 TiB of page-cache address space. One client's five such regions (20 KiB
+// mapped, far under --max-mapped-bytes-per-client) take 64 TiB, a few more fill what is left,
+// and every other client's maps (zero stores and files alike) then fail with LIMIT ("the page cache's address space is used up"). Tagged
+// [!mayfail] rather than [!shouldfail]: under ThreadSanitizer the daemon cannot map 16 TiB
+// at all, so the hog gets nothing and the test passes there.
+TEST_CASE("BUG: a client's small zero regions far into big zero stores leave other clients room to map",
+          "[zero][limits][!mayfail]")
+{
+    TempDir dir;
+    make_pattern_file(dir.file("data"), 4 * k_mib, 131);
+    Daemon d;
+    auto hog = d.connect("hog");
+    std::vector<libclient::Region> held;
+    std::string refused;
+    for (int i = 0; i < 8; ++i) {
+        auto r = map_zero(*hog, "zero:16T", (std::uint64_t{16} << 40) - k_page, k_page);
+        if (r)
+            held.push_back(r.value());
+        else
+            refused = r.error().message;
+    }
+    // Fill what may be left, a TiB, then a GiB, then a MiB at a time.
+    for (std::uint64_t t = 15; t > 0; --t)
+        if (auto r = map_zero(*hog, "zero:" + std::to_string(t) + "T", (t << 40) - k_page, k_page)) held.push_back(*r);
+    for (std::uint64_t g = 1023; g > 0; --g)
+        if (auto r = map_zero(*hog, "zero:" + std::to_string(g) + "G", (g << 30) - k_page, k_page)) held.push_back(*r);
+    for (std::uint64_t m = 1023; m > 0; --m)
+        if (auto r = map_zero(*hog, "zero:" + std::to_string(m) + "M", (m << 20) - k_page, k_page)) held.push_back(*r);
+    INFO("the hog holds " << held.size() << " regions of 4 KiB (" << held.size() * 4 << " KiB); refused: " << refused
+                          << "\ndaemon VmSize " << proc_status_bytes(d.pid(), "VmSize") / (std::uint64_t{1} << 30)
+                          << " GiB");
+    auto other = d.connect("other");
+    auto z = map_zero(*other, "zero:1M", 0, k_mib);
+    INFO("another client's zero:1M: " << (z ? std::string("mapped") : z.error().message));
+    CHECK(z);
+    auto f = other->map_file(dir.file("data"), {0, 4 * k_mib, Access::ReadOnly});
+    INFO("another client's 4 MiB file: " << (f ? std::string("mapped") : f.error().message));
+    CHECK(f);
+    if (f) CHECK(pattern_mismatches(f->addr, 4 * k_mib, 0, 131) == 0);
 }
