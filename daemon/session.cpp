@@ -528,10 +528,11 @@ proto::Body Worker::on_map_store(Client& c, const proto::MapStore& m, std::uint3
             reject(ErrorCode::BAD_RANGE, "a zero store takes no Shared region (its written pages could never be "
                                          "evicted: they have nowhere to go)");
         if (*zero > (std::uint64_t{16} << 40)) reject(ErrorCode::BAD_RANGE, "a zero store has at most 16 TiB");
+        // Every offset of it reads the same: a region starts at 0, and the store (and its
+        // cache, the daemon's address space) spans the region only, whatever SIZE says.
+        if (m.offset != 0) reject(ErrorCode::BAD_RANGE, "a zero store is mapped from offset 0");
         check_map_range(c, m.addr, m.length, m.offset, *zero, "store");
-        // The region is the store's only user: the store (and its cache) need not span
-        // more than the region's end.
-        return map_store(c, m, std::make_shared<store::ZeroStore>(std::min(*zero, m.offset + m.length)));
+        return map_store(c, m, std::make_shared<store::ZeroStore>(m.length));
     }
     if (!store::split_uri(m.uri) || !store::is_nbd_scheme(store::split_uri(m.uri)->scheme))
         reject(ErrorCode::BAD_DESCRIPTOR, "not a store URI this daemon knows (nbd://, nbds://, nbd+unix://, "
