@@ -847,14 +847,14 @@ TEST_CASE("doc: every documented field sits at its documented offset", "[doc]")
             // count and 3 bytes "sss").
             std::uint64_t held = 0;
             std::size_t width = f.size;
-            const auto set_field = [&](Body& body) {
+            const auto set_field = [&](Body& b2) {
                 if (f.string) {
                     REQUIRE(k_strings.count(key) == 1);
-                    held = k_strings.at(key)(body, 3);
+                    held = k_strings.at(key)(b2, 3);
                     width = 2 + 3;
                 } else {
                     REQUIRE(k_numbers.count(key) == 1);
-                    held = k_numbers.at(key)(body, 0x8877665544332211);
+                    held = k_numbers.at(key)(b2, 0x8877665544332211);
                     CHECK(held != 0);
                 }
             };
