@@ -34,7 +34,7 @@ machine=pagerd-ns-$$
 cache=$PAGERD_NSPAWN_CACHE/bookworm
 # The packages of the tree: systemd, and every library pagerd, pagerctl and the client load
 # (ldd), the sanitizer runtimes included so that an ASan/UBSan build runs in the same tree.
-includes=systemd,systemd-sysv,dbus,libsystemd0,liburing2,libspdlog1.10,libfmt9,libstdc++6,libgcc-s1,libasan8,libubsan1
+includes=systemd,systemd-sysv,dbus,libsystemd0,liburing2,libspdlog1.10,libfmt9,libstdc++6,libgcc-s1,libasan8,libubsan1,libnbd0
 # The tree in the cache is used only when it was made with exactly this; change it (or
 # $includes) to have it made again.
 key="pagerd-nspawn tree 1: debootstrap --variant=minbase --include=$includes bookworm"
