@@ -171,7 +171,7 @@ TEST_CASE("the C API maps a store by URI, and reports each refusal", "[capi][sto
         for (int policy : {PAGERD_PREFETCH_SEQUENTIAL, PAGERD_PREFETCH_NONE, PAGERD_PREFETCH_ALL}) {
             INFO("access " << access << ", prefetch " << policy);
             pagerd_region r{};
-            const int rc = pagerd_map_store(conn, "zero:1M", 65536, size - 65536, access, PAGERD_TRACK_AUTO, policy, &r);
+            const int rc = pagerd_map_store(conn, "zero:1M", 0, size - 65536, access, PAGERD_TRACK_AUTO, policy, &r);
             INFO(pagerd_last_error());
             REQUIRE(rc == 0);
             REQUIRE(r.size == size - 65536);

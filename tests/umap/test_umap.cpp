@@ -475,7 +475,7 @@ TEST_CASE("umap refuses bad arguments with UMAP_FAILED and errno", "[umap][error
         CHILD_REQUIRE(refused(nullptr, size + k_page, PROT_READ, UMAP_PRIVATE, fd, 0, EINVAL));  // past the end
         CHILD_REQUIRE(refused(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, static_cast<off_t>(size), EINVAL));
         // descriptors
-        CHILD_REQUIRE(refused(nullptr, size, PROT_READ, UMAP_PRIVATE, -1, 0, EBADF));
+        CHILD_REQUIRE(refused(nullptr, size, PROT_READ, UMAP_PRIVATE, -2, 0, EBADF));  // (-1: anonymous memory)
         CHILD_REQUIRE(refused(nullptr, size, PROT_READ, UMAP_PRIVATE, 987, 0, EBADF));
         CHILD_REQUIRE(refused(nullptr, size, PROT_READ | PROT_WRITE, UMAP_PRIVATE, fd, 0, EACCES));
         const int dirfd = ::open(dir.path().c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
