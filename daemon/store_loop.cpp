@@ -67,8 +67,10 @@ void Worker::tick_channels(Clock::time_point now, bool close_unused)
         use.channel->tick(now);
         // Nobody maps the store any more (the workers' channels hold the last references):
         // its connections close, then the channel goes.
-        if (close_unused && use.store.use_count() <= use.store->channel_holders().load() && !use.shut &&
-            use.channel->idle()) {
+        // The worker stops: reads of remote stores end now rather than at their deadline
+        // (a dead server would hold the stop that long); their faults get SIGBUS.
+        if (!use.shut && (m_stopping || (close_unused && use.store.use_count() <= use.store->channel_holders().load() &&
+                                         use.channel->idle()))) {
             use.channel->shutdown();
             use.shut = true;
         }

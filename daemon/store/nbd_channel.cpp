@@ -174,10 +174,19 @@ public:
     void shutdown() override
     {
         m_shutdown = true;
+        // Reads still waiting for a connection fail now; those in flight fail as their
+        // connection closes (no retry after a shutdown).
+        for (auto& r : m_live)
+            if (!r->over && r->parts == 0) {
+                r->over = true;
+                m_store->stats().read_errors.fetch_add(1, std::memory_order_relaxed);
+                m_loop.complete(r->token, -EIO);
+            }
         for (auto& c : m_conns) {
             if (c.state == Conn::State::Connecting) abandon(c);
             if (c.h) close(c);
         }
+        after();
     }
 
     void on_poll(Conn& c, bool write, int revents)

@@ -83,8 +83,9 @@ public:
     virtual void tick(Clock::time_point now) = 0;
     // No read in flight or waiting.
     virtual bool idle() const = 0;
-    // Starts closing its connections (no read may follow); closed() once no poll is armed
-    // and no connection is being made: the channel may be destroyed then.
+    // Starts closing its connections (no read may follow; reads not done fail);
+    // closed() once no poll is armed, no read is left and no connection is being made:
+    // the channel may be destroyed then.
     virtual void shutdown() = 0;
     virtual bool closed() const = 0;
 };
