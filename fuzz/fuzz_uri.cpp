@@ -33,7 +33,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (ok) {
         FUZZ_CHECK(u && p && is_nbd_scheme(u->scheme));
         FUZZ_CHECK(u->scheme == p->scheme && u->authority == p->authority && u->query == p->query);
-        FUZZ_CHECK(u->path.substr(0, p->path.size()) == p->path);
+        FUZZ_CHECK(u->export_path.substr(0, p->export_path.size()) == p->export_path);
+        FUZZ_CHECK(!canonical_uri(uri).empty());
     }
     if (u && is_nbd_scheme(u->scheme)) FUZZ_CHECK(allowed_by(uri, uri));
     FUZZ_CHECK(allowed(uri, {prefix}) == ok);

@@ -31,6 +31,7 @@ struct Request {
     bool over = false;         // completed to the loop (done, failed or timed out)
     bool queued = false;       // waiting for a ready connection
     bool expired = false;      // past its deadline: fails once its pieces are back
+    bool refused = false;      // libnbd refused it as it is (bounds, alignment): no retry
 };
 
 // What libnbd's callbacks hand back: run on the worker, inside nbd_aio_notify_*() or
@@ -244,8 +245,17 @@ private:
             // which recorded the part as lost; the rest is not sent, and the connection
             // goes (else the retry would pick it again).
             if (::nbd_aio_pread(c->h, r->dest + at, n, r->off + at, cb, 0) == -1) {
-                spdlog::warn("store {}: a read was refused: {}", m_store->uri(), ::nbd_get_error());
+                const int err = ::nbd_get_errno();
+                spdlog::warn("store {}: a read of {} bytes at {} was refused: {}", m_store->uri(), n, r->off + at,
+                             ::nbd_get_error());
                 m_issued_on[r.get()] = c;
+                // The read itself is wrong for this export (past an end that moved, not
+                // aligned as the server asks): it fails, the connection stays.
+                if (err == EINVAL || err == ERANGE || err == EOVERFLOW || err == ENOTSUP) {
+                    r->refused = true;
+                    r->error = err;
+                    return;
+                }
                 close(*c);
                 return;
             }
@@ -290,7 +300,7 @@ private:
         }
         // Reads change nothing: a lost connection's read is made again on another until
         // the deadline, and a read the server failed once more.
-        if ((r->lost || r->tries < 2) && !m_shutdown && Clock::now() < r->deadline) {
+        if (!r->refused && (r->lost || r->tries < 2) && !m_shutdown && Clock::now() < r->deadline) {
             m_store->stats().retries.fetch_add(1, std::memory_order_relaxed);
             issue(r);
             return;
@@ -299,7 +309,7 @@ private:
         m_store->stats().read_errors.fetch_add(1, std::memory_order_relaxed);
         spdlog::warn("store {}: reading {} bytes at {} failed: {}", m_store->uri(), r->len, r->off,
                      std::strerror(r->error));
-        m_loop.complete(r->token, -(r->error == ENOTCONN ? EIO : r->error));
+        m_loop.complete(r->token, -(r->error == ENOTCONN || r->refused ? EIO : r->error));
     }
 
     void time_out(Request& r)
@@ -329,9 +339,10 @@ private:
         Loop* loop = &m_loop;
         // The loop outlives every attempt it could be woken for: an abandoned attempt
         // wakes nobody.
-        std::thread([a, uri = m_store->uri(), loop] {
+        std::thread([a, uri = m_store->uri(), loop, timeout = m_store->options().timeout] {
             std::string why;
-            nbd_handle* h = nbd_connect(uri, why);
+            bool timed_out = false;
+            nbd_handle* h = nbd_connect(uri, timeout, why, timed_out);
             std::lock_guard lock(a->m);
             if (a->abandoned) {
                 if (h) ::nbd_close(h);

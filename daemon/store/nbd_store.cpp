@@ -1,6 +1,8 @@
 #include "nbd_store.hpp"
 
 #include <libnbd.h>
+#include <poll.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -11,14 +13,46 @@
 #include <map>
 #include <thread>
 
+#include "uri.hpp"
 #include "zero_store.hpp"
 
 namespace pagerd::daemon::store {
 
 std::unique_ptr<Channel> make_nbd_channel(NbdStore& store, Loop& loop);  // nbd_channel.cpp
 
-nbd_handle* nbd_connect(const std::string& uri, std::string& why)
+namespace {
+
+// Drives h's state machine until done() says so, the connection dies, or the deadline:
+// 0, else an errno (ETIMEDOUT at the deadline, which leaves h to be closed).
+template <class Done>
+int drive(nbd_handle* h, Clock::time_point deadline, Done done)
 {
+    for (;;) {
+        const int d = done();
+        if (d != 0) return d > 0 ? 0 : (::nbd_get_errno() ? ::nbd_get_errno() : EIO);
+        if (::nbd_aio_is_dead(h) || ::nbd_aio_is_closed(h)) return ::nbd_get_errno() ? ::nbd_get_errno() : ENOTCONN;
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+        if (left <= 0) return ETIMEDOUT;
+        const int fd = ::nbd_aio_get_fd(h);
+        const unsigned dir = ::nbd_aio_get_direction(h);
+        if (fd < 0) return ENOTCONN;
+        pollfd p{fd, static_cast<short>(((dir & LIBNBD_AIO_DIRECTION_READ) ? POLLIN : 0) |
+                                        ((dir & LIBNBD_AIO_DIRECTION_WRITE) ? POLLOUT : 0)),
+                 0};
+        const int n = ::poll(&p, 1, static_cast<int>(std::min<long long>(left, 1000)));
+        if (n < 0 && errno != EINTR) return errno;
+        if (n <= 0) continue;
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) ::nbd_aio_notify_read(h);
+        else if (p.revents & POLLOUT) ::nbd_aio_notify_write(h);
+    }
+}
+
+}  // namespace
+
+nbd_handle* nbd_connect(const std::string& uri, std::chrono::milliseconds timeout, std::string& why,
+                        bool& timed_out)
+{
+    timed_out = false;
     nbd_handle* h = ::nbd_create();
     if (!h) {
         why = std::string("nbd_create: ") + ::nbd_get_error();
@@ -30,53 +64,32 @@ nbd_handle* nbd_connect(const std::string& uri, std::string& why)
     ::nbd_set_uri_allow_local_file(h, true);
     ::nbd_set_uri_allow_transports(h, LIBNBD_ALLOW_TRANSPORT_TCP | LIBNBD_ALLOW_TRANSPORT_UNIX);
     ::nbd_set_handle_name(h, "pagerd");
-    if (::nbd_connect_uri(h, uri.c_str()) == -1) {
-        why = ::nbd_get_error() ? ::nbd_get_error() : "connection failed";
+    // Asynchronously, under the deadline: a server that accepts and never answers the
+    // handshake costs the deadline, then its socket is closed (a blocking connect would
+    // hold a thread and a descriptor for ever).
+    const auto deadline = Clock::now() + timeout;
+    int err = ::nbd_aio_connect_uri(h, uri.c_str()) == -1 ? (::nbd_get_errno() ? ::nbd_get_errno() : EIO) : 0;
+    if (err) why = ::nbd_get_error() ? ::nbd_get_error() : "connection failed";
+    if (!err) {
+        err = drive(h, deadline, [&] { return ::nbd_aio_is_ready(h) ? 1 : 0; });
+        if (err == ETIMEDOUT) {
+            timed_out = true;
+            why = "no connection within " + std::to_string(timeout.count()) + " ms";
+        } else if (err) {
+            why = ::nbd_get_error() ? ::nbd_get_error() : std::strerror(err);
+        }
+    }
+    if (err) {
         ::nbd_close(h);
         return nullptr;
     }
     return h;
 }
 
-nbd_handle* nbd_connect_within(const std::string& uri, std::chrono::milliseconds timeout, std::string& why,
-                               bool& timed_out)
-{
-    struct Attempt {
-        std::mutex m;
-        std::condition_variable cv;
-        bool done = false, abandoned = false;
-        nbd_handle* h = nullptr;
-        std::string why;
-    };
-    auto a = std::make_shared<Attempt>();
-    std::thread([a, uri] {
-        std::string w;
-        nbd_handle* h = nbd_connect(uri, w);
-        std::lock_guard lock(a->m);
-        if (a->abandoned) {
-            if (h) ::nbd_close(h);
-            return;
-        }
-        a->h = h;
-        a->why = std::move(w);
-        a->done = true;
-        a->cv.notify_all();
-    }).detach();
-    std::unique_lock lock(a->m);
-    timed_out = !a->cv.wait_for(lock, timeout, [&] { return a->done; });
-    if (timed_out) {
-        a->abandoned = true;
-        why = "no connection within " + std::to_string(timeout.count()) + " ms";
-        return nullptr;
-    }
-    why = a->why;
-    return a->h;
-}
-
 std::shared_ptr<NbdStore> NbdStore::open(const std::string& uri, const NbdOptions& options, std::string& why,
                                          bool& timed_out)
 {
-    nbd_handle* h = nbd_connect_within(uri, options.timeout, why, timed_out);
+    nbd_handle* h = nbd_connect(uri, options.timeout, why, timed_out);
     if (!h) return nullptr;
     const std::int64_t size = ::nbd_get_size(h);
     if (size < 0) {
@@ -94,6 +107,18 @@ std::shared_ptr<NbdStore> NbdStore::open(const std::string& uri, const NbdOption
     s->m_can_flush = ::nbd_can_flush(h) == 1;
     if (const std::int64_t max = ::nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM); max > 0)
         s->m_max_request = std::min<std::uint64_t>(s->m_max_request, static_cast<std::uint64_t>(max));
+    // The daemon reads whole pages at page offsets, and the export's tail up to its end: a
+    // server whose smallest request is larger, or does not divide those, cannot be read.
+    const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+    if (const std::int64_t min = ::nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM); min > 1) {
+        const auto m = static_cast<std::uint64_t>(min);
+        if (m > page || page % m || static_cast<std::uint64_t>(size) % m || s->m_max_request % m) {
+            why = "the server's smallest request is " + std::to_string(m) + " bytes: the daemon reads single " +
+                  std::to_string(page) + "-byte pages and the export's end (" + std::to_string(size) + " bytes)";
+            ::nbd_close(h);
+            return nullptr;
+        }
+    }
     s->m_write = h;
     spdlog::info("store {}: {} bytes{}, requests of at most {} bytes", uri, size, s->m_read_only ? ", read-only" : "",
                  s->m_max_request);
@@ -105,10 +130,12 @@ std::mutex g_open_mutex;
 std::map<std::string, std::weak_ptr<NbdStore>> g_open;  // by URI
 }  // namespace
 
+// Keyed by the canonical URI: two spellings of one export's name are one store, one cache
+// (else a Shared page written through one would be overwritten from the other's copy).
 std::shared_ptr<NbdStore> NbdStore::find(const std::string& uri)
 {
     std::lock_guard lock(g_open_mutex);
-    auto it = g_open.find(uri);
+    auto it = g_open.find(canonical_uri(uri));
     return it == g_open.end() ? nullptr : it->second.lock();
 }
 
@@ -120,8 +147,9 @@ std::shared_ptr<NbdStore> NbdStore::open_shared(const std::string& uri, const Nb
     if (!s) return nullptr;
     std::lock_guard lock(g_open_mutex);
     for (auto it = g_open.begin(); it != g_open.end();) it = it->second.expired() ? g_open.erase(it) : std::next(it);
-    if (auto other = g_open[uri].lock()) return other;  // opened meanwhile by another thread: one store
-    g_open[uri] = s;
+    const std::string key = canonical_uri(uri);
+    if (auto other = g_open[key].lock()) return other;  // opened meanwhile by another thread: one store
+    g_open[key] = s;
     return s;
 }
 
@@ -154,7 +182,7 @@ ssize_t NbdStore::write(const void* buf, std::uint64_t len, std::uint64_t off)
             if (m_write) ::nbd_close(m_write);
             std::string why;
             bool timed_out = false;
-            m_write = nbd_connect_within(m_uri, m_options.timeout, why, timed_out);
+            m_write = nbd_connect(m_uri, m_options.timeout, why, timed_out);
             if (!m_write) {
                 spdlog::warn("store {}: no connection for write-back: {}", m_uri, why);
                 stats().write_errors.fetch_add(1, std::memory_order_relaxed);
@@ -164,12 +192,12 @@ ssize_t NbdStore::write(const void* buf, std::uint64_t len, std::uint64_t off)
             stats().reconnects.fetch_add(1, std::memory_order_relaxed);
         }
         const std::uint64_t n = std::min(len - done, m_max_request);
-        if (::nbd_pwrite(m_write, p + done, n, off + done, 0) == -1) {
-            const int err = ::nbd_get_errno() ? ::nbd_get_errno() : EIO;
+        if (const int err = command(::nbd_aio_pwrite(m_write, p + done, n, off + done, NBD_NULL_COMPLETION, 0))) {
             stats().write_errors.fetch_add(1, std::memory_order_relaxed);
             // A connection that died is made again once; an error the server answered is final.
-            if (attempt++ == 0 && (::nbd_aio_is_dead(m_write) || ::nbd_aio_is_closed(m_write))) continue;
-            spdlog::warn("store {}: writing {} bytes at {} failed: {}", m_uri, n, off + done, ::nbd_get_error());
+            if (attempt++ == 0 && err != ETIMEDOUT && (!m_write || ::nbd_aio_is_dead(m_write) || ::nbd_aio_is_closed(m_write)))
+                continue;
+            spdlog::warn("store {}: writing {} bytes at {} failed: {}", m_uri, n, off + done, std::strerror(err));
             errno = err;
             return -1;
         }
@@ -185,8 +213,26 @@ int NbdStore::sync()
     if (!m_can_flush) return 0;  // the server writes through: nothing to make durable
     std::lock_guard lock(m_write_mutex);
     if (!m_write) return ENOTCONN;
-    if (::nbd_flush(m_write, 0) == -1) return ::nbd_get_errno() ? ::nbd_get_errno() : EIO;
-    return 0;
+    return command(::nbd_aio_flush(m_write, NBD_NULL_COMPLETION, 0));
+}
+
+// Caller holds m_write_mutex. Waits (up to the deadline) for the command `cookie` started
+// on the write connection: 0 or an errno. At the deadline the connection is closed (which
+// lets go of the caller's buffer) and made again by the next write.
+int NbdStore::command(std::int64_t cookie)
+{
+    if (cookie == -1) return ::nbd_get_errno() ? ::nbd_get_errno() : EIO;
+    const int err = drive(m_write, Clock::now() + m_options.timeout, [&] {
+        const int c = ::nbd_aio_command_completed(m_write, static_cast<std::uint64_t>(cookie));
+        return c == 1 ? 1 : c == -1 ? -1 : 0;
+    });
+    if (err == ETIMEDOUT) {
+        spdlog::warn("store {}: a write-back command took longer than {} ms; its connection is closed", m_uri,
+                     m_options.timeout.count());
+        ::nbd_close(m_write);
+        m_write = nullptr;
+    }
+    return err;
 }
 
 std::shared_ptr<Store> NbdStore::reopen_for_writing(std::string& why) const

@@ -32,12 +32,10 @@ struct NbdOptions {
     std::chrono::milliseconds timeout{30000};  // a read, or a connection, not done by then fails
 };
 
-// A new connection to uri (blocking: never on a worker); null with why.
-nbd_handle* nbd_connect(const std::string& uri, std::string& why);
-// The same, given up after `timeout` (the connection attempt goes on in a thread of its
-// own, which closes what it gets); timed_out says which way it failed.
-nbd_handle* nbd_connect_within(const std::string& uri, std::chrono::milliseconds timeout, std::string& why,
-                               bool& timed_out);
+// A new connection to uri, made within `timeout` (it waits: never on a worker); null
+// with why (timed_out: the deadline passed, and the socket is closed).
+nbd_handle* nbd_connect(const std::string& uri, std::chrono::milliseconds timeout, std::string& why,
+                        bool& timed_out);
 
 class NbdStore final : public Store, public std::enable_shared_from_this<NbdStore> {
 public:
@@ -76,6 +74,7 @@ public:
 
 private:
     NbdStore() = default;
+    int command(std::int64_t cookie);
     std::string m_uri;
     NbdOptions m_options;
     Identity m_identity;

@@ -26,7 +26,33 @@ std::optional<UriParts> split_uri(std::string_view uri)
     const auto slash = rest.find('/');
     p.authority = rest.substr(0, slash);
     p.path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash);
+    for (std::size_t i = 0; i < p.path.size(); ++i) {
+        if (p.path[i] != '%') {
+            p.export_path.push_back(p.path[i]);
+            continue;
+        }
+        auto hex = [](char ch) -> int {
+            if (ch >= '0' && ch <= '9') return ch - '0';
+            if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+            if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+            return -1;
+        };
+        if (i + 2 >= p.path.size()) return std::nullopt;
+        const int hi = hex(p.path[i + 1]), lo = hex(p.path[i + 2]);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        const auto byte = static_cast<unsigned char>(hi * 16 + lo);
+        if (byte <= 0x20 || byte == 0x7f) return std::nullopt;
+        p.export_path.push_back(static_cast<char>(byte));
+        i += 2;
+    }
     return p;
+}
+
+std::string canonical_uri(std::string_view uri)
+{
+    const auto p = split_uri(uri);
+    if (!p) return {};
+    return p->scheme + "://" + p->authority + p->export_path + (p->query.empty() ? "" : "?" + p->query);
 }
 
 bool allowed_by(std::string_view uri, std::string_view prefix)
@@ -34,7 +60,7 @@ bool allowed_by(std::string_view uri, std::string_view prefix)
     const auto u = split_uri(uri), p = split_uri(prefix);
     if (!u || !p || !is_nbd_scheme(u->scheme)) return false;
     return u->scheme == p->scheme && u->authority == p->authority && u->query == p->query &&
-           u->path.compare(0, p->path.size(), p->path) == 0;
+           u->export_path.compare(0, p->export_path.size(), p->export_path) == 0;
 }
 
 bool allowed(std::string_view uri, const std::vector<std::string>& prefixes)

@@ -114,7 +114,10 @@ TEST_CASE("allowed_by: the same scheme, authority and query, the prefix's path a
     CHECK(allowed_by("nbd://h:1/database", "nbd://h:1/data"));
     CHECK_FALSE(allowed_by("nbd://h:1/vm", "nbd://h:1/vm-"));
     CHECK_FALSE(allowed_by("nbd://h:1/VM-1", "nbd://h:1/vm-"));
-    CHECK_FALSE(allowed_by("nbd://h:1/vm%2D1", "nbd://h:1/vm-"));
+    // Export names are compared as the server gets them, %XX decoded: vm%2D1 is vm-1.
+    CHECK(allowed_by("nbd://h:1/vm%2D1", "nbd://h:1/vm-"));
+    CHECK(allowed_by("nbd://h:1/vm-1", "nbd://h:1/vm%2d"));
+    CHECK_FALSE(allowed_by("nbd://h:1/vm%2E1", "nbd://h:1/vm-"));
 
     // The query must be the prefix's exactly, TLS settings included.
     const std::string tls = "nbds+unix://alice@/?socket=/run/s&tls-psk-file=/etc/keys";
@@ -174,4 +177,19 @@ TEST_CASE("zero_size: bytes, or K, M, G, T (powers of 1024) and nothing else", "
         INFO("'" << bad << "'");
         CHECK_FALSE(zero_size(bad));
     }
+}
+
+TEST_CASE("canonical_uri: one text per export however its name is spelt", "[uri]")
+{
+    CHECK(canonical_uri("nbd+unix:///disk?socket=/s") == "nbd+unix:///disk?socket=/s");
+    CHECK(canonical_uri("nbd+unix:///%64isk?socket=/s") == "nbd+unix:///disk?socket=/s");
+    CHECK(canonical_uri("nbd://h:1/a%2Fb") == "nbd://h:1/a/b");
+    CHECK(canonical_uri("nbd://h:1/") == "nbd://h:1/");
+    // Escapes that are not two hex digits, or that decode to a control character or a
+    // space, make no URI.
+    CHECK(canonical_uri("nbd://h:1/a%2") == "");
+    CHECK(canonical_uri("nbd://h:1/a%zz") == "");
+    CHECK(canonical_uri("nbd://h:1/a%00") == "");
+    CHECK(canonical_uri("nbd://h:1/a%20b") == "");
+    CHECK_FALSE(split_uri("nbd://h:1/a%0a"));
 }
