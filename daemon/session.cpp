@@ -320,26 +320,37 @@ proto::Body Worker::on_map(Client& c, const proto::Map& m, util::UniqueFd fd)
     std::string why;
     std::shared_ptr<store::Store> file = store::FileStore::open(std::move(fd), why);
     if (!file) reject(ErrorCode::BAD_DESCRIPTOR, why);
+    return add_mapped(c, m.addr, m.length, m.file_offset, m.flags, m.prefetch, std::move(file));
+}
+
+// MAP and MAP_STORE, checked: the region of `store`, in its page cache with flag CACHE
+// (reply CACHE_MAPPED with the cache's descriptor), else copied into (reply MAPPED).
+proto::Body Worker::add_mapped(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t offset,
+                               std::uint32_t flags, proto::Prefetch prefetch, std::shared_ptr<store::Store> store)
+{
+    const bool cached = (flags & proto::k_map_cache) != 0;
+    const bool shared = (flags & proto::k_map_shared) != 0;
     std::shared_ptr<Cache> cache;
     util::UniqueFd cache_fd;
     if (cached) {
-        cache = m_ctx.cache->open(*file, m.file_offset + m.length, why);
-        if (cache && shared && !cache->make_writable(file, why)) cache.reset();
+        std::string why;
+        cache = m_ctx.cache->open(*store, offset + length, why);
+        if (cache && shared && !cache->make_writable(store, why)) cache.reset();
         if (cache) cache_fd = shared ? cache->open_read_write(why) : cache->open_read_only(why);
-        if (!cache_fd) reject(ErrorCode::LIMIT, "no page cache for this file: " + why);
+        if (!cache_fd) reject(proto::ErrorCode::LIMIT, std::string("no page cache for this ") + store->kind() + ": " + why);
     }
     Region r;
     r.id = c.next_region_id++;
-    r.start = m.addr;
-    r.length = m.length;
-    r.file_offset = m.file_offset;
+    r.start = addr;
+    r.length = length;
+    r.file_offset = offset;
     r.access = shared ? proto::Access::SHARED
-               : (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE
-                                                          : proto::Access::READ_ONLY;
+               : (flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE
+                                                        : proto::Access::READ_ONLY;
     r.tracking = shared ? proto::Tracking::UFFD_WP : proto::Tracking::NONE;  // the daemon tracks writes
-    r.store = std::move(file);
+    r.store = std::move(store);
     r.cache = std::move(cache);
-    r.state->prefetch = m.prefetch;
+    r.state->prefetch = prefetch;
     add_region(c, std::move(r));
     if (!cached) return proto::Mapped{c.next_region_id - 1};
     c.reply_fd = std::move(cache_fd);
@@ -584,27 +595,7 @@ proto::Body Worker::map_store(Client& c, const proto::MapStore& m, std::shared_p
     if (shared && !s->writable()) reject(ErrorCode::BAD_DESCRIPTOR, "the store is read-only: no Shared region");
     check_map_range(c, m.addr, m.length, m.offset, static_cast<std::uint64_t>(std::max<std::int64_t>(s->size(), 0)),
                     "store");
-    std::string why;
-    auto cache = m_ctx.cache->open(*s, m.offset + m.length, why);
-    if (cache && shared && !cache->make_writable(s, why)) cache.reset();
-    util::UniqueFd cache_fd;
-    if (cache) cache_fd = shared ? cache->open_read_write(why) : cache->open_read_only(why);
-    if (!cache_fd) reject(ErrorCode::LIMIT, "no page cache for this store: " + why);
-    Region r;
-    r.id = c.next_region_id++;
-    r.start = m.addr;
-    r.length = m.length;
-    r.file_offset = m.offset;
-    r.access = shared ? proto::Access::SHARED
-               : (m.flags & proto::k_map_private_writable) ? proto::Access::PRIVATE_WRITABLE
-                                                          : proto::Access::READ_ONLY;
-    r.tracking = shared ? proto::Tracking::UFFD_WP : proto::Tracking::NONE;
-    r.store = std::move(s);
-    r.cache = std::move(cache);
-    r.state->prefetch = m.prefetch;
-    add_region(c, std::move(r));
-    c.reply_fd = std::move(cache_fd);
-    return proto::CacheMapped{c.next_region_id - 1};
+    return add_mapped(c, m.addr, m.length, m.offset, m.flags, m.prefetch, std::move(s));
 }
 
 proto::Body Worker::on_status(Client& c)

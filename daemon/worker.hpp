@@ -272,6 +272,8 @@ private:
     // opened by a thread of its own and the reply deferred (store_opened()).
     proto::Body on_map_store(Client& c, const proto::MapStore& m, std::uint32_t request_id, bool& deferred);
     proto::Body map_store(Client& c, const proto::MapStore& m, std::shared_ptr<store::Store> s);
+    proto::Body add_mapped(Client& c, std::uint64_t addr, std::uint64_t length, std::uint64_t offset,
+                           std::uint32_t flags, proto::Prefetch prefetch, std::shared_ptr<store::Store> store);
     struct Opened {  // a store opened for a deferred MAP_STORE
         std::uint64_t client = 0;
         std::uint32_t request_id = 0;

@@ -25,6 +25,14 @@
 
 namespace pagerd::test {
 
+std::vector<std::string> allow(const Nbdkit& s, std::vector<std::string> extra)
+{
+    extra.push_back("--allow-store=" + s.allow_prefix());
+    return extra;
+}
+
+const char* transport_name(Nbdkit::Transport t) { return t == Nbdkit::Transport::Unix ? "unix" : "tcp"; }
+
 int free_tcp_port()
 {
     const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -49,6 +49,10 @@ private:
     pid_t m_pid = -1;
 };
 
+// pagerd's arguments `extra`, and --allow-store for the exports of `s`.
+std::vector<std::string> allow(const Nbdkit& s, std::vector<std::string> extra = {});
+const char* transport_name(Nbdkit::Transport t);  // "unix", "tcp"
+
 // A free loopback TCP port (bound and released: good enough for a test).
 int free_tcp_port();
 

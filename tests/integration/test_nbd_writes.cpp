@@ -27,12 +27,6 @@ namespace {
 constexpr std::uint64_t k_page = 4096;
 constexpr std::uint64_t k_mib = 1024 * 1024;
 
-std::vector<std::string> allow(const Nbdkit& s, std::vector<std::string> extra = {})
-{
-    extra.push_back("--allow-store=" + s.allow_prefix());
-    return extra;
-}
-
 libclient::Region map_or_fail(libclient::Connection& c, const std::string& uri, std::uint64_t offset,
                               std::uint64_t length, Access access, Prefetch prefetch = Prefetch::Sequential)
 {
