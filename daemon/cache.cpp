@@ -103,8 +103,9 @@ Cache::~Cache()
         // (nor pages a Shared client wrote past the file's end).
         struct stat st{};
         const std::uint64_t end = ::fstat(m_memfd.get(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : m_size;
-        ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
-                    static_cast<off_t>(std::max(end, m_size)));
+        if (!m_pool.sparing())
+            ::fallocate(m_memfd.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                        static_cast<off_t>(std::max(end, m_size)));
     }
     ::munmap(m_base, m_reserved);
     if (m_bits_base) ::munmap(m_bits_base, m_bits_bytes);

@@ -221,6 +221,12 @@ public:
     // store with their pages, for the next daemon.
     void keep_for_restart() { m_keep = true; }
     bool keeping() const { return m_keep; }
+    // The daemon stops while a forked child it served lives on: caches closing from now on
+    // keep their pages (the child's mapped pages must not turn into zeros: its userfaultfd
+    // is gone, nothing would catch the fault; fork.cpp). The kernel frees them with the
+    // last mapping.
+    void spare_pages() { m_spare = true; }
+    bool sparing() const { return m_spare; }
     // Pages loaded ahead of the touches (read-ahead windows of every worker) stay at least
     // this long on probation before a scan can push them out.
     void set_min_probation(std::uint64_t bytes);
@@ -311,6 +317,7 @@ private:
     static constexpr std::uint64_t k_max_reserved = std::uint64_t{64} << 40;
     std::uint64_t m_reserved_total = 0;  // address space of every cache's mapping
     std::atomic<bool> m_keep{false};
+    std::atomic<bool> m_spare{false};
     EvictionPolicy m_policy;
     // Held while the hooks run (unset only once none runs). Lock order: a cache's lock, then
     // m_protect_mutex, then a worker's table lock; m_queue_mutex before a cache's lock (a

@@ -92,6 +92,11 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
                       msg.arg.remap.to, msg.arg.remap.len);
         return;
     }
+    case UFFD_EVENT_FORK:
+        // Reading the event put the child's userfaultfd in our descriptor table; the
+        // parent's fork() returns once it is read.
+        on_fork(c, slot, util::UniqueFd(static_cast<int>(msg.arg.fork.ufd)));
+        return;
     default:
         spdlog::warn("client {}: unexpected userfaultfd event {}", c.serial, msg.event);
         return;

@@ -128,7 +128,8 @@ void set_enabled(bool on)
 
 void save(Client& c)
 {
-    if (!g_enabled || c.closing) return;
+    // A forked child is not kept: it has no socket to be found again by (docs/fork.md).
+    if (!g_enabled || c.closing || c.forked_from) return;
     const std::string p = prefix(c.serial);
     if (!c.state) c.state.reset(::memfd_create("pagerd-client-state", MFD_CLOEXEC));
     const std::string text = describe(c);

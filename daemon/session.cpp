@@ -37,7 +37,7 @@ struct RequestError {
 constexpr std::uint64_t k_daemon_caps = proto::cap::FILE_STORE | proto::cap::PRIVATE_WRITABLE |
                                         proto::cap::UFFD_EVENTS | proto::cap::STATUS |
                                         proto::cap::SIGBUS_PAST_EOF | proto::cap::SHARED_WRITABLE |
-                                        proto::cap::PREFETCH;
+                                        proto::cap::PREFETCH | proto::cap::FORK;
 constexpr std::size_t k_max_prefetches = 64;  // queued per connection
 constexpr unsigned k_messages_per_wakeup = 32;  // then other clients get their turn
 

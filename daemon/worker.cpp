@@ -328,6 +328,7 @@ void Worker::check_deadlines()
     m_last_deadline_check = now;
     replay_throttled(false);
     tick_channels(now, true);
+    reap_forked(now);
     for (auto it = m_clients.begin(); it != m_clients.end();) {
         Client& c = *(it++)->second;
         if (c.closing || c.hello_done || now < c.hello_deadline) continue;
@@ -348,6 +349,7 @@ void Worker::close_client(Client& c, const std::string& reason)
     // kept for the next daemon was written back already).
     std::vector<Region> all;
     c.regions.for_each([&](const Region& r) { all.push_back(r); });
+    if (c.forked_from) poison_unloaded(c);  // before its userfaultfd closes
     if (!m_detach.load()) fdstore::forget(c);
     c.stored.clear();
     {

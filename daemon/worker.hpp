@@ -176,6 +176,9 @@ struct Client {
     bool restored = false;       // taken back from the descriptor store at start
     util::UniqueFd state;        // its description for a restart (fdstore.cpp)
     std::set<std::string> stored;  // names of its descriptors in the descriptor store
+    // A forked child (fork.cpp): no socket, one userfaultfd (taken from UFFD_EVENT_FORK),
+    // the regions it inherited; gone when its address space is. The parent's serial.
+    std::uint64_t forked_from = 0;
     std::uint64_t unthrottled_page = 0;     // a throttled write, replayed: that page is not
     Clock::time_point unthrottled_until{};  // throttled again until then
 };
@@ -304,6 +307,11 @@ private:
     void on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool defer_faults);
     void handle_fault(Client& c, Fault f);
     void drain_events(Client& c);  // reads pending uffd messages now; serves the faults among them
+    // fork.cpp: forked children
+    void on_fork(Client& parent, unsigned slot, util::UniqueFd child_uffd);
+    void reap_forked(Clock::time_point now);  // closes the children whose process is gone
+    void poison_unloaded(Client& c);  // a child that lives on: its unloaded pages raise SIGBUS
+    Clock::time_point m_last_reap{};
     // may_throttle: a first write to a page cache page waits while the dirty pages of all
     // caches are over their limit (m_throttled, replayed by replay_throttled()).
     void handle_write_protect_fault(Client& c, const Fault& f, bool may_throttle = true);

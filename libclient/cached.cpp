@@ -3,6 +3,7 @@
 // file and charged to the daemon, so a client can read a file far larger than the memory it
 // may use, and Shared clients of one file see each other's writes at once. See
 // proto/PROTOCOL.md, "MAP".
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 
@@ -70,10 +71,9 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o, const s
     if (::mmap(addr, o.length, prot, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_FIXED | MAP_NORESERVE, fds[0].get(),
                static_cast<off_t>(o.offset)) == MAP_FAILED)
         return undo(sys_error("mmap of the daemon's cache"));
-    // A forked child must not see this memory: its touch of a page the cache lacks would
-    // make a zero page in the cache (the daemon would not show it to anyone, but the child
-    // would read zeros).
-    ::madvise(addr, o.length, MADV_DONTFORK);
+    // A forked child keeps the region: its faults reach the daemon through the child's own
+    // userfaultfd (UFFD_FEATURE_EVENT_FORK), never the cache directly.
+    keep_from_child(addr, o.length);
     uffdio_register reg{};
     reg.range.start = reinterpret_cast<std::uint64_t>(addr);
     reg.range.len = o.length;
@@ -83,8 +83,13 @@ Result<Region> Connection::Impl::map_cached(int fd, const MapOptions& o, const s
     if (o.prefetch == Prefetch::All)
         if (auto fill = request(proto::PrefetchRequest{reg.range.start, o.length, 0}); !fill) return undo(fill.error());
     Region r{id, addr, o.length, o.access, shared ? Tracking::UffdWp : Tracking::Auto};
+    Mapping m{r};
+    if (shared && fd >= 0) {  // for a forked child's flush (fork.cpp)
+        m.file = std::make_shared<util::UniqueFd>(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+        m.file_offset = o.offset;
+    }
     std::lock_guard lock(regions_mutex);
-    regions.emplace(r.id, Mapping{r});
+    regions.emplace(r.id, std::move(m));
     return r;
 }
 

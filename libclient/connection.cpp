@@ -85,6 +85,10 @@ static Error closed_reason(int sock, Error fallback)
 Result<proto::Message> Connection::Impl::request(proto::Body body, std::span<const int> fds, int wait_ms,
                                                  std::vector<util::UniqueFd>* fds_out)
 {
+    // A forked child must not touch request_mutex: a thread of the parent may have held it.
+    if (forked.load())
+        return Error::system(ENOTCONN, "this connection to pagerd belongs to the process that made it; "
+                                       "a child made by fork() connects anew");
     std::lock_guard lock(request_mutex);
     if (!alive.load()) return Error::system(ENOTCONN, "the connection to pagerd was lost");
     const std::uint32_t id = next_request_id++;
@@ -163,7 +167,7 @@ Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& op
                              "pagerd (" + w->version + ") lacks required capabilities: " + missing_caps(missing));
     impl->daemon_caps = w->caps;
 
-    auto uffd = create_uffd();
+    auto uffd = create_uffd(false, (impl->daemon_caps & proto::cap::FORK) != 0);
     if (!uffd) return uffd.error();
     impl->uffd = std::move(uffd->fd);
     impl->uffd_features = uffd->features;
@@ -176,6 +180,7 @@ Result<std::unique_ptr<Connection>> Connection::connect(const ConnectOptions& op
                              std::span<const int>(&fd, 1));
     if (!reg) return reg.error();
     impl->start_monitor();
+    impl->enlist();
     return std::unique_ptr<Connection>(new Connection(std::move(impl)));
 }
 
@@ -189,7 +194,8 @@ Connection::~Connection()
         for (const auto& [id, m] : m_impl->regions) left.push_back(m.region);
     }
     for (const Region& r : left) (void)unmap(r);
-    m_impl->stop_monitor();
+    m_impl->delist();
+    if (!m_impl->forked.load()) m_impl->stop_monitor();
 }
 
 Result<Region> Connection::map_fd(int fd, const MapOptions& o)
@@ -206,6 +212,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     struct stat st{};
     if (::fstat(fd, &st) != 0) return sys_error("the descriptor to map");
     if (!S_ISREG(st.st_mode)) return Error::system(EINVAL, "only regular files can be mapped");
+    if (m_impl->forked.load()) return m_impl->request(proto::Ping{}).error();  // ENOTCONN, and why
     std::lock_guard layout(m_impl->layout_mutex);
     if (o.access == Access::Shared) return m_impl->map_shared(fd, o);
     if (m_impl->cache_usable()) {
@@ -219,8 +226,7 @@ Result<Region> Connection::map_fd(int fd, const MapOptions& o)
     void* addr = ::mmap(o.addr, o.length, prot,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (o.addr ? MAP_FIXED : 0), -1, 0);
     if (addr == MAP_FAILED) return sys_error("mmap of " + std::to_string(o.length) + " bytes");
-    // A forked child must not see this memory: it would read zeros where data belongs.
-    ::madvise(addr, o.length, MADV_DONTFORK);
+    m_impl->keep_from_child(addr, o.length);
     uffdio_register reg{};
     reg.range.start = reinterpret_cast<std::uint64_t>(addr);
     reg.range.len = o.length;
@@ -262,6 +268,7 @@ Result<Region> Connection::map_store(const std::string& uri, const MapOptions& o
         return Error::daemon(proto::ErrorCode::CAPABILITY, "a store region needs the daemon's page cache"
                                                            " (and UFFD_FEATURE_MINOR_SHMEM; PAGERD_CACHE=0 turns it off)");
     if (o.length == 0) return Error::system(EINVAL, "region length is zero");
+    if (m_impl->forked.load()) return m_impl->request(proto::Ping{}).error();  // ENOTCONN, and why
     std::lock_guard layout(m_impl->layout_mutex);
     return m_impl->map_cached(-1, o, &uri);
 }
@@ -291,6 +298,16 @@ Result<Region> Connection::map_file(const std::string& path, const MapOptions& o
 
 Result<void> Connection::unmap(const Region& region)
 {
+    if (m_impl->forked.load()) {
+        // A forked child: its own flush, then munmap; the daemon reads the unmap from the
+        // child's userfaultfd.
+        auto found = m_impl->lookup(region);
+        if (!found) return found.error();
+        if (auto f = m_impl->child_flush(found.value()); !f) return f.error();
+        (void)forget(region);
+        if (::munmap(region.addr, region.size) != 0) return sys_error("munmap");
+        return {};
+    }
     std::lock_guard flush_lock(m_impl->flush_mutex);
     std::lock_guard layout(m_impl->layout_mutex);
     auto found = m_impl->lookup(region);
@@ -325,20 +342,42 @@ Result<void> Connection::unmap(const Region& region)
     return {};
 }
 
+Result<void> Connection::forget(const Region& region)
+{
+    auto found = m_impl->lookup(region);
+    if (!found) return found.error();
+    Mapping m = found.value();
+    {
+        std::lock_guard lock(m_impl->regions_mutex);
+        m_impl->regions.erase(m.region.id);
+    }
+    m_impl->release_mapping(m);
+    if (m_impl->forked.load() || !m_impl->alive.load()) return {};
+    auto reply = m_impl->request(proto::Unmap{m.region.id});
+    // NO_SUCH_REGION: the daemon had dropped it already (munmap of all of it).
+    if (!reply && !reply.error().is_daemon(proto::ErrorCode::NO_SUCH_REGION)) return reply.error();
+    return {};
+}
+
+bool Connection::forked() const { return m_impl->forked.load(); }
+
 Result<FlushResult> Connection::flush(const Region& region)
 {
-    std::lock_guard flush_lock(m_impl->flush_mutex);
     auto m = m_impl->lookup(region);
     if (!m) return m.error();
+    if (m_impl->forked.load()) return m_impl->child_flush(m.value());
+    std::lock_guard flush_lock(m_impl->flush_mutex);
     return m_impl->flush_mapping(m.value());
 }
 
 Result<FlushResult> Connection::flush_all()
 {
-    std::lock_guard flush_lock(m_impl->flush_mutex);
+    const bool child = m_impl->forked.load();
+    std::unique_lock<std::mutex> flush_lock;
+    if (!child) flush_lock = std::unique_lock(m_impl->flush_mutex);
     FlushResult total;
     for (const Mapping& m : m_impl->shared_mappings()) {
-        auto f = m_impl->flush_mapping(m);
+        auto f = child ? m_impl->child_flush(m) : m_impl->flush_mapping(m);
         if (!f) return f.error();
         total.pages += f->pages;
         total.bytes += f->bytes;

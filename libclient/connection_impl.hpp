@@ -4,10 +4,15 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <span>
 #include <thread>
 #include <vector>
+
+#include <linux/userfaultfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "pagerd/client.hpp"
 #include "pagerd/proto/messages.hpp"
@@ -34,6 +39,11 @@ struct Mapping {
     void* bitmap = nullptr;        // Shared: the dirty bitmap (tail of the memfd)
     std::size_t bitmap_bytes = 0;
     int segv_slot = -1;            // Tracking::Sigsegv: the handler's slot
+    // Shared regions of a file in the daemon's page cache: a copy of the file's descriptor
+    // and the region's offset in it, with which a forked child flushes (fork.cpp).
+    std::shared_ptr<util::UniqueFd> file;
+    std::uint64_t file_offset = 0;
+    bool inherited() const { return bitmap == nullptr && segv_slot < 0; }  // a child has it too
 };
 
 struct Connection::Impl {
@@ -62,6 +72,11 @@ struct Connection::Impl {
     int writeback_interval_ms = 0;
 
     std::atomic<bool> alive{true};
+    // Set in a child made by fork() (fork.cpp): this connection is the parent's; the child
+    // has its regions (served by the daemon through the child's own userfaultfd) but not
+    // its socket. unmap, forget, flush and find work there without the daemon.
+    std::atomic<bool> forked{false};
+    pid_t owner = ::getpid();
     util::UniqueFd stop_fd;  // eventfd that ends the monitor thread
     std::thread monitor;
 
@@ -84,6 +99,19 @@ struct Connection::Impl {
     Result<Region> map_shared(int fd, const MapOptions& o);
     Result<FlushResult> flush_mapping(const Mapping& m);  // caller holds flush_mutex
     void release_mapping(Mapping& m);                       // handler slot, bitmap mapping
+
+    // A region whose faults a forked child's daemon would not serve (a daemon without
+    // capability FORK, or a kernel without UFFD_FEATURE_EVENT_FORK) is not inherited: the
+    // child would read zeros where data belongs.
+    void keep_from_child(void* addr, std::size_t len) const
+    {
+        if (!(uffd_features & UFFD_FEATURE_EVENT_FORK)) ::madvise(addr, len, MADV_DONTFORK);
+    }
+    // fork.cpp: the registry of connections that fork() handlers walk, and what a forked
+    // child does instead of asking the daemon.
+    void enlist();
+    void delist();
+    Result<FlushResult> child_flush(const Mapping& m);  // pwrite of the region's bytes + fdatasync
 
     // monitor.cpp: watches the daemon connection; when it is lost, answers faults on
     // unloaded pages with SIGBUS so that no thread waits forever.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <vector>
 
 #include "connection_impl.hpp"
 #include "pagerd/util/uffd.hpp"
@@ -79,28 +80,40 @@ void Connection::Impl::serve_orphaned_faults()
             for (int fd : fds)
                 if (fd >= 0) util::uffd_wake(fd, reinterpret_cast<std::uint64_t>(m.region.addr), m.region.size);
     }
+    // A child forked meanwhile: its userfaultfd arrives here, and its faults get SIGBUS too
+    // (closed, its regions would read as zeros). Kept until the child is gone.
+    std::vector<util::UniqueFd> children;
     for (;;) {
-        pollfd p[3] = {{stop_fd.get(), POLLIN, 0}, {fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
-        if (::poll(p, 3, -1) < 0) continue;
+        std::vector<pollfd> p = {{stop_fd.get(), POLLIN, 0}, {fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}};
+        for (const auto& c : children) p.push_back({c.get(), POLLIN, 0});
+        const int r = ::poll(p.data(), p.size(), children.empty() ? -1 : 1000);
+        if (r < 0) continue;
         if (p[0].revents) return;
-        for (int k = 0; k < 2; ++k) {
-            if (fds[k] < 0 || !p[k + 1].revents) continue;
+        for (std::size_t k = 1; k < p.size(); ++k) {
+            const int fd = p[k].fd;
+            if (fd < 0 || !p[k].revents) continue;
             uffd_msg msgs[32];
-            const ssize_t n = ::read(fds[k], msgs, sizeof msgs);
+            const ssize_t n = ::read(fd, msgs, sizeof msgs);
             for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
+                if (msgs[i].event == UFFD_EVENT_FORK) {
+                    children.emplace_back(static_cast<int>(msgs[i].arg.fork.ufd));
+                    continue;
+                }
                 if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // reading an event completes it
                 const std::uint64_t page = msgs[i].arg.pagefault.address & ~(page_size - 1);
                 if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
                     // A write to a write-protected Shared page: nobody can write it back
                     // any more; let the write land in memory rather than block forever.
                     uffdio_writeprotect wp{{page, page_size}, 0};
-                    ::ioctl(fds[k], UFFDIO_WRITEPROTECT, &wp);
-                } else if (util::uffd_poison(fds[k], page, page_size) != 0) {
+                    ::ioctl(fd, UFFDIO_WRITEPROTECT, &wp);
+                } else if (util::uffd_poison(fd, page, page_size) != 0 && k < 3) {
                     ::mprotect(reinterpret_cast<void*>(page), page_size, PROT_NONE);
-                    util::uffd_wake(fds[k], page, page_size);
+                    util::uffd_wake(fd, page, page_size);
                 }
             }
         }
+        if (r == 0)  // once a second: let go of children that exited or exec'd
+            std::erase_if(children, [](const util::UniqueFd& c) { return util::uffd_gone(c.get()); });
     }
 }
 

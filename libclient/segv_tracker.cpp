@@ -156,6 +156,14 @@ Result<int> add(std::uintptr_t start, std::uint64_t length, void* bitmap)
     return Error::system(ENOMEM, "at most " + std::to_string(k_slots) + " regions with SIGSEGV tracking per process");
 }
 
+void forget_in_child(int slot)
+{
+    // No lock, no wait: the threads that held them are not in a forked child.
+    g_slots[slot].start.store(0, std::memory_order_release);
+    g_slots[slot].end.store(0, std::memory_order_relaxed);
+    g_slots[slot].bitmap.store(nullptr, std::memory_order_relaxed);
+}
+
 void remove(int slot)
 {
     std::lock_guard lock(g_mutex);

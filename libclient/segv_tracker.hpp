@@ -14,6 +14,8 @@ namespace pagerd::libclient::segv {
 Result<int> add(std::uintptr_t start, std::uint64_t length, void* bitmap);
 // Stops tracking; returns once no handler is still using the slot.
 void remove(int slot);
+// In a child made by fork(): the slot's region is not there (MADV_DONTFORK).
+void forget_in_child(int slot);
 
 // Counters for tests and status: writes taken, and how often protection had to be
 // widened because the kernel refused to split the mapping further (vm.max_map_count).

@@ -117,6 +117,8 @@ Result<Region> Connection::Impl::map_shared(int fd, const MapOptions& o)
         ::munmap(addr, o.length);
         return sys_error("mmap of the dirty bitmap", err);
     }
+    // Memory of this process's own (its memfd, its handler's slot or its second
+    // userfaultfd): a forked child does not get it (docs/fork.md).
     ::madvise(addr, o.length, MADV_DONTFORK);
     ::madvise(bitmap, bitmap_bytes, MADV_DONTFORK);
     auto undo = [&] {

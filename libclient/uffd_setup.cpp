@@ -48,7 +48,7 @@ Result<std::uint64_t> api(int fd, std::uint64_t features)
 
 }  // namespace
 
-Result<Uffd> create_uffd(bool async_wp)
+Result<Uffd> create_uffd(bool async_wp, bool fork)
 {
     const char* mode = std::getenv("PAGERD_UFFD_MODE");
     const bool force_user = mode && std::strcmp(mode, "user-only") == 0;
@@ -74,7 +74,12 @@ Result<Uffd> create_uffd(bool async_wp)
         if (got) available = got.value();
     }
     u.available = available;
-    const std::uint64_t requested = (k_wanted | (async_wp ? UFFD_FEATURE_WP_ASYNC : 0)) & available;
+    // EVENT_FORK on the main userfaultfd only: a forked child keeps the regions registered
+    // there (the daemon receives the child's userfaultfd); the second one's regions are
+    // MADV_DONTFORK.
+    const std::uint64_t requested =
+        (k_wanted | (async_wp ? UFFD_FEATURE_WP_ASYNC : 0) | (fork && !async_wp ? UFFD_FEATURE_EVENT_FORK : 0)) &
+        available;
     if (async_wp && !(requested & UFFD_FEATURE_WP_ASYNC))
         return Error::system(ENOTSUP, "this kernel has no UFFD_FEATURE_WP_ASYNC (needs 6.7 or newer)");
     auto granted = api(u.fd.get(), requested);

@@ -17,6 +17,7 @@ struct Uffd {
 // The connection's main userfaultfd, or (async_wp) its second one, with
 // UFFD_FEATURE_WP_ASYNC, for Shared regions with Tracking::Async.
 // $PAGERD_UFFD_MODE=user-only skips the full-mode attempts (for testing the fallback).
-Result<Uffd> create_uffd(bool async_wp = false);
+// fork: ask for UFFD_FEATURE_EVENT_FORK (the daemon has capability FORK).
+Result<Uffd> create_uffd(bool async_wp = false, bool fork = false);
 
 }  // namespace pagerd::libclient

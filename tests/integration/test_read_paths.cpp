@@ -271,18 +271,6 @@ TEST_CASE("mremap moves a region and the daemon follows it", "[read][events]")
     CHECK(daemon.wait_until([](const auto& s) { return s.regions == 0; }));
 }
 
-TEST_CASE("a forked child does not see regions (MADV_DONTFORK)", "[read][fork]")
-{
-    TempDir dir;
-    make_file(dir.file("data"), 65536, 51);
-    Daemon daemon;
-    auto conn = daemon.connect();
-    auto r = conn->map_file(dir.file("data"), {0, 65536, Access::ReadOnly});
-    REQUIRE(r.ok());
-    const int st = run_child([&] { return static_cast<const volatile std::uint8_t*>(r->addr)[0]; });
-    CHECK(killed_by(st, SIGSEGV));
-}
-
 TEST_CASE("pages past the end of a file that shrank raise SIGBUS, like mmap", "[read][sigbus]")
 {
     TempDir dir;

@@ -221,6 +221,9 @@ public:
     // daemon to connect to it.
     Result<Region> map_store(const std::string& uri, const MapOptions& options);
     Result<void> unmap(const Region& region);  // Shared regions are flushed first
+    // Drops the library's record of the region and asks the daemon to drop what is left of
+    // it; never touches memory (for callers that munmap'ed it, or parts of it, themselves).
+    Result<void> forget(const Region& region);
     // Writes the region's dirty pages to its file, then fdatasync. Thread-safe.
     Result<FlushResult> flush(const Region& region);
     Result<FlushResult> flush_all();  // every Shared region of this connection
@@ -249,6 +252,12 @@ public:
     // False once the daemon connection is lost; from then on faults on unloaded pages of
     // this connection's regions raise SIGBUS instead of blocking.
     bool daemon_alive() const;
+    // True in a child made by fork() from the process that connected. The child keeps the
+    // regions (ReadOnly, PrivateWritable and Shared ones in the daemon's page cache; not
+    // Shared ones with Sigsegv or Async tracking): the daemon serves its faults. Here,
+    // unmap, forget, find and flush work (flush writes the whole region to the file with
+    // pwrite, then fdatasync); every other call fails with ENOTCONN: connect anew.
+    bool forked() const;
 
     struct Impl;
 

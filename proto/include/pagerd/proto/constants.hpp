@@ -82,7 +82,8 @@ enum class ErrorCode : std::uint32_t {
     X(PREFETCH, 6)               \
     X(CACHE, 7)                  \
     X(CACHE_SHARED, 8)           \
-    X(STORES, 9)
+    X(STORES, 9)                 \
+    X(FORK, 10)
 
 namespace cap {
 #define PAGERD_X(name, bit) inline constexpr std::uint64_t name = std::uint64_t{1} << bit;

@@ -58,4 +58,16 @@ inline int uffd_wake(int uffd, std::uint64_t start, std::uint64_t len)
     return ::ioctl(uffd, UFFDIO_WAKE, &r) == 0 ? 0 : errno;
 }
 
+// Whether the address space behind a userfaultfd is gone (its process exited or exec'd):
+// its ioctls then fail with ESRCH. Probes with UFFDIO_CONTINUE of the page at `probe`,
+// which must be in none of the userfaultfd's ranges: then it changes nothing (ENOENT).
+inline bool uffd_gone(int uffd, std::uint64_t probe = 0x10000, std::uint64_t page = 4096)
+{
+    uffdio_continue c{};
+    c.range.start = probe;
+    c.range.len = page;
+    c.mode = UFFDIO_CONTINUE_MODE_DONTWAKE;
+    return ::ioctl(uffd, UFFDIO_CONTINUE, &c) != 0 && errno == ESRCH;
+}
+
 }  // namespace pagerd::util

@@ -1,0 +1,123 @@
+// Forked children (capability FORK). A client's userfaultfd has UFFD_FEATURE_EVENT_FORK:
+// when the client forks, the kernel gives the child's copies of its registered regions a
+// userfaultfd of their own and hands it to us in UFFD_EVENT_FORK. The child becomes a
+// client of this worker without a socket: it has the regions it inherited, its faults are
+// served like any client's, its UNMAP / REMAP / REMOVE events keep its table true, and a
+// grandchild arrives the same way. Nothing tells us when the child exits or execs: its
+// userfaultfd's ioctls then fail with ESRCH, which reap_forked() probes for.
+#include <spdlog/spdlog.h>
+
+#include "pagerd/util/uffd.hpp"
+#include "worker.hpp"
+
+namespace pagerd::daemon {
+namespace {
+
+constexpr auto k_reap_interval = std::chrono::milliseconds(200);
+
+// A page in none of c's regions (so probing it changes nothing), below every address a
+// region is likely to have.
+std::uint64_t probe_page(const Client& c, std::uint64_t page)
+{
+    std::uint64_t a = 0x10000;
+    while (c.regions.find(a)) a += page;
+    return a;
+}
+
+}  // namespace
+
+void Worker::on_fork(Client& parent, unsigned slot, util::UniqueFd child_uffd)
+{
+    if (!child_uffd) return;
+    auto child = std::make_unique<Client>();
+    child->serial = m_ctx.next_client_serial.fetch_add(1);
+    child->peer = parent.peer;
+    child->peer.pid = 0;  // unknown: the event does not say
+    child->name = (parent.name.empty() ? std::string("client") : parent.name) + " (forked from client " +
+                  std::to_string(parent.serial) + ")";
+    child->forked_from = parent.serial;
+    child->hello_done = true;
+    child->uffds[0].fd = std::move(child_uffd);
+    child->uffds[0].features = parent.uffds[slot].features;
+    child->uffd_flags = slot == 0 ? parent.uffd_flags : 0;
+    child->next_region_id = parent.next_region_id;
+    // The regions registered with the userfaultfd that forked, as the parent had them when
+    // it forked (its earlier events were read before this one). Regions with a memfd of
+    // their own are not copied: their tracking is the parent process's (libclient keeps
+    // them from a child with MADV_DONTFORK; a child that has them anyway gets SIGBUS).
+    parent.regions.for_each([&](const Region& r) {
+        if (r.uffd_slot != slot || r.mem) return;
+        Region copy = r;
+        copy.uffd_slot = 0;
+        child->regions.insert(std::move(copy));
+    });
+    child->uffds[0].op.client = child.get();
+    child->uffds[0].op.slot = 0;
+    child->uffds[1].op.client = child.get();
+    child->uffds[1].op.slot = 1;
+    spdlog::info("client {} forked: client {} serves the child's {} region(s)", parent.serial, child->serial,
+                 child->regions.count());
+    m_ctx.connections.fetch_add(1);
+    m_stats.clients.fetch_add(1, std::memory_order_relaxed);
+    m_stats.regions.fetch_add(child->regions.count(), std::memory_order_relaxed);
+    m_stats.mapped_bytes.fetch_add(child->regions.bytes(), std::memory_order_relaxed);
+    if (child->uffd_flags & proto::k_uffd_user_mode_only)
+        m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
+    Client& ref = *child;
+    {
+        std::lock_guard lock(m_table_mutex);
+        m_clients.emplace(ref.serial, std::move(child));
+    }
+    if (m_stopping) {
+        close_client(ref, "daemon stopping");
+        return;
+    }
+    arm_poll(ref, ref.uffds[0].op, ref.uffds[0].fd.get());
+}
+
+void Worker::reap_forked(Clock::time_point now)
+{
+    if (now - m_last_reap < k_reap_interval) return;
+    m_last_reap = now;
+    for (auto it = m_clients.begin(); it != m_clients.end();) {
+        Client& c = *(it++)->second;  // closing may erase c
+        if (!c.forked_from || c.closing) continue;
+        if (c.regions.count() == 0)
+            close_client(c, "the forked child unmapped every region");  // it can never fault again
+        else if (util::uffd_gone(c.uffds[0].fd.get(), probe_page(c, m_ctx.page_size), m_ctx.page_size))
+            close_client(c, "the forked child exited or exec'd");
+    }
+}
+
+// The child lives on (the daemon stops, say) and its userfaultfd is about to close: its
+// regions would then be plain mappings of the cache or of zeros, and a page not loaded yet
+// would read wrong. Poison markers on every page it has not mapped make those raise SIGBUS
+// instead, as a parent's do once its daemon is gone; the pages it has mapped stay (the
+// caches keep them when the daemon stops).
+void Worker::poison_unloaded(Client& c)
+{
+    const int fd = c.uffds[0].fd.get();
+    const std::uint64_t ps = m_ctx.page_size;
+    if (util::uffd_gone(fd, probe_page(c, ps), ps)) return;
+    // Its mapped pages stay right only while the caches keep them.
+    if (m_stopping && m_ctx.cache) m_ctx.cache->spare_pages();
+    c.regions.for_each([&](const Region& r) {
+        for (std::uint64_t a = r.start; a < r.end();) {
+            uffdio_poison p{};
+            p.range.start = a;
+            p.range.len = r.end() - a;
+            p.mode = UFFDIO_POISON_MODE_DONTWAKE;
+            if (::ioctl(fd, UFFDIO_POISON, &p) == 0) break;
+            const int err = errno;
+            if (err == EAGAIN && p.updated > 0)
+                a += static_cast<std::uint64_t>(p.updated);  // stopped at a mapped page
+            else if (err == EEXIST || err == EAGAIN)
+                a += ps;  // a mapped page (or the layout changing under us): past it
+            else
+                return;  // ESRCH: gone; anything else: nothing we can do
+        }
+    });
+    c.regions.for_each([&](const Region& r) { util::uffd_wake(fd, r.start, r.length); });
+}
+
+}  // namespace pagerd::daemon
