@@ -383,6 +383,77 @@ NbdRun run_nbd_cases(const NbdSetup& s);
 // Async-signal-safe: removes the named copy of the file the export serves, if any.
 void nbd_emergency_cleanup() noexcept;
 
+// ---- preload.cpp: unmodified python3 + numpy under pagerd-run (--cases preload) --------
+
+// One run of bench/preload_sum.py (numpy.memmap summing the file as uint64), as it reported
+// itself and as this process saw it.
+struct PreloadSide {
+    double seconds = -1;       // the script's own clock: memmap + sum (single), pool made to last part (pool)
+    double wall = -1;          // fork to exit of python3 (or of pagerd-run and python3)
+    std::uint64_t sum = 0;     // wrapping sum of the uint64 words
+    std::uint64_t rss = 0, pss = 0;  // smaps_rollup of python3 (+ every worker for pool)
+    unsigned workers = 0;      // distinct worker processes (pool)
+    double cpu = -1;           // utime+stime of python3 and its children (wait4)
+    // pagerd sides only:
+    bool taken = false;        // the preload library's debug line says the file was taken
+    std::string debug;         // its debug lines about the file
+    std::uint64_t faults = 0, cache_loads = 0, cache_hits = 0, bytes_read = 0;  // deltas over the run
+    std::uint64_t cache_peak = 0;  // the daemon's cache_bytes, sampled every 10 ms, peak
+    double daemon_cpu = -1;        // the daemon's utime+stime over the run
+    bool ran() const { return seconds > 0; }
+};
+
+struct PreloadCase {
+    std::string num;    // "1".."4"
+    std::string name;   // "single-cold", "single-hot", "pool4-cold", "pool4-hot"
+    std::string title;
+    bool pool = false;
+    bool cold = false;
+    PreloadSide kernel, pagerd;  // without and with pagerd-run
+    std::string failure, skipped;
+    std::vector<std::string> notes;
+
+    bool ran() const { return failure.empty() && skipped.empty() && kernel.ran() && pagerd.ran(); }
+    double ratio() const { return ran() ? kernel.seconds / pagerd.seconds : -1; }  // throughput: higher is better
+    // Memory: PSS of the Python processes (+ the daemon's cache peak for pagerd).
+    std::uint64_t kernel_memory() const { return kernel.pss; }
+    std::uint64_t pagerd_memory() const { return pagerd.pss + pagerd.cache_peak; }
+};
+
+struct PreloadSetup {
+    int fd = -1;              // the file (cold: dropped through it)
+    std::uint64_t bytes = 0;  // whole pages
+    std::string path;         // its name; empty: an unlinked temporary (copied to a named file)
+    std::string tmpdir;
+    std::string pagerd;       // executable (empty: find_pagerd)
+    std::string pagerd_run;   // executable (empty: find_pagerd_run)
+    std::string python = "/usr/bin/python3";
+    std::string script;       // preload_sum.py (empty: find_preload_script)
+    std::vector<std::string> daemon_args;
+    unsigned workers = 4;
+    bool cold_possible = false;
+    std::string cold_note;
+    bool progress = false;
+    std::function<void(const std::string&)> error;
+};
+
+struct PreloadRun {
+    std::vector<PreloadCase> cases;
+    std::string array_file, pagerd_run, python, script, numpy;
+    std::vector<std::string> daemons;  // how each pagerd side's daemon was started
+    std::string load;
+    double seconds = -1;
+    unsigned workers = 4;
+};
+
+PreloadRun run_preload_cases(const PreloadSetup& s);
+// ../preload/pagerd-run next to pagerd-bench (the build tree), pagerd-run next to it, on $PATH.
+std::string find_pagerd_run();
+// preload_sum.py next to pagerd-bench (the build tree's copy), else in the source tree.
+std::string find_preload_script();
+// Async-signal-safe: removes the named copy of the file, if any.
+void preload_emergency_cleanup() noexcept;
+
 // ---- report.cpp: the table and the JSON object ------------------------------------------
 
 // One read case: a pagerd side against a baseline, measured back to back on the same file.
@@ -457,6 +528,8 @@ struct RunInfo {
     NbdRun nbd_run;
     bool second_copy = false;  // --cases second-copy
     SecondCopyRun second;
+    bool preload = false;  // --cases preload
+    PreloadRun preload_run;
 };
 
 void set_machine(RunInfo& info);  // kernel, cpus, date
@@ -510,6 +583,10 @@ void print_second_copy_json(const RunInfo& info);  // prints ,"second_copy":{...
 // report_nbd.cpp: the NBD table, and its JSON member.
 void print_nbd_tables(const RunInfo& info);
 void print_nbd_json(const RunInfo& info);  // prints ,"nbd_cases":[...],...
+
+// report_preload.cpp: the preload table, and its JSON member.
+void print_preload_tables(const RunInfo& info);
+void print_preload_json(const RunInfo& info);  // prints ,"preload":{...}
 
 // report_cache.cpp: the cache table, and its JSON member.
 void print_cache_tables(const RunInfo& info);

@@ -41,6 +41,10 @@ struct Options {
     std::vector<unsigned> nbd_connections = {1, 2, 4};
     std::vector<std::uint64_t> nbd_readahead = {4ull << 20, 16ull << 20, 64ull << 20};
     std::vector<std::string> nbd_nbdcopy = {"1x4", "1x16", "1x64"};
+    std::string pagerd_run;      // --pagerd-run (empty: find_pagerd_run)
+    std::string preload_script;  // --preload-script (empty: find_preload_script)
+    std::string python = "/usr/bin/python3";
+    unsigned preload_workers = 4;
 };
 
 // One read case: the pagerd side and its baseline.
@@ -257,6 +261,36 @@ medians (the baselines run once per repetition). Needs nbdkit (with its delay fi
 nbdcopy (libnbd-bin) on $PATH. Without --file, the export serves a named copy of the
 temporary file in --tmpdir, removed at the end.
 
+Preload cases (--cases preload; not in the default set: about a minute with the 1 GiB
+file): an unmodified program, Debian's python3 with numpy, summing the file as a
+numpy.memmap of uint64 (bench/preload_sum.py), run as it is (the kernel's mmap) and under
+pagerd-run (libpagerd-preload.so: its mmap served by pagerd), back to back in the same run:
+  case  what python3 does                                 cold / hot
+  1     np.memmap + sum of the whole array, one process   cold
+  2     the same                                          hot
+  3     a multiprocessing pool (fork start method) of     cold
+        --preload-workers (default 4) workers made after
+        the memmap, each summing one part of it (a barrier
+        puts every part in a worker of its own)
+  4     the same                                          hot
+Cold: the kernel's page cache dropped as for the read cases, and a fresh pagerd (--daemon-arg
+options; its cache empty) for the pagerd side. Hot: the file read once (pread) before each
+side, and the pagerd side run once before the measured run with the same daemon (its cache
+filled, if it keeps it once the program ends). Every pagerd side has a daemon of its own.
+Figures: the script's own clock (single: np.memmap + sum; pool: from making the pool to the
+last part summed) on both sides and the ratio kernel / pagerd-run (above 1: pagerd-run is
+faster); wall time of the program (fork to exit, numpy's import included); for the pool
+cases memory: RSS and PSS (/proc/PID/smaps_rollup) of the parent and every worker summed,
+and for pagerd the peak of the daemon's cache_bytes (sampled every 10 ms), total = PSS (+
+daemon cache) and its ratio pagerd / kernel; the daemon's faults, cache loads and hits,
+bytes read and CPU over the measured run. Checks: the sums equal on both sides, and the
+preload library's --debug line says it took the file; else the case FAILED (exit status 1).
+pagerd-run: --pagerd-run, else ../preload/pagerd-run next to pagerd-bench (the build tree),
+else pagerd-run next to it, else on $PATH. The script: --preload-script, else
+preload_sum.py next to pagerd-bench (the build tree's copy), else bench/ of the source
+tree. Without --file, python3 reads a named copy of the temporary file in --tmpdir, removed
+at the end.
+
 Daemon: without --socket, pagerd-bench starts its own pagerd on a temporary socket (from
 --pagerd, else ../daemon/pagerd next to pagerd-bench as in the build tree, else pagerd next
 to it, else pagerd on $PATH), waits up to 5 s for it to accept, and stops it with SIGTERM
@@ -268,12 +302,14 @@ void on_sigbus(int)
 {
     if (g_stop_signal) {  // the daemon was stopped by on_stop: die of that signal, after its cleanup
         nbd_emergency_cleanup();  // on_stop may not have reached it yet
+        preload_emergency_cleanup();
         ::raise(g_stop_signal);
     }
     static const char msg[] = "pagerd-bench: SIGBUS while touching a mapping (did pagerd stop?)\n";
     [[maybe_unused]] const ssize_t w = ::write(STDERR_FILENO, msg, sizeof msg - 1);
     daemon_emergency_cleanup();
     nbd_emergency_cleanup();
+    preload_emergency_cleanup();
     ::_exit(1);
 }
 
@@ -283,6 +319,7 @@ void on_stop(int sig)
     g_stop_signal = sig;
     daemon_emergency_cleanup();
     nbd_emergency_cleanup();
+    preload_emergency_cleanup();
     ::raise(sig);
 }
 
@@ -354,8 +391,9 @@ int run(const Options& o)
     info.caches = wanted("cache");
     info.second_copy = wanted("second-copy");
     info.nbd = wanted("nbd");
+    info.preload = wanted("preload");
     const bool any_reads = info.reads || info.extras;
-    const bool read_file = any_reads || info.caches || info.second_copy || info.nbd;  // the file of --size (or --file) is read
+    const bool read_file = any_reads || info.caches || info.second_copy || info.nbd || info.preload;  // the file of --size (or --file) is read
     const bool main_daemon = any_reads || info.writes || info.flushes;  // the cache cases start their own
     const std::uint64_t write_bytes = o.write_pages * k_page;
 
@@ -387,7 +425,8 @@ int run(const Options& o)
     info.threads = o.threads ? o.threads : static_cast<unsigned>(std::max(1L, cpus));
 
     // The NBD cases need no cold page cache (nbdkit reads the file hot): no drop for them alone.
-    const ColdProbe cold = read_file && (any_reads || info.caches || info.second_copy) ? probe_cold(fd, bytes) : ColdProbe{};
+    const ColdProbe cold =
+        read_file && (any_reads || info.caches || info.second_copy || info.preload) ? probe_cold(fd, bytes) : ColdProbe{};
     info.cold_possible = cold.possible;
     info.cold_note = cold.note;
 
@@ -463,13 +502,33 @@ int run(const Options& o)
         info.nbd_run = run_nbd_cases(ns);
     }
 
+    if (info.preload) {  // a fresh daemon of its own for every pagerd side
+        PreloadSetup ps;
+        ps.fd = fd;
+        ps.bytes = bytes;
+        ps.path = file->temporary ? "" : file->path;
+        ps.tmpdir = o.tmpdir;
+        ps.pagerd = o.pagerd;
+        ps.pagerd_run = o.pagerd_run;
+        ps.python = o.python;
+        ps.script = o.preload_script;
+        ps.daemon_args = o.daemon_args;
+        ps.workers = o.preload_workers;
+        ps.cold_possible = cold.possible;
+        ps.cold_note = cold.note;
+        ps.progress = progress;
+        ps.error = error;
+        info.preload_run = run_preload_cases(ps);
+    }
+
     std::unique_ptr<Daemon> daemon;
     std::unique_ptr<libclient::Connection> connection;
     std::string socket = o.socket;
     if (!main_daemon) {
-        info.daemon = info.caches ? "none for the whole run (each group of cache cases starts its own, below)"
-                      : info.nbd  ? "none for the whole run (every pagerd side of the NBD cases starts its own, below)"
-                                  : "none (the second-copy cases read the file in pagerd-bench itself)";
+        info.daemon = info.caches    ? "none for the whole run (each group of cache cases starts its own, below)"
+                      : info.nbd     ? "none for the whole run (every pagerd side of the NBD cases starts its own, below)"
+                      : info.preload ? "none for the whole run (every pagerd side of the preload cases starts its own, below)"
+                                     : "none (the second-copy cases read the file in pagerd-bench itself)";
     } else if (socket.empty()) {
         auto started = Daemon::start(o.pagerd, o.daemon_args);
         if (!started) return fail(started.error().message);
@@ -711,9 +770,20 @@ int main(int argc, char** argv)
                    "shared readers; about 75 s, so not in the default), second-copy (loads that leave no "
                    "second copy in the kernel's page cache: O_DIRECT, RWF_DONTCACHE, fadvise; about 4 min, "
                    "not in the default), nbd (an NBD export with a delay per read through pagerd against nbdcopy and "
-                   "synchronous libnbd reads; about 45 s, not in the default) (default read,extra,write,flush)")
+                   "synchronous libnbd reads; about 45 s, not in the default), preload (python3 + numpy.memmap summing the file "
+                   "with and without pagerd-run, one process and a fork pool, cold and hot; about a minute, not in "
+                   "the default) (default read,extra,write,flush)")
         ->delimiter(',')
-        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache", "second-copy", "nbd"}));
+        ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache", "second-copy", "nbd", "preload"}));
+    app.add_option("--pagerd-run", o.pagerd_run,
+                   "pagerd-run of the preload cases (default: ../preload/pagerd-run next to pagerd-bench, else "
+                   "pagerd-run next to it, else on $PATH)");
+    app.add_option("--preload-script", o.preload_script,
+                   "The preload cases' Python script (default: preload_sum.py next to pagerd-bench, else bench/ of "
+                   "the source tree)");
+    app.add_option("--python", o.python, "python3 of the preload cases, with numpy (default /usr/bin/python3)");
+    app.add_option("--preload-workers", o.preload_workers, "Workers of the preload pool cases (default 4)")
+        ->check(CLI::Range(1u, 64u));
     app.add_option("--nbd-random-pages", o.nbd_random_pages,
                    "Distinct 4 KiB pages read by the NBD random cases (default 4000)")
         ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 24));

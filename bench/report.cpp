@@ -240,6 +240,7 @@ void print_table(const RunInfo& info, const std::vector<CaseResult>& cases)
     print_write_tables(info);
     print_cache_tables(info);
     print_nbd_tables(info);
+    print_preload_tables(info);
 
     if (info.have_status) {
         const auto& s = info.status;
@@ -313,6 +314,7 @@ void print_json(const RunInfo& info, const std::vector<CaseResult>& cases)
     print_write_json(info);
     print_cache_json(info);
     print_nbd_json(info);
+    print_preload_json(info);
     print_second_copy_json(info);
     std::printf(",\"daemon\":{\"description\":%s,\"pid\":%s,\"peak_rss_kib\":%s,\"rss_kib\":%s,\"status\":",
                 json_string(info.daemon).c_str(), info.daemon_pid > 0 ? std::to_string(info.daemon_pid).c_str() : "null",
