@@ -1,0 +1,31 @@
+// The slow paths of the interposed calls: deciding whether pagerd takes a file mapping,
+// and keeping the table of taken regions right through munmap, mremap, madvise and msync.
+// interpose.cpp calls these only for file mappings and for ranges that touch a taken
+// region; everything here runs with the thread's reentrancy flag set, so that libclient's
+// own mmap calls (and anything else reached from here) go straight to the kernel.
+#pragma once
+#include <sys/types.h>
+
+#include <cstddef>
+
+namespace pagerd::preload {
+
+// Set while this thread is inside the library: its calls go straight to the kernel.
+[[gnu::tls_model("initial-exec")]] extern thread_local bool t_inside;
+
+struct Inside {
+    Inside() noexcept { t_inside = true; }
+    ~Inside() { t_inside = false; }
+    Inside(const Inside&) = delete;
+    Inside& operator=(const Inside&) = delete;
+};
+
+void* map(void* addr, std::size_t len, int prot, int flags, int fd, off_t off) noexcept;
+// MAP_FIXED of anything over a taken region (after the real mmap put it there).
+void* map_fixed(void* addr, std::size_t len, int prot, int flags, int fd, off_t off) noexcept;
+int unmap(void* addr, std::size_t len) noexcept;
+void* remap(void* old, std::size_t old_size, std::size_t new_size, int flags, void* new_addr) noexcept;
+int advise(void* addr, std::size_t len, int advice) noexcept;
+int sync(void* addr, std::size_t len, int flags) noexcept;
+
+}  // namespace pagerd::preload

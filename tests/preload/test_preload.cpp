@@ -1,0 +1,362 @@
+// libpagerd-preload.so and pagerd-run with mapper, a program of ours that uses libc's mmap
+// and knows nothing of pagerd: its output under pagerd-run equals its output without, and
+// the daemon's counters show the file's pages came through it (or, for what falls back,
+// that they did not).
+#include <catch2/catch.hpp>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "preload_helpers.hpp"
+
+using namespace pagerd;
+using namespace pagerd::test;
+using namespace pagerd::test::preload;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t k_mib = 1024 * 1024;
+
+std::uint64_t loaded(const libclient::Status& s) { return std::max(s.bytes_read, s.cache_loads * 4096); }
+
+// mapper's steps without pagerd-run, then with it; both must exit 0 with the same output.
+struct Both {
+    CommandResult plain, paged;
+};
+Both run_both(const Daemon& daemon, const std::vector<std::string>& steps, const std::vector<std::string>& options = {},
+              const std::vector<std::string>& env = {})
+{
+    Both b;
+    b.plain = run_command(mapper_with(steps), env);
+    b.paged = run_command(under(daemon.socket(), options, mapper_with(steps)), env);
+    INFO("without: " << b.plain.out << b.plain.err << "\nwith: " << b.paged.out << b.paged.err);
+    REQUIRE(exited_with(b.plain.status, 0));
+    REQUIRE(exited_with(b.paged.status, 0));
+    CHECK(b.paged.out == b.plain.out);
+    return b;
+}
+
+// The steps without their "wait"s, and an output without its "wait" lines: the same
+// program run to its end at once.
+std::vector<std::string> no_waits(std::vector<std::string> steps)
+{
+    steps.erase(std::remove(steps.begin(), steps.end(), "wait"), steps.end());
+    return steps;
+}
+std::string no_waits(std::string out)
+{
+    for (std::size_t at; (at = out.find("wait\n")) != std::string::npos;) out.erase(at, 5);
+    return out;
+}
+
+std::string sum_line(int slot, std::uint64_t sum) { return "sum " + std::to_string(slot) + " " + std::to_string(sum) + "\n"; }
+
+}  // namespace
+
+TEST_CASE("a read-only mapping is served by the daemon and sums as without it", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 8 * k_mib, 11);
+    Daemon daemon;
+    auto conn = daemon.connect();
+    const auto before = daemon.status();
+    const auto b = run_both(daemon, {"open:" + data + ":ro", "map:0:0:all:r:private", "sum:0"});
+    CHECK(b.paged.out == "open: ok\nmap 0: ok\n" + sum_line(0, byte_sum(data)));
+    CHECK(taken(b.paged.err, data));
+    const auto after = daemon.status();
+    CHECK(after.faults > before.faults);
+    CHECK(loaded(after) - loaded(before) >= 8 * k_mib);
+
+    // While it runs: a region of the mapper's, and the daemon's cache of the file.
+    Interactive run(under(daemon.socket(), {}, mapper_with({"open:" + data + ":ro", "map:0:0:all:r:shared", "sum:0", "wait"})));
+    run.until_wait();
+    CHECK(regions_of(*conn, run.pid()) == 1);
+    struct stat st{};
+    REQUIRE(::stat(data.c_str(), &st) == 0);
+    auto caches = conn->caches();
+    REQUIRE(caches.ok());
+    bool cached = false;
+    for (const auto& c : caches.value())
+        cached |= c.dev == st.st_dev && c.ino == st.st_ino && c.resident >= 8 * k_mib;
+    CHECK(cached);
+    run.resume();
+    CHECK(exited_with(run.finish().status, 0));
+}
+
+TEST_CASE("a private writable mapping keeps its writes to itself", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 12);
+    const auto original = read_file(data);
+    Daemon daemon;
+    const auto b = run_both(daemon, {"open:" + data + ":ro", "map:0:0:all:rw:private", "write:0:8192:hello",
+                                     "peek:0:8192:5", "sum:0"});
+    CHECK(b.paged.out.find("peek 0 8192: 68 65 6c 6c 6f\n") != std::string::npos);
+    CHECK(taken(b.paged.err, data));
+    CHECK(read_file(data) == original);
+    CHECK(daemon.status().faults > 0);
+}
+
+TEST_CASE("a shared writable mapping reaches the file at msync", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 13);
+    Daemon daemon;
+    Interactive run(under(daemon.socket(), {}, mapper_with({"open:" + data + ":rw", "map:0:0:all:rw:shared",
+                                                             "write:0:5000:pagerd", "msync:0", "wait"})));
+    CHECK(run.until_wait() == "open: ok\nmap 0: ok\nwrite 0: ok\nmsync 0: ok\nwait\n");
+    // The mapping is still there: only the flush of msync can have put the bytes in the file.
+    const auto bytes = read_file(data);
+    CHECK(std::string(bytes.begin() + 5000, bytes.begin() + 5006) == "pagerd");
+    run.resume();
+    const auto r = run.finish();
+    CHECK(exited_with(r.status, 0));
+    CHECK(taken(r.err, data));
+    // The same steps without pagerd give the same output.
+    CHECK(run_command(mapper_with({"open:" + data + ":rw", "map:0:0:all:rw:shared", "write:0:5000:pagerd",
+                                   "msync:0"})).out == "open: ok\nmap 0: ok\nwrite 0: ok\nmsync 0: ok\n");
+}
+
+TEST_CASE("munmap of whole and partial mappings is followed by the daemon", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 8 * k_mib, 14);
+    Daemon daemon;
+    auto conn = daemon.connect();
+    const std::string half = std::to_string(4 * k_mib), all = std::to_string(8 * k_mib);
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "map:1:0:all:r:private", "wait",
+                                         "munmap:1:0:" + all, "wait",
+                                         "munmap:0:0:" + half, "sum:0:" + half + ":" + half, "wait",
+                                         "munmap:0:" + half + ":" + half, "wait"};
+    Interactive run(under(daemon.socket(), {}, mapper_with(steps)));
+    run.until_wait();
+    CHECK(regions_of(*conn, run.pid()) == 2);
+    run.resume();
+    run.until_wait();  // the whole of slot 1 unmapped
+    CHECK(regions_of(*conn, run.pid()) == 1);
+    run.resume();
+    CHECK(run.until_wait() == "munmap 0: ok\n" + sum_line(0, byte_sum(data, 4 * k_mib)) + "wait\n");
+    CHECK(regions_of(*conn, run.pid()) == 1);  // half of slot 0 left
+    run.resume();
+    run.until_wait();  // the rest of slot 0: nothing left, forgotten
+    CHECK(regions_of(*conn, run.pid()) == 0);
+    run.resume();
+    const auto r = run.finish();
+    CHECK(exited_with(r.status, 0));
+    CHECK(no_waits(r.out) == run_command(mapper_with(no_waits(steps))).out);
+}
+
+TEST_CASE("mremap moves shrinks and grows a taken mapping", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 8 * k_mib, 15);
+    Daemon daemon;
+    auto conn = daemon.connect();
+    const std::string half = std::to_string(4 * k_mib), all = std::to_string(8 * k_mib);
+    // Moved before any page is touched: the daemon serves the faults at the new address.
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "mremap:0:" + all + ":fixed",
+                                         "sum:0", "mremap:0:" + half + ":none", "sum:0",
+                                         "mremap:0:" + all + ":maymove", "sum:0", "wait"};
+    Interactive run(under(daemon.socket(), {}, mapper_with(steps)));
+    const std::string expect = "open: ok\nmap 0: ok\nmremap 0: ok\n" + sum_line(0, byte_sum(data)) + "mremap 0: ok\n" +
+                               sum_line(0, byte_sum(data, 0, 4 * k_mib)) + "mremap 0: ok\n" +
+                               sum_line(0, byte_sum(data)) + "wait\n";
+    CHECK(run.until_wait() == expect);
+    CHECK(regions_of(*conn, run.pid()) == 1);  // the grown one; the old one is gone
+    run.resume();
+    const auto r = run.finish();
+    CHECK(exited_with(r.status, 0));
+    CHECK(taken(r.err, data));
+    CHECK(no_waits(r.out) == run_command(mapper_with(no_waits(steps))).out);
+    CHECK(daemon.status().faults > 0);
+
+    // Growing a private writable mapping would lose its writes; growing in place is refused.
+    const auto grown = run_command(under(daemon.socket(), {}, mapper_with({"open:" + data + ":ro", "map:0:0:" + half + ":rw:private",
+                                                                           "mremap:0:" + all + ":maymove", "mremap:0:" + all + ":none"})));
+    CHECK(grown.out == "open: ok\nmap 0: ok\nmremap 0: ENOMEM\nmremap 0: ENOMEM\n");
+}
+
+TEST_CASE("madvise WILLNEED loads a taken range before it is touched", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 8 * k_mib, 16);
+    Daemon daemon;
+    Interactive run(under(daemon.socket(), {}, mapper_with({"open:" + data + ":ro", "map:0:0:all:r:private", "willneed:0",
+                                                             "wait", "sum:0"})));
+    CHECK(run.until_wait() == "open: ok\nmap 0: ok\nwillneed 0: ok\nwait\n");
+    CHECK(daemon.wait_until([](const libclient::Status& s) { return loaded(s) >= 8 * k_mib; }, 10s));
+    CHECK(daemon.status().faults == 0);
+    run.resume();
+    const auto r = run.finish();
+    CHECK(r.out == "open: ok\nmap 0: ok\nwillneed 0: ok\nwait\n" + sum_line(0, byte_sum(data)));
+    CHECK(taken(r.err, data));
+}
+
+TEST_CASE("mappings pagerd does not take fall back and say why", "[preload][fallback]")
+{
+    TempDir dir;
+    const std::string big = dir.file("big.bin"), small = dir.file("small.bin");
+    make_file(big, 4 * k_mib, 17);
+    make_file(small, 100 * 1024, 18);
+    Daemon daemon;
+    struct Case {
+        std::string name;
+        std::vector<std::string> steps, options;
+        std::string path, reason;
+    };
+    const std::vector<Case> cases{
+        {"small file", {"open:" + small + ":ro", "map:0:0:all:r:private", "sum:0"}, {}, small, "smaller than the minimum size"},
+        {"glob", {"open:" + big + ":ro", "map:0:0:all:r:private", "sum:0"}, {"--map", "*.npy"}, big, "does not match PAGERD_MAP"},
+        {"coherence", {"open:" + big + ":rw", "pwrite:4096:zz", "map:0:0:all:r:shared", "sum:0", "pwrite:4096:yy",
+                       "peek:0:4096:2", "pwrite:4096:zz"}, {}, big,
+         "descriptor open for writing"},
+        {"exec", {"open:" + big + ":ro", "map:0:0:all:rx:private", "sum:0"}, {}, big, "PROT_EXEC"},
+        {"fixed", {"anon:0:" + std::to_string(4 * k_mib), "open:" + big + ":ro", "map:0:0:all:r:private:fixed", "sum:0"}, {}, big,
+         "MAP_FIXED"},
+    };
+    for (const auto& c : cases) {
+        INFO(c.name);
+        const auto b = run_both(daemon, c.steps, c.options);
+        CHECK(b.paged.out.find(sum_line(0, byte_sum(c.path))) != std::string::npos);
+        CHECK(fallback_reason(b.paged.err, c.path).rfind(c.reason, 0) == 0);
+        CHECK_FALSE(taken(b.paged.err, c.path));
+    }
+    // The program's own pwrite shows in its mapping at once (it would not through pagerd).
+    CHECK(run_command(mapper_with(cases[2].steps)).out.find("peek 0 4096: 79 79\n") != std::string::npos);
+    const auto s = daemon.status();
+    CHECK(s.faults == 0);
+    CHECK(loaded(s) == 0);
+    // The glob that matches takes it; --min-size lowers the bar for the small file.
+    CHECK(taken(run_command(under(daemon.socket(), {"--map", "*/big.bin"}, mapper_with(cases[1].steps))).err, big));
+    CHECK(taken(run_command(under(daemon.socket(), {"--min-size", "64K"}, mapper_with(cases[0].steps))).err, small));
+}
+
+TEST_CASE("without a daemon the program runs unchanged and quickly", "[preload][fallback]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 19);
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "map:1:0:all:r:private", "sum:0", "sum:1"};
+    const auto start = std::chrono::steady_clock::now();
+    const auto r = run_command(under(dir.file("no-daemon.sock"), {}, mapper_with(steps)));
+    CHECK(std::chrono::steady_clock::now() - start < 2s);
+    CHECK(exited_with(r.status, 0));
+    CHECK(r.out == run_command(mapper_with(steps)).out);
+    const auto d = decisions(r.err, data);
+    REQUIRE(d.size() == 2);
+    CHECK(d[0].rfind("fell back: cannot connect to pagerd", 0) == 0);
+    CHECK(d[1].find("(not retried)") != std::string::npos);
+}
+
+TEST_CASE("with the daemon stopped the program finishes within the timeout", "[preload][fallback]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 20);
+    Daemon daemon;
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "map:1:0:all:r:private", "sum:0", "sum:1"};
+    REQUIRE(::kill(daemon.pid(), SIGSTOP) == 0);
+    const auto start = std::chrono::steady_clock::now();
+    const auto r = run_command(under(daemon.socket(), {"--timeout-ms", "1000"}, mapper_with(steps)));
+    const auto took = std::chrono::steady_clock::now() - start;
+    ::kill(daemon.pid(), SIGCONT);
+    CHECK(took >= 900ms);  // one timeout, not two
+    CHECK(took < 1900ms);
+    CHECK(exited_with(r.status, 0));
+    CHECK(r.out == run_command(mapper_with(steps)).out);
+    const auto d = decisions(r.err, data);
+    REQUIRE(d.size() == 2);
+    CHECK(d[0].find("did not answer") != std::string::npos);
+}
+
+TEST_CASE("a library constructor maps a file before main", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 2 * k_mib, 21);
+    Daemon daemon;
+    const auto b = run_both(daemon, {}, {}, {"MAPPER_CTOR_FILE=" + data});
+    CHECK(b.paged.out == "ctor sum " + std::to_string(byte_sum(data)) + "\n");
+    CHECK(taken(b.paged.err, data));
+    CHECK(daemon.status().faults > 0);
+}
+
+TEST_CASE("eight threads map and unmap at once", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 2 * k_mib, 22);
+    Daemon daemon;
+    const auto b = run_both(daemon, {"threads:8:10:" + data});
+    CHECK(b.paged.out == "threads ok " + std::to_string(byte_sum(data)) + "\n");
+    const auto d = decisions(b.paged.err, data);
+    CHECK(d.size() == 80);
+    CHECK(std::count(d.begin(), d.end(), "taken") == 80);
+    CHECK(daemon.status().faults > 0);
+}
+
+TEST_CASE("a forked child reads inherited mappings and maps new ones", "[preload][fork]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 23);
+    Daemon daemon;
+    const std::string half = std::to_string(2 * k_mib);
+    const auto b = run_both(daemon, {"open:" + data + ":ro", "map:0:0:all:r:private", "sum:0:0:" + half, "fork",
+                                     "sum:0", "map:1:0:all:r:private", "sum:1", "munmap:0:0:" + half, "munmap:1:0:" + half});
+    CHECK(b.paged.out == "open: ok\nmap 0: ok\n" + sum_line(0, byte_sum(data, 0, 2 * k_mib)) + sum_line(0, byte_sum(data)) +
+                             "map 1: ok\n" + sum_line(1, byte_sum(data)) + "munmap 0: ok\nmunmap 1: ok\nchild exit 0\n");
+    const auto d = decisions(b.paged.err, data);
+    CHECK(std::count(d.begin(), d.end(), "taken") == 2);  // the parent's, and the child's own
+}
+
+TEST_CASE("pagerd-run reports its argument errors", "[preload][run]")
+{
+    auto r = run_command({pagerd_run()});
+    CHECK(exited_with(r.status, 125));
+    CHECK(r.err.find("no PROGRAM") != std::string::npos);
+    r = run_command({pagerd_run(), "--min-size", "12Q", "--", "/bin/true"});
+    CHECK(exited_with(r.status, 125));
+    CHECK(r.err.find("--min-size '12Q' is not a size") != std::string::npos);
+    r = run_command({pagerd_run(), "--map", "a:b", "/bin/true"});
+    CHECK(exited_with(r.status, 125));
+    r = run_command({pagerd_run(), "--", "/nonexistent/program"});
+    CHECK(exited_with(r.status, 127));
+    CHECK(r.err.find("cannot run /nonexistent/program") != std::string::npos);
+    TempDir dir;
+    make_file(dir.file("not-executable"), 10);
+    r = run_command({pagerd_run(), "--", dir.file("not-executable")});
+    CHECK(exited_with(r.status, 126));
+    r = run_command({pagerd_run(), "--", "/bin/true"}, {"PAGERD_PRELOAD_LIB=/nonexistent/libpagerd-preload.so"});
+    CHECK(exited_with(r.status, 125));
+    CHECK(r.err.find("libpagerd-preload.so not found") != std::string::npos);
+    r = run_command({pagerd_run(), "--help"});
+    CHECK(exited_with(r.status, 0));
+    CHECK(r.out.find("Default: 1M") != std::string::npos);
+}
+
+TEST_CASE("pagerd-run sets the library and its variables for the program", "[preload][run]")
+{
+    const auto r = run_command({pagerd_run(), "--map", "*.npy", "--map", "/data/*", "--min-size", "2M", "--socket", "/tmp/s.sock",
+                                "--timeout-ms", "500", "--debug", "/usr/bin/env"},
+                               {"LD_PRELOAD=/lib/other.so"});
+    REQUIRE(exited_with(r.status, 0));
+    CHECK(r.out.find("\nLD_PRELOAD=" + std::string(PAGERD_PRELOAD_LIB) + ":/lib/other.so\n") != std::string::npos);
+    CHECK(r.out.find("\nPAGERD_MAP=*.npy:/data/*\n") != std::string::npos);
+    CHECK(r.out.find("\nPAGERD_MIN_SIZE=2097152\n") != std::string::npos);
+    CHECK(r.out.find("\nPAGERD_SOCKET=/tmp/s.sock\n") != std::string::npos);
+    CHECK(r.out.find("\nPAGERD_TIMEOUT_MS=500\n") != std::string::npos);
+    CHECK(r.out.find("\nPAGERD_DEBUG=1\n") != std::string::npos);
+}
