@@ -50,7 +50,10 @@ std::string find_library(std::string& tried)
     }
     candidates.push_back(PAGERD_PRELOAD_INSTALLED);
     for (const auto& c : candidates) {
-        if (readable(c)) return c;
+        if (readable(c)) {
+            char real[PATH_MAX];
+            return ::realpath(c.c_str(), real) ? real : c;
+        }
         tried += (tried.empty() ? "" : ", ") + c;
     }
     return "";

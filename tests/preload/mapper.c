@@ -11,6 +11,8 @@
  *   msync:S[:async]   willneed:S   munmap:S:OFF:LEN
  *   mremap:S:LEN:none|maymove|fixed      fixed: to a fresh address
  *   threads:N:ROUNDS:PATH                N threads each map, sum and unmap PATH ROUNDS times
+ *   halves:ROUNDS:PATH                   ROUNDS times: map PATH, unmap its first half, sum
+ *                                        and unmap the second
  *   wait                                 prints "wait", reads a line from stdin
  *   fork                                 the child does the steps after it; the parent
  *                                        waits for it, prints "child exit N" and stops
@@ -114,6 +116,31 @@ static void threads(int n, int rounds, const char* path)
         bad |= jobs[i].bad || jobs[i].first != jobs[0].first;
     }
     printf("threads %s %llu\n", bad ? "mismatch" : "ok", jobs[0].first);
+}
+
+static void halves(int rounds, const char* path)
+{
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (f < 0 || fstat(f, &st) != 0) {
+        printf("halves: %s\n", err_name(errno));
+        return;
+    }
+    const size_t half = (size_t)st.st_size / 2 & ~(size_t)4095;
+    unsigned long long first = 0;
+    int bad = 0;
+    for (int r = 0; r < rounds; ++r) {
+        unsigned char* p = mmap(NULL, 2 * half, PROT_READ, MAP_PRIVATE, f, 0);
+        if (p == MAP_FAILED || munmap(p, half) != 0) {
+            bad = 1;
+            break;
+        }
+        const unsigned long long s = sum_bytes(p + half, half);
+        if (r == 0) first = s;
+        bad |= s != first || munmap(p + half, half) != 0;
+    }
+    close(f);
+    printf("halves %s %llu\n", bad ? "mismatch" : "ok", first);
 }
 
 static int prot_of(const char* s)
@@ -235,6 +262,9 @@ static void step(char* arg)
         const int n = (int)num(field(&rest));
         const int rounds = (int)num(field(&rest));
         threads(n, rounds, field(&rest));
+    } else if (!strcmp(op, "halves")) {
+        const int rounds = (int)num(field(&rest));
+        halves(rounds, field(&rest));
     } else if (!strcmp(op, "wait")) {
         char line[64];
         printf("wait\n");

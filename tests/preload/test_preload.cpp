@@ -154,6 +154,16 @@ TEST_CASE("munmap of whole and partial mappings is followed by the daemon", "[pr
     const auto r = run.finish();
     CHECK(exited_with(r.status, 0));
     CHECK(no_waits(r.out) == run_command(mapper_with(no_waits(steps))).out);
+
+    // More mappings than the library's table holds, each unmapped in two halves: every one
+    // is taken, so each left the table when its last half went.
+    const std::string small = dir.file("small");
+    make_file(small, 8 * 4096, 24);
+    const auto b = run_both(daemon, {"halves:1100:" + small}, {"--min-size", "4K"});
+    CHECK(b.paged.out == "halves ok " + std::to_string(byte_sum(small, 4 * 4096)) + "\n");
+    const auto d = decisions(b.paged.err, small);
+    CHECK(d.size() == 1100);
+    CHECK(std::count(d.begin(), d.end(), "taken") == 1100);
 }
 
 TEST_CASE("mremap moves shrinks and grows a taken mapping", "[preload]")
