@@ -4,7 +4,9 @@
 #include <limits.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -140,6 +142,12 @@ const char* refuse(const Config& c, std::size_t len, int prot, int flags, int fd
     struct stat st{};
     if (::fstat(fd, &st) != 0) return "fstat failed";
     if (!S_ISREG(st.st_mode)) return "not a regular file";
+    // Nothing to page in, and often memory shared with other processes (shm_open, memfd),
+    // whose writes a copy in the daemon's cache would not see.
+    struct statfs fs{};
+    if (::fstatfs(fd, &fs) == 0 &&
+        (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC))
+        return "a file in memory (tmpfs, ramfs, hugetlbfs, memfd)";
     const auto size = static_cast<std::uint64_t>(st.st_size);
     if (size < c.min_size) {
         std::snprintf(why, n, "smaller than the minimum size (%llu < %llu bytes)", static_cast<unsigned long long>(size),

@@ -197,7 +197,7 @@ TEST_CASE("mremap moves shrinks and grows a taken mapping", "[preload]")
     CHECK(grown.out == "open: ok\nmap 0: ok\nmremap 0: ENOMEM\nmremap 0: ENOMEM\n");
 }
 
-TEST_CASE("madvise WILLNEED loads a taken range before it is touched", "[preload]")
+TEST_CASE("madvise WILLNEED and MAP_POPULATE load a taken range before it is touched", "[preload]")
 {
     TempDir dir;
     const std::string data = dir.file("data");
@@ -212,14 +212,30 @@ TEST_CASE("madvise WILLNEED loads a taken range before it is touched", "[preload
     const auto r = run.finish();
     CHECK(r.out == "open: ok\nmap 0: ok\nwillneed 0: ok\nwait\n" + sum_line(0, byte_sum(data)));
     CHECK(taken(r.err, data));
+
+    // MAP_POPULATE: the daemon loads the whole region in the background.
+    const std::string other = dir.file("other");
+    make_file(other, 8 * k_mib, 26);
+    const auto before = loaded(daemon.status());
+    Interactive populated(under(daemon.socket(), {}, mapper_with({"open:" + other + ":ro", "map:0:0:all:r:private:populate", "wait"})));
+    CHECK(populated.until_wait() == "open: ok\nmap 0: ok\nwait\n");
+    CHECK(daemon.wait_until([&](const libclient::Status& s) { return loaded(s) >= before + 8 * k_mib; }, 10s));
+    populated.resume();
+    CHECK(taken(populated.finish().err, other));
 }
 
 TEST_CASE("mappings pagerd does not take fall back and say why", "[preload][fallback]")
 {
     TempDir dir;
     const std::string big = dir.file("big.bin"), small = dir.file("small.bin");
+    const std::string shm = "/dev/shm/pagerd-preload-test-" + std::to_string(::getpid());
     make_file(big, 4 * k_mib, 17);
     make_file(small, 100 * 1024, 18);
+    make_file(shm, 4 * k_mib, 25);
+    struct Unlink {
+        std::string path;
+        ~Unlink() { ::unlink(path.c_str()); }
+    } unlink_shm{shm};
     Daemon daemon;
     struct Case {
         std::string name;
@@ -235,6 +251,7 @@ TEST_CASE("mappings pagerd does not take fall back and say why", "[preload][fall
         {"exec", {"open:" + big + ":ro", "map:0:0:all:rx:private", "sum:0"}, {}, big, "PROT_EXEC"},
         {"fixed", {"anon:0:" + std::to_string(4 * k_mib), "open:" + big + ":ro", "map:0:0:all:r:private:fixed", "sum:0"}, {}, big,
          "MAP_FIXED"},
+        {"memory", {"open:" + shm + ":rw", "map:0:0:all:rw:shared", "sum:0"}, {}, shm, "a file in memory"},
     };
     for (const auto& c : cases) {
         INFO(c.name);
