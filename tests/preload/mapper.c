@@ -5,6 +5,7 @@
  *   map:S:OFF:LEN|all:r|rw|rx|none:shared|private|validate[:populate|fixed]
  *                                        mapping slot S (0-9); fixed: at slot S's address
  *   anon:S:LEN                           anonymous memory in slot S
+ *   anonfixed:S                          anonymous memory (bytes 1) over slot S (MAP_FIXED)
  *   sum:S[:OFF:LEN]                      sum of the bytes
  *   write:S:OFF:TEXT   peek:S:OFF:N      store into / print (hex) the mapping
  *   pwrite:OFF:TEXT                      write(2) through the descriptor
@@ -202,6 +203,15 @@ static void step(char* arg)
         slots[s].p = mmap(NULL, slots[s].len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         memset(slots[s].p, 1, slots[s].len);
         printf("anon %d: ok\n", s);
+    } else if (!strcmp(op, "anonfixed")) {
+        const int s = (int)num(field(&rest));
+        void* p = mmap(slots[s].p, slots[s].len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+        if (p == MAP_FAILED) {
+            printf("anonfixed %d: %s\n", s, err_name(errno));
+            return;
+        }
+        memset(p, 1, slots[s].len);
+        printf("anonfixed %d: ok\n", s);
     } else if (!strcmp(op, "sum")) {
         const int s = (int)num(field(&rest));
         size_t off = 0, len = slots[s].len;

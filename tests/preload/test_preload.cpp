@@ -197,6 +197,28 @@ TEST_CASE("mremap moves shrinks and grows a taken mapping", "[preload]")
     CHECK(grown.out == "open: ok\nmap 0: ok\nmremap 0: ENOMEM\nmremap 0: ENOMEM\n");
 }
 
+TEST_CASE("anonymous memory put over a taken mapping with MAP_FIXED is no longer taken", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 27);
+    Daemon daemon;
+    auto conn = daemon.connect();
+    // Grown afterwards, the anonymous memory stays what it is (the library would map the
+    // file anew if it still took the range for its own).
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "sum:0", "anonfixed:0", "wait",
+                                         "mremap:0:" + std::to_string(8 * k_mib) + ":maymove", "sum:0"};
+    Interactive run(under(daemon.socket(), {}, mapper_with(steps)));
+    run.until_wait();
+    CHECK(regions_of(*conn, run.pid()) == 0);
+    run.resume();
+    const auto r = run.finish();
+    CHECK(exited_with(r.status, 0));
+    CHECK(taken(r.err, data));
+    CHECK(no_waits(r.out) == run_command(mapper_with(no_waits(steps))).out);
+    CHECK(r.out.find(sum_line(0, 4 * k_mib)) != std::string::npos);
+}
+
 TEST_CASE("madvise WILLNEED and MAP_POPULATE load a taken range before it is touched", "[preload]")
 {
     TempDir dir;
