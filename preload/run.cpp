@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -93,6 +94,10 @@ int run(int argc, char** argv)
     std::vector<std::string> command = app.remaining();
     if (!command.empty() && command.front() == "--") command.erase(command.begin());
     if (command.empty()) return usage_error("no PROGRAM to run");
+    // An option of ours misspelt comes back as the command; after "--" it is a program.
+    const bool dashdash = std::find(argv + 1, argv + argc, std::string("--")) != argv + argc;
+    if (!dashdash && command.front().size() > 1 && command.front()[0] == '-')
+        return usage_error("unknown option " + command.front() + " (a PROGRAM whose name starts with '-' comes after --)");
 
     std::string map;
     for (const auto& g : globs) {

@@ -381,6 +381,9 @@ TEST_CASE("pagerd-run reports its argument errors", "[preload][run]")
     CHECK(r.err.find("--min-size '12Q' is not a size") != std::string::npos);
     r = run_command({pagerd_run(), "--map", "a:b", "/bin/true"});
     CHECK(exited_with(r.status, 125));
+    r = run_command({pagerd_run(), "--bogus", "/bin/true"});
+    CHECK(exited_with(r.status, 125));
+    CHECK(r.err.find("unknown option --bogus") != std::string::npos);
     r = run_command({pagerd_run(), "--", "/nonexistent/program"});
     CHECK(exited_with(r.status, 127));
     CHECK(r.err.find("cannot run /nonexistent/program") != std::string::npos);
