@@ -1,204 +1,23 @@
-#include "engine.hpp"
-
+// Calls on ranges that touch taken regions: munmap, mremap, madvise, msync, and MAP_FIXED
+// over them. The table (table.hpp) follows what the kernel does to the ranges; libclient
+// is told when a region goes as a whole (unmap) or when nothing is left of it (forget).
 #include <fcntl.h>
-#include <limits.h>
-#include <pthread.h>
 #include <sys/mman.h>
-#include <linux/magic.h>
-#include <sys/stat.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 
-#include "config.hpp"
+#include "engine.hpp"
+#include "process.hpp"
 #include "real.hpp"
 #include "table.hpp"
 
 namespace pagerd::preload {
-
-constinit thread_local bool t_inside = false;
-
 namespace {
 
 using libclient::Access;
 using libclient::Connection;
-
-constexpr std::uintptr_t k_page = 4096;
-constexpr std::uintptr_t round_up(std::uintptr_t n) { return (n + k_page - 1) & ~(k_page - 1); }
-std::uintptr_t as_int(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
-void* as_ptr(std::uintptr_t a) { return reinterpret_cast<void*>(a); }
-
-// One mutex for every slow path. fork(): the child gets it unlocked (child_reset); once
-// libclient registered its own fork handlers (at the first connect), ours are registered
-// after them, so that ours run first before fork and take this mutex before libclient's.
-constinit pthread_mutex_t g_mutex = PTHREAD_MUTEX_INITIALIZER;
-
-struct Lock {
-    Lock() noexcept { ::pthread_mutex_lock(&g_mutex); }
-    ~Lock() { ::pthread_mutex_unlock(&g_mutex); }
-    Lock(const Lock&) = delete;
-    Lock& operator=(const Lock&) = delete;
-};
-
-void child_reset() noexcept
-{
-    constexpr pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
-    g_mutex = fresh;
-}
-void before_fork() noexcept { ::pthread_mutex_lock(&g_mutex); }
-void after_fork_parent() noexcept { ::pthread_mutex_unlock(&g_mutex); }
-
-// This process's connection (a forked child makes its own; the parent's stays with the
-// regions it mapped). Never destroyed: at exit, other threads may still read its regions.
-constinit Connection* g_conn = nullptr;
-constinit pid_t g_conn_pid = 0;
-constinit bool g_conn_unusable = false;  // a request timed out or the daemon went away
-constinit pid_t g_failed_pid = 0;        // connecting failed in this process: not retried
-constinit char g_failure[256] = {};
-constinit bool g_fork_handlers = false;
-
-const Config& config() noexcept
-{
-    if (const Config* c = loaded_config()) return *c;
-    Lock lock;
-    if (const Config* c = loaded_config()) return *c;
-    ::pthread_atfork(nullptr, nullptr, child_reset);
-    return load_config();
-}
-
-// The connection for a new mapping in this process, or nullptr and why.
-Connection* connection(char* why, std::size_t n) noexcept
-{
-    const pid_t pid = ::getpid();
-    if (g_conn && g_conn_pid == pid) {
-        if (!g_conn_unusable && g_conn->daemon_alive()) return g_conn;
-        std::snprintf(why, n, "the connection to pagerd timed out or was lost (not retried)");
-        return nullptr;
-    }
-    if (g_failed_pid == pid) {
-        std::snprintf(why, n, "%s (not retried)", g_failure);
-        return nullptr;
-    }
-    libclient::ConnectOptions options;
-    options.timeout_ms = config().timeout_ms;
-    auto made = Connection::connect(options);
-    if (!made) {
-        g_failed_pid = pid;
-        std::snprintf(g_failure, sizeof g_failure, "%s", made.error().message.c_str());
-        std::snprintf(why, n, "%s", g_failure);
-        return nullptr;
-    }
-    g_conn = std::move(made).value().release();
-    g_conn_pid = pid;
-    g_conn_unusable = false;
-    if (!g_fork_handlers) {
-        ::pthread_atfork(before_fork, after_fork_parent, nullptr);
-        g_fork_handlers = true;
-    }
-    return g_conn;
-}
-
-// After a failed request: is the connection still worth asking?
-void note_failure(Connection* conn, const Error& e) noexcept
-{
-    if (e.is_errno(ETIMEDOUT) || e.is_errno(ENOTCONN) || e.is_errno(ECONNRESET) || e.is_errno(EPIPE) ||
-        !conn->daemon_alive())
-        g_conn_unusable = true;
-}
-
-void fd_path(int fd, char* out, std::size_t n) noexcept
-{
-    char link[64];
-    std::snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    const ssize_t len = ::readlink(link, out, n - 1);
-    if (len <= 0) {
-        std::snprintf(out, n, "fd %d", fd);
-        return;
-    }
-    out[len] = '\0';
-}
-
-// The cheap checks: the reason a mapping is not for pagerd, or nullptr.
-const char* refuse(const Config& c, std::size_t len, int prot, int flags, int fd, off_t off, const char* path,
-                   char* why, std::size_t n) noexcept
-{
-    constexpr int k_harmless = MAP_NORESERVE | MAP_POPULATE | MAP_DENYWRITE | MAP_EXECUTABLE | MAP_NONBLOCK;
-    const int type = flags & MAP_TYPE;
-    if (c.disabled) return c.why_disabled;
-    if (type != MAP_SHARED && type != MAP_PRIVATE && type != MAP_SHARED_VALIDATE) return "unknown mapping type";
-    if (flags & ~(MAP_TYPE | k_harmless)) {
-        std::snprintf(why, n, "unsupported flags 0x%x", static_cast<unsigned>(flags & ~(MAP_TYPE | k_harmless)));
-        return why;
-    }
-    if (prot & PROT_EXEC) return "PROT_EXEC";
-    if (prot == PROT_NONE) return "PROT_NONE";
-    if (prot != PROT_READ && prot != (PROT_READ | PROT_WRITE)) return "unsupported protection";
-    if (len == 0) return "length 0";
-    if (off < 0 || static_cast<std::uintptr_t>(off) % k_page) return "offset not a multiple of the page size";
-    struct stat st{};
-    if (::fstat(fd, &st) != 0) return "fstat failed";
-    if (!S_ISREG(st.st_mode)) return "not a regular file";
-    // Nothing to page in, and often memory shared with other processes (shm_open, memfd),
-    // whose writes a copy in the daemon's cache would not see.
-    struct statfs fs{};
-    if (::fstatfs(fd, &fs) == 0 &&
-        (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC || fs.f_type == HUGETLBFS_MAGIC))
-        return "a file in memory (tmpfs, ramfs, hugetlbfs, memfd)";
-    const auto size = static_cast<std::uint64_t>(st.st_size);
-    if (size < c.min_size) {
-        std::snprintf(why, n, "smaller than the minimum size (%llu < %llu bytes)", static_cast<unsigned long long>(size),
-                      static_cast<unsigned long long>(c.min_size));
-        return why;
-    }
-    if (!path_wanted(c, path)) return "does not match PAGERD_MAP";
-    if (static_cast<std::uint64_t>(off) + len > round_up(size)) return "extends beyond the end of the file";
-    const int fl = ::fcntl(fd, F_GETFL);
-    if (fl < 0 || (fl & O_PATH)) return "descriptor not open for reading";
-    const bool shared = type != MAP_PRIVATE;
-    if ((prot & PROT_WRITE) && shared) {
-        if ((fl & O_ACCMODE) != O_RDWR) return "MAP_SHARED with PROT_WRITE needs the file open O_RDWR";
-        if (fl & O_DIRECT) return "descriptor open with O_DIRECT";
-    } else if ((fl & O_ACCMODE) != O_RDONLY) {
-        return "descriptor open for writing (its writes would not show in this mapping at once)";
-    }
-    return nullptr;
-}
-
-// Caller holds the mutex. The mapping through pagerd, or nullptr and why.
-void* take(std::size_t len, int prot, int flags, int fd, off_t off, char* why, std::size_t n) noexcept
-{
-    if (!has_room()) {
-        std::snprintf(why, n, "the library's table is full (%zu regions)", k_max_regions);
-        return nullptr;
-    }
-    Connection* conn = connection(why, n);
-    if (!conn) return nullptr;
-    libclient::MapOptions o;
-    o.offset = static_cast<std::uint64_t>(off);
-    o.length = round_up(len);
-    const bool shared = (flags & MAP_TYPE) != MAP_PRIVATE;
-    o.access = !(prot & PROT_WRITE) ? Access::ReadOnly : shared ? Access::Shared : Access::PrivateWritable;
-    // uffd-wp keeps the region in the daemon's page cache, inherited by a forked child,
-    // with no SIGSEGV handler installed in the program.
-    if (o.access == Access::Shared) o.tracking = libclient::Tracking::UffdWp;
-    if (flags & MAP_POPULATE) o.prefetch = libclient::Prefetch::All;
-    auto mapped = conn->map_fd(fd, o);
-    if (!mapped) {
-        note_failure(conn, mapped.error());
-        std::snprintf(why, n, "%s", mapped.error().message.c_str());
-        return nullptr;
-    }
-    TakenRegion t;
-    t.conn = conn;
-    t.region = mapped.value();
-    t.fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    add_region(t, as_int(t.region.addr), t.region.size, o.offset);
-    return t.region.addr;
-}
 
 // All that is left of region ri goes: through libclient while it is whole at its first
 // address (a Shared one is flushed first), else the kernel's munmap and forget().
@@ -349,34 +168,6 @@ void* grow(int pi, std::uintptr_t a, std::uintptr_t b, std::size_t new_size, boo
 }
 
 }  // namespace
-
-void* map(void* addr, std::size_t len, int prot, int flags, int fd, off_t off) noexcept
-{
-    Inside inside;
-    const Config& c = config();
-    char path[PATH_MAX];
-    fd_path(fd, path, sizeof path);
-    if (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) {
-        say(path, "fell back", "MAP_FIXED");
-        return map_fixed(addr, len, prot, flags, fd, off);
-    }
-    char why[512];
-    if (const char* reason = refuse(c, len, prot, flags, fd, off, path, why, sizeof why)) {
-        say(path, "fell back", reason);
-        return real::mmap(addr, len, prot, flags, fd, off);
-    }
-    void* got = nullptr;
-    {
-        Lock lock;
-        got = take(len, prot, flags, fd, off, why, sizeof why);
-    }
-    if (!got) {
-        say(path, "fell back", why);
-        return real::mmap(addr, len, prot, flags, fd, off);
-    }
-    say(path, "taken");
-    return got;
-}
 
 void* map_fixed(void* addr, std::size_t len, int prot, int flags, int fd, off_t off) noexcept
 {
