@@ -5,6 +5,7 @@
 // is not ours take no lock, allocate nothing and read no environment.
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <cstdarg>
 #include <cstdint>
 
@@ -33,10 +34,13 @@ extern "C" {
     if (t_inside) return real::mmap(addr, len, prot, flags, fd, off);
     if ((flags & MAP_ANONYMOUS) || fd < 0) {
         // Anonymous memory put over a taken region (MAP_FIXED): the table lets go of it.
-        if ((flags & MAP_FIXED) && ours(addr, len)) return map_fixed(addr, len, prot, flags, fd, off);
-        return real::mmap(addr, len, prot, flags, fd, off);
+        if (!(flags & MAP_FIXED) || !ours(addr, len)) return real::mmap(addr, len, prot, flags, fd, off);
     }
-    return map(addr, len, prot, flags, fd, off);
+    const int saved = errno;  // what the library does on the way does not show on success
+    void* got = fd < 0 || (flags & MAP_ANONYMOUS) ? map_fixed(addr, len, prot, flags, fd, off)
+                                                   : map(addr, len, prot, flags, fd, off);
+    if (got != MAP_FAILED) errno = saved;
+    return got;
 }
 
 [[gnu::visibility("default")]] void* mmap64(void* addr, std::size_t len, int prot, int flags, int fd, off64_t off) noexcept
@@ -47,7 +51,10 @@ extern "C" {
 [[gnu::visibility("default")]] int munmap(void* addr, std::size_t len) noexcept
 {
     if (t_inside || !ours(addr, len)) return real::munmap(addr, len);
-    return unmap(addr, len);
+    const int saved = errno;
+    const int r = unmap(addr, len);
+    if (r == 0) errno = saved;
+    return r;
 }
 
 [[gnu::visibility("default")]] void* mremap(void* old, std::size_t old_size, std::size_t new_size, int flags, ...) noexcept
@@ -61,19 +68,28 @@ extern "C" {
     }
     if (t_inside || (!ours(old, old_size ? old_size : 1) && !((flags & MREMAP_FIXED) && ours(new_addr, new_size))))
         return real::mremap(old, old_size, new_size, flags, new_addr);
-    return remap(old, old_size, new_size, flags, new_addr);
+    const int saved = errno;
+    void* got = remap(old, old_size, new_size, flags, new_addr);
+    if (got != MAP_FAILED) errno = saved;
+    return got;
 }
 
 [[gnu::visibility("default")]] int madvise(void* addr, std::size_t len, int advice) noexcept
 {
     if (t_inside || advice != MADV_WILLNEED || !ours(addr, len)) return real::madvise(addr, len, advice);
-    return advise(addr, len, advice);
+    const int saved = errno;
+    const int r = advise(addr, len, advice);
+    if (r == 0) errno = saved;
+    return r;
 }
 
 [[gnu::visibility("default")]] int msync(void* addr, std::size_t len, int flags) noexcept
 {
     if (t_inside || !(flags & MS_SYNC) || !ours(addr, len)) return real::msync(addr, len, flags);
-    return sync(addr, len, flags);
+    const int saved = errno;
+    const int r = sync(addr, len, flags);
+    if (r == 0) errno = saved;
+    return r;
 }
 
 }  // extern "C"

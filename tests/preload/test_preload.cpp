@@ -126,6 +126,22 @@ TEST_CASE("a shared writable mapping reaches the file at msync", "[preload]")
                                    "msync:0"})).out == "open: ok\nmap 0: ok\nwrite 0: ok\nmsync 0: ok\n");
 }
 
+TEST_CASE("msync of a shared mapping fails with EIO once the daemon is gone", "[preload]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 2 * k_mib, 28);
+    Daemon daemon;
+    Interactive run(under(daemon.socket(), {}, mapper_with({"open:" + data + ":rw", "map:0:0:all:rw:shared", "sum:0",
+                                                             "write:0:0:lost", "wait", "msync:0", "msync:0:async"})));
+    run.until_wait();
+    daemon.kill_hard();
+    run.resume();
+    const auto r = run.finish();
+    CHECK(r.out == "open: ok\nmap 0: ok\n" + sum_line(0, byte_sum(data)) + "write 0: ok\nwait\nmsync 0: EIO\nmsync 0: ok\n");
+    CHECK(taken(r.err, data));
+}
+
 TEST_CASE("munmap of whole and partial mappings is followed by the daemon", "[preload]")
 {
     TempDir dir;
