@@ -73,6 +73,12 @@ Result<Uffd> create_uffd(bool async_wp, bool fork)
         auto got = api(probe.get(), 0);
         if (got) available = got.value();
     }
+    // UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE (the kernel refuses the whole
+    // UFFDIO_API with EPERM otherwise): asked for only where a probe shows it is allowed.
+    if (fork && (available & UFFD_FEATURE_EVENT_FORK)) {
+        util::UniqueFd fork_probe(open_uffd(u.user_mode_only));
+        if (!fork_probe || !api(fork_probe.get(), UFFD_FEATURE_EVENT_FORK)) fork = false;
+    }
     u.available = available;
     // EVENT_FORK on the main userfaultfd only: a forked child keeps the regions registered
     // there (the daemon receives the child's userfaultfd); the second one's regions are

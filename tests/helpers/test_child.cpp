@@ -10,6 +10,10 @@
 //   pagerd-test-child regions-as-nobody SOCKET FILE
 //       as uid/gid 65534: connects, maps 64 KiB of FILE, lists the regions it may see;
 //       exit 0 when that is its own region only.
+//   pagerd-test-child fork-as-nobody SOCKET FILE
+//       as uid/gid 65534 (no CAP_SYS_PTRACE, so no UFFD_FEATURE_EVENT_FORK): maps 64 KiB
+//       of FILE, forks; exit 0 when the child gets SIGSEGV touching it (the region is
+//       MADV_DONTFORK: never zeros) and the parent still reads it.
 //   pagerd-test-child sigbus-past-eof SOCKET FILE
 //       maps the first 100 KiB of FILE, truncates FILE to 4 KiB, touches offset 50000:
 //       exit 50 when SIGBUS comes at that address with mmap's si_code for a page past
@@ -82,6 +86,25 @@ int regions_as_nobody(const std::string& socket, const std::string& file)
     return 0;
 }
 
+int fork_as_nobody(const std::string& socket, const std::string& file)
+{
+    CHECK_OR_EXIT(::setgid(65534) == 0 && ::setuid(65534) == 0, 3);
+    auto c = libclient::Connection::connect({socket, "nobody"});
+    CHECK_OR_EXIT(c, 4);
+    auto r = c.value()->map_file(file, {0, 65536, Access::ReadOnly});
+    CHECK_OR_EXIT(r, 5);
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    const std::uint8_t first = p[0];
+    const pid_t pid = ::fork();
+    CHECK_OR_EXIT(pid >= 0, 6);
+    if (pid == 0) _exit(p[4096] + 100);  // must not get here
+    int st = 0;
+    CHECK_OR_EXIT(::waitpid(pid, &st, 0) == pid, 7);
+    CHECK_OR_EXIT(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV, 8);
+    CHECK_OR_EXIT(p[0] == first, 9);
+    return 0;
+}
+
 void* volatile g_expected_addr = nullptr;
 
 void on_sigbus(int, siginfo_t* si, void*)
@@ -137,7 +160,8 @@ int umap_fork(const std::string& file, std::uint64_t size)
     const pid_t pid = ::fork();
     CHECK_OR_EXIT(pid >= 0, 5);
     if (pid == 0) {
-        // The parent's region is not here (MADV_DONTFORK); umap makes a new one.
+        // The parent's region is here, served by the daemon (fork.md); umap makes a new one.
+        if (std::memcmp(p, expect.data(), size) != 0) _exit(15);
         auto* q = static_cast<const std::uint8_t*>(umap(nullptr, size, PROT_READ, UMAP_PRIVATE, fd, 0));
         if (q == UMAP_FAILED || std::memcmp(q, expect.data(), size) != 0) _exit(12);
         if (uunmap(const_cast<std::uint8_t*>(q), size) != 0) _exit(13);
@@ -164,6 +188,7 @@ int main(int argc, char** argv)
     const std::vector<std::string> a(argv + 1, argv + argc);
     if (a.size() == 3 && a[0] == "regions-as-nobody") return regions_as_nobody(a[1], a[2]);
     if (a.size() == 3 && a[0] == "sigbus-past-eof") return sigbus_past_eof(a[1], a[2]);
+    if (a.size() == 3 && a[0] == "fork-as-nobody") return fork_as_nobody(a[1], a[2]);
     if ((a.size() == 5 || a.size() == 6) && a[0] == "umap-fails") {
         ::setenv("PAGERD_SOCKET", a[1].c_str(), 1);
         return umap_fails(a[2], std::stoull(a[3]), std::stoi(a[4]), a.size() == 6 ? a[5].c_str() : nullptr);

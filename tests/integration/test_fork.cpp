@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -254,4 +255,19 @@ TEST_CASE("a forked child whose daemon stops gets SIGBUS on pages not loaded, ne
     const int st = wait_child(child);
     INFO("child status " << st);
     CHECK(killed_by(st, SIGBUS));
+}
+
+TEST_CASE("a client without CAP_SYS_PTRACE gets no fork support: its child has no regions (SIGSEGV), never zeros",
+          "[fork]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), 65536, 917);
+    ::chmod(dir.path().c_str(), 0755);
+    ::chmod(dir.file("data").c_str(), 0644);
+    Daemon d;
+    const std::string sock_dir = d.socket().substr(0, d.socket().rfind('/'));
+    ::chmod(sock_dir.c_str(), 0755);  // let another user reach the socket
+    const auto child = run_command({PAGERD_TEST_CHILD, "fork-as-nobody", d.socket(), dir.file("data")});
+    INFO("status " << child.status << ": " << child.err);
+    CHECK(exited_with(child.status, 0));
 }
