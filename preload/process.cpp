@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "engine.hpp"
+#include "table.hpp"
 
 namespace pagerd::preload {
 
@@ -28,6 +29,12 @@ void child_reset() noexcept
 }
 void before_fork() noexcept { ::pthread_mutex_lock(&g_mutex); }
 void after_fork_parent() noexcept { ::pthread_mutex_unlock(&g_mutex); }
+// Runs after libclient's own handler (registered before it), one thread in the child.
+void after_fork_child() noexcept
+{
+    child_reset();
+    drop_absent();
+}
 
 // This process's connection (a forked child makes its own; the parent's stays with the
 // regions it mapped). Never destroyed: at exit, other threads may still read its regions.
@@ -78,7 +85,7 @@ Connection* connection(char* why, std::size_t n) noexcept
     g_conn_pid = pid;
     g_conn_unusable = false;
     if (!g_fork_handlers) {
-        ::pthread_atfork(before_fork, after_fork_parent, nullptr);
+        ::pthread_atfork(before_fork, after_fork_parent, after_fork_child);
         g_fork_handlers = true;
     }
     return g_conn;

@@ -1,6 +1,9 @@
 #include "table.hpp"
 
+#include <sys/mman.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 namespace pagerd::preload {
 
@@ -117,6 +120,22 @@ bool has_pieces(std::uint32_t region_index) noexcept
     for (std::size_t i = 0; i < top; ++i)
         if (g_pieces[i].end.load(std::memory_order_relaxed) && g_pieces[i].region == region_index) return true;
     return false;
+}
+
+void drop_absent() noexcept
+{
+    const std::size_t top = g_piece_top.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < top; ++i) {
+        Piece& p = g_pieces[i];
+        const auto start = p.start.load(std::memory_order_relaxed);
+        unsigned char resident = 0;
+        if (!p.end.load(std::memory_order_relaxed) ||
+            ::mincore(reinterpret_cast<void*>(start), 1, &resident) == 0 || errno != ENOMEM)
+            continue;
+        const std::uint32_t r = p.region;
+        drop_piece(p);
+        if (!has_pieces(r)) free_region(r);
+    }
 }
 
 void free_region(std::uint32_t region_index) noexcept

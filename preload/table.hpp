@@ -51,6 +51,10 @@ bool has_pieces(std::uint32_t region) noexcept;
 template <class Fn>
 void for_each_piece(std::uintptr_t a, std::uintptr_t b, Fn fn);
 void free_region(std::uint32_t region) noexcept;  // closes its descriptor
+// In a child of fork(), before it runs on: drops the pieces whose memory the child did not
+// get (libclient's regions with memory of their own are MADV_DONTFORK, and libclient's
+// own record of them is gone in the child), and the regions left with none.
+void drop_absent() noexcept;
 
 namespace detail {
 extern Piece g_pieces[k_max_pieces];
