@@ -14,10 +14,13 @@ namespace pagerd::preload {
 [[gnu::tls_model("initial-exec")]] extern thread_local bool t_inside;
 
 struct Inside {
-    Inside() noexcept { t_inside = true; }
-    ~Inside() { t_inside = false; }
+    Inside() noexcept : m_was(t_inside) { t_inside = true; }
+    ~Inside() { t_inside = m_was; }
     Inside(const Inside&) = delete;
     Inside& operator=(const Inside&) = delete;
+
+private:
+    bool m_was;
 };
 
 void* map(void* addr, std::size_t len, int prot, int flags, int fd, off_t off) noexcept;
