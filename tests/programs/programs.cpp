@@ -81,6 +81,14 @@ bool fell_back(const std::string& err, const std::string& path)
     return back;
 }
 
+std::string without_debug(const std::string& err)
+{
+    std::string s;
+    for (const auto& line : lines(err))
+        if (line.rfind("pagerd-preload: ", 0) != 0) s += line + "\n";
+    return s;
+}
+
 FileId file_id(const std::string& path)
 {
     struct stat st {};

@@ -50,6 +50,9 @@ std::uint64_t make_words_file(const std::string& path, std::uint64_t words, std:
 // Environment for git and sqlite3: HOME in `home`, no system or global configuration, fixed dates.
 std::vector<std::string> quiet_env(const std::string& home);
 
+// A program's stderr without the preload library's debug lines.
+std::string without_debug(const std::string& err);
+
 // The lines of `s`.
 std::vector<std::string> lines(const std::string& s);
 

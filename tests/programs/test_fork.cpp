@@ -138,6 +138,7 @@ TEST_CASE("a MAP_SHARED child's writes reach the file through the parent's msync
     const auto r = run_ok(under_pagerd(daemon, {}, {k_prog, "write", data}));
     INFO("stderr under pagerd-run: " << r.err);
     CHECK(r.out == out);
+    CHECK(without_debug(r.err) == plain.err);
     CHECK(taken(r.err, data));
     CHECK(read_file(data) == expect);
     const auto after = settle(*conn, 1, 0);

@@ -68,6 +68,7 @@ TEST_CASE("git fsck full and git log with patches read a 64 MiB pack through pag
         const auto r = run_ok(under_pagerd(daemon, {"--map", "*.pack"}, prog), env);
         INFO("stderr under pagerd-run: " << r.err.substr(0, 4000));
         CHECK(r.out == plain.out);
+    CHECK(without_debug(r.err) == plain.err);
         CHECK(taken(r.err, pack));
         const auto after = settle(*conn, 1, 0);
         CHECK(after.clients == 1);

@@ -37,6 +37,7 @@ TEST_CASE("python mmap module sums a 64 MiB file through pagerd as without it", 
     const auto r = run_ok(under_pagerd(daemon, {}, prog));
     INFO("stderr under pagerd-run: " << r.err);
     CHECK(r.out == plain.out);
+    CHECK(without_debug(r.err) == plain.err);
     CHECK(taken(r.err, data));
     const auto after = settle(*conn, 1, 0);
     CHECK(after.clients == 1);
@@ -61,6 +62,7 @@ TEST_CASE("python numpy memmap sums a 96 MiB uint64 array through pagerd as with
     const auto r = run_ok(under_pagerd(daemon, {}, prog));
     INFO("stderr under pagerd-run: " << r.err);
     CHECK(r.out == plain.out);
+    CHECK(without_debug(r.err) == plain.err);
     CHECK(taken(r.err, data));
     const auto after = settle(*conn, 1, 0);
     CHECK(after.clients == 1);
@@ -98,6 +100,7 @@ TEST_CASE("python multiprocessing fork pool workers sum the parent's memmap thro
     CHECK(sum2 == expect);
     CHECK(parts2 == 4);
     CHECK(workers2 == 4);
+    CHECK(without_debug(r.err) == plain.err);
     CHECK(taken(r.err, data));
     const auto after = settle(*conn, 1, 0);
     CHECK(after.clients == 1);

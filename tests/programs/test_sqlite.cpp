@@ -1,7 +1,7 @@
 // sqlite3 (Debian's command-line shell, unmodified) under pagerd-run on a database of 400000
 // rows built without pagerd, with PRAGMA mmap_size larger than the database: a query's result
-// equals the one without pagerd-run. Opened read-only (-readonly: O_RDONLY) the database file
-// is taken and its pages come through the daemon; opened in write mode (O_RDWR, then mapped
+// equals the one without pagerd-run. Opened read-only (-readonly, or a file:...?mode=ro URI:
+// O_RDONLY) the database file is taken and its pages come through the daemon; opened in write mode (O_RDWR, then mapped
 // PROT_READ: SQLite writes with write(2) and reads its own mapping) the preload library must
 // fall back to the kernel's mmap, as the issue's coherence rule says.
 #include <catch2/catch.hpp>
@@ -52,12 +52,26 @@ TEST_CASE("sqlite3 on a read-only database with mmap_size answers through pagerd
     const auto r = run_ok(under_pagerd(daemon, {}, prog), env);
     INFO("stderr under pagerd-run: " << r.err);
     CHECK(r.out == plain.out);
+    CHECK(without_debug(r.err) == plain.err);
     CHECK(taken(r.err, db));
     const auto after = settle(*conn, 1, 0);
     CHECK(after.clients == 1);
     CHECK(after.regions == 0);
     CHECK(after.faults > before.faults);
     CHECK(loaded_bytes(after) - loaded_bytes(before) >= size * 9 / 10);
+
+    // Opened read-only through a URI (file:...?mode=ro): O_RDONLY too, taken too.
+    const std::vector<std::string> uri{k_sqlite, "-batch", "file:" + db + "?mode=ro", k_query};
+    const auto plain_uri = run_ok(uri, env);
+    CHECK(plain_uri.out == plain.out);
+    const auto u = run_ok(under_pagerd(daemon, {}, uri), env);
+    INFO("stderr under pagerd-run, URI: " << u.err);
+    CHECK(u.out == plain.out);
+    CHECK(without_debug(u.err) == plain_uri.err);
+    CHECK(taken(u.err, db));
+    const auto last = settle(*conn, 1, 0);
+    CHECK(last.regions == 0);
+    CHECK(last.faults > after.faults);
 }
 
 TEST_CASE("sqlite3 in write mode maps a descriptor open for writing and the preload library falls back", "[programs][sqlite]")
@@ -76,6 +90,7 @@ TEST_CASE("sqlite3 in write mode maps a descriptor open for writing and the prel
     const auto r = run_ok(under_pagerd(daemon, {}, prog), env);
     INFO("stderr under pagerd-run: " << r.err);
     CHECK(r.out == plain.out);
+    CHECK(without_debug(r.err) == plain.err);
     CHECK(fell_back(r.err, db));
     const auto after = settle(*conn, 1, 0);
     CHECK(after.regions == 0);
