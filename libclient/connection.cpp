@@ -360,6 +360,7 @@ Result<void> Connection::forget(const Region& region)
 }
 
 bool Connection::forked() const { return m_impl->forked.load(); }
+bool Connection::fork_inherits() const { return (m_impl->uffd_features & UFFD_FEATURE_EVENT_FORK) != 0; }
 
 Result<FlushResult> Connection::flush(const Region& region)
 {

@@ -49,6 +49,7 @@ TEST_CASE("a forked child reads its parent's region, pages loaded before the for
     Daemon d;
     auto conn = d.connect();
     CHECK((conn->daemon_caps() & proto::cap::FORK) != 0);
+    CHECK(conn->fork_inherits());  // root: CAP_SYS_PTRACE
     auto r = conn->map_file(dir.file("data"), {0, k_size, Access::ReadOnly, Tracking::Auto, nullptr,
                                                libclient::Prefetch::None});
     REQUIRE(r.ok());

@@ -258,6 +258,11 @@ public:
     // unmap, forget, find and flush work (flush writes the whole region to the file with
     // pwrite, then fdatasync); every other call fails with ENOTCONN: connect anew.
     bool forked() const;
+    // Whether a child made by fork() keeps this connection's ReadOnly, PrivateWritable and
+    // page-cache Shared regions: the daemon has capability FORK and the kernel granted
+    // UFFD_FEATURE_EVENT_FORK, which needs CAP_SYS_PTRACE. When false, every region is
+    // MADV_DONTFORK: not in a child at all (SIGSEGV there, never zeros).
+    bool fork_inherits() const;
 
     struct Impl;
 
