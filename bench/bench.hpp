@@ -392,6 +392,7 @@ struct PreloadSide {
     double wall = -1;          // fork to exit of python3 (or of pagerd-run and python3)
     std::uint64_t sum = 0;     // wrapping sum of the uint64 words
     std::uint64_t rss = 0, pss = 0;  // smaps_rollup of python3 (+ every worker for pool)
+    std::uint64_t daemon_rss = 0, daemon_pss = 0;  // pagerd sides: the daemon's, read by python3 at the same moment
     unsigned workers = 0;      // distinct worker processes (pool)
     double cpu = -1;           // utime+stime of python3 and its children (wait4)
     // pagerd sides only:
@@ -415,9 +416,13 @@ struct PreloadCase {
 
     bool ran() const { return failure.empty() && skipped.empty() && kernel.ran() && pagerd.ran(); }
     double ratio() const { return ran() ? kernel.seconds / pagerd.seconds : -1; }  // throughput: higher is better
-    // Memory: PSS of the Python processes (+ the daemon's cache peak for pagerd).
+    // Memory: PSS of the Python processes (+ for pagerd the daemon's PSS at the same moment:
+    // its cache pages that the workers map are counted once, shared between them).
     std::uint64_t kernel_memory() const { return kernel.pss; }
-    std::uint64_t pagerd_memory() const { return pagerd.pss + pagerd.cache_peak; }
+    std::uint64_t pagerd_memory() const { return pagerd.pss + pagerd.daemon_pss; }
+    // The same with the daemon's cache peak instead of its PSS (the workers' share of the
+    // cache pages they map is then counted twice: an upper bound).
+    std::uint64_t pagerd_memory_cache() const { return pagerd.pss + pagerd.cache_peak; }
 };
 
 struct PreloadSetup {

@@ -275,15 +275,18 @@ pagerd-run (libpagerd-preload.so: its mmap served by pagerd), back to back in th
   4     the same                                          hot
 Cold: the kernel's page cache dropped as for the read cases, and a fresh pagerd (--daemon-arg
 options; its cache empty) for the pagerd side. Hot: the file read once (pread) before each
-side, and the pagerd side run once before the measured run with the same daemon (its cache
-filled, if it keeps it once the program ends). Every pagerd side has a daemon of its own.
+side; the pagerd side runs once before the measured run with the same daemon, while
+pagerd-bench maps the file through it (untouched) so that the daemon's cache of the file
+stays open between the two runs. Every pagerd side has a daemon of its own.
 Figures: the script's own clock (single: np.memmap + sum; pool: from making the pool to the
 last part summed) on both sides and the ratio kernel / pagerd-run (above 1: pagerd-run is
 faster); wall time of the program (fork to exit, numpy's import included); for the pool
 cases memory: RSS and PSS (/proc/PID/smaps_rollup) of the parent and every worker summed,
-and for pagerd the peak of the daemon's cache_bytes (sampled every 10 ms), total = PSS (+
-daemon cache) and its ratio pagerd / kernel; the daemon's faults, cache loads and hits,
-bytes read and CPU over the measured run. Checks: the sums equal on both sides, and the
+read by the parent once every part is summed, and for pagerd the daemon's PSS read at the
+same moment and the peak of its cache_bytes (sampled every 10 ms); totals: PSS of all of
+them (Python's, + the daemon's), and PSS + the daemon's cache peak (an upper bound: the
+cache pages the workers map are counted in both), each as a ratio pagerd / kernel; the
+daemon's faults, cache loads and hits, bytes read and CPU over the measured run. Checks: the sums equal on both sides, and the
 preload library's --debug line says it took the file; else the case FAILED (exit status 1).
 pagerd-run: --pagerd-run, else ../preload/pagerd-run next to pagerd-bench (the build tree),
 else pagerd-run next to it, else on $PATH. The script: --preload-script, else

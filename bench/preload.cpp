@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -123,7 +124,7 @@ std::string read_memfd(int fd)
 
 // Runs argv (argv[0] a path) with stdout and stderr into memfds, timed from fork to exit;
 // killed after 600 s.
-Result<Ran> run_program(const std::vector<std::string>& argv)
+Result<Ran> run_program(const std::vector<std::string>& argv, const std::vector<std::string>& env = {})
 {
     util::UniqueFd out(::memfd_create("preload-out", MFD_CLOEXEC)), err(::memfd_create("preload-err", MFD_CLOEXEC));
     if (!out || !err) return sys_error("memfd_create");
@@ -140,6 +141,7 @@ Result<Ran> run_program(const std::vector<std::string>& argv)
         ::dup2(err.get(), 2);
         ::signal(SIGBUS, SIG_DFL);
         for (const int sig : {SIGINT, SIGTERM, SIGHUP}) ::signal(sig, SIG_DFL);
+        for (const auto& kv : env) ::putenv(const_cast<char*>(kv.c_str()));
         ::execv(args[0], args.data());
         ::_exit(127);
     }
@@ -207,6 +209,8 @@ bool parse(const std::string& out, PreloadSide& side)
             else if (k == "rss") side.rss = std::stoull(v);
             else if (k == "pss") side.pss = std::stoull(v);
             else if (k == "workers") side.workers = static_cast<unsigned>(std::stoul(v));
+            else if (k == "also_rss") side.daemon_rss = std::stoull(v);
+            else if (k == "also_pss") side.daemon_pss = std::stoull(v);
         } catch (const std::exception&) {
             return false;
         }
@@ -292,7 +296,7 @@ PreloadRun run_preload_cases(const PreloadSetup& s)
     const std::string w = std::to_string(s.workers);
     const std::vector<Spec> specs = {
         {"1", "single-cold", "numpy.memmap sum of the whole array in one process, cold", false, true},
-        {"2", "single-hot", "the same, hot (kernel page cache; pagerd: its cache after a first run)", false, false},
+        {"2", "single-hot", "the same, hot (kernel mmap: the kernel's page cache holds the file; pagerd-run: the daemon's cache holds it)", false, false},
         {"3", "pool" + w + "-cold", w + " forked workers (multiprocessing fork pool) each sum 1/" + w + " of one memmap, cold",
          true, true},
         {"4", "pool" + w + "-hot", "the same, hot", true, false},
@@ -336,6 +340,10 @@ PreloadRun run_preload_cases(const PreloadSetup& s)
         run.array_file = file;
     }
     const std::string real = canonical(file);
+    // Cold and hot act on the file python3 reads (the named copy, when there is one).
+    util::UniqueFd own(::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!own) return fail_all("cannot open " + file + ": " + std::strerror(errno));
+    const int fd = own.get();
 
     for (const auto& sp : specs) {
         PreloadCase c;
@@ -356,7 +364,7 @@ PreloadRun run_preload_cases(const PreloadSetup& s)
             c.failure = why;
             s.error("preload " + c.num + " " + c.name + ": " + why);
         };
-        auto prepare = [&]() -> Result<void> { return sp.cold ? make_cold(s.fd, s.bytes) : make_hot(s.fd, s.bytes); };
+        auto prepare = [&]() -> Result<void> { return sp.cold ? make_cold(fd, s.bytes) : make_hot(fd, s.bytes); };
 
         // The kernel's mmap: python3 alone.
         if (auto p = prepare(); !p) {
@@ -393,8 +401,19 @@ PreloadRun run_preload_cases(const PreloadSetup& s)
         libclient::Connection& conn = *connected.value();
         std::vector<std::string> under{run.pagerd_run, "--socket", daemon.socket(), "--debug", "--"};
         under.insert(under.end(), prog.begin(), prog.end());
-        if (!sp.cold) {  // hot: a first run fills the daemon's cache (if it keeps it) and the kernel's
-            auto warm = run_program(under);
+        const std::vector<std::string> env{"PRELOAD_SUM_ALSO=" + std::to_string(daemon.pid())};
+        // Hot: a first run fills the daemon's cache, which a region of this connection keeps
+        // open (a file's cache closes with its last region) for the measured run.
+        std::optional<libclient::Region> keep;
+        if (!sp.cold) {
+            auto r = conn.map_fd(fd, {0, s.bytes, libclient::Access::ReadOnly});
+            if (!r) {
+                failed("map_fd of the file, to keep the daemon's cache of it open: " + r.error().message);
+                run.cases.push_back(c);
+                continue;
+            }
+            keep = r.value();
+            auto warm = run_program(under, env);
             if (!warm || !exited_with_zero(warm->status)) {
                 failed("the first (warming) run under pagerd-run: " + outcome(warm));
                 run.cases.push_back(c);
@@ -409,7 +428,7 @@ PreloadRun run_preload_cases(const PreloadSetup& s)
         auto st0 = conn.status();
         const double cpu0 = process_cpu_seconds(daemon.pid());
         CacheSampler sampler(conn);
-        auto d = run_program(under);
+        auto d = run_program(under, env);
         c.pagerd.cache_peak = sampler.stop();
         const double cpu1 = process_cpu_seconds(daemon.pid());
         auto st1 = conn.status();
@@ -444,6 +463,9 @@ PreloadRun run_preload_cases(const PreloadSetup& s)
         else if (sp.pool && (c.kernel.workers != s.workers || c.pagerd.workers != s.workers))
             c.notes.push_back("workers that summed a part: " + std::to_string(c.kernel.workers) + " without, " +
                               std::to_string(c.pagerd.workers) + " with pagerd-run");
+        if (keep) {
+            if (auto u = conn.unmap(*keep); !u) c.notes.push_back("unmap of the region that kept the cache: " + u.error().message);
+        }
         if (!daemon.exited().empty()) failed("the daemon ended during the case: " + daemon.exited());
         run.cases.push_back(c);
     }

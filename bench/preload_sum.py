@@ -6,6 +6,8 @@
 #                                  from making the pool to the last part summed
 # rss, pss: bytes (/proc/PID/smaps_rollup) of this process plus, for pool, of every worker,
 # read by this process once all parts are summed (the workers still alive, idle).
+# also_rss, also_pss: the same of the processes listed in $PRELOAD_SUM_ALSO (comma-separated
+# pids: pagerd-bench names the daemon), read at the same moment.
 import multiprocessing
 import os
 import sys
@@ -28,6 +30,15 @@ def memory(pid):
     return rss, pss
 
 
+def also():
+    rss = pss = 0
+    for p in filter(None, os.environ.get("PRELOAD_SUM_ALSO", "").split(",")):
+        r, s = memory(p)
+        rss += r
+        pss += s
+    return rss, pss
+
+
 def part(i, n):
     barrier.wait()  # every part in a worker of its own
     lo, hi = len(a) * i // n, len(a) * (i + 1) // n
@@ -43,7 +54,8 @@ def main():
         total = int(a.sum(dtype=np.uint64))
         seconds = time.perf_counter() - t0
         rss, pss = memory("self")
-        print("sum=%d seconds=%.6f rss=%d pss=%d workers=0" % (total, seconds, rss, pss))
+        ar, ap = also()
+        print("sum=%d seconds=%.6f rss=%d pss=%d workers=0 also_rss=%d also_pss=%d" % (total, seconds, rss, pss, ar, ap))
         return
     n = int(sys.argv[3])
     a = np.memmap(path, dtype=np.uint64, mode="r")
@@ -58,8 +70,9 @@ def main():
             r, s = memory(p)
             rss += r
             pss += s
+        ar, ap = also()
     total = sum(s for _, s in results) % 2**64
-    print("sum=%d seconds=%.6f rss=%d pss=%d workers=%d" % (total, seconds, rss, pss, len(pids)))
+    print("sum=%d seconds=%.6f rss=%d pss=%d workers=%d also_rss=%d also_pss=%d" % (total, seconds, rss, pss, len(pids), ar, ap))
 
 
 if __name__ == "__main__":

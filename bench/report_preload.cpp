@@ -51,22 +51,27 @@ void print_preload_tables(const RunInfo& info)
 
     // Memory of the pool cases.
     rows.clear();
+    auto ratio = [](std::uint64_t a, std::uint64_t b) {
+        return b ? fmt(static_cast<double>(a) / static_cast<double>(b)) + "x" : std::string("-");
+    };
     for (const auto& c : run.cases) {
         if (!c.pool || !c.ran()) continue;
         rows.push_back({c.num, c.name, gib(c.kernel.rss), gib(c.kernel.pss), gib(c.pagerd.rss), gib(c.pagerd.pss),
-                        gib(c.pagerd.cache_peak), gib(c.kernel_memory()), gib(c.pagerd_memory()),
-                        c.kernel_memory() ? fmt(static_cast<double>(c.pagerd_memory()) / static_cast<double>(c.kernel_memory())) + "x"
-                                          : "-"});
+                        gib(c.pagerd.daemon_pss), gib(c.pagerd.cache_peak), gib(c.kernel_memory()),
+                        gib(c.pagerd_memory()), ratio(c.pagerd_memory(), c.kernel_memory()),
+                        gib(c.pagerd_memory_cache()), ratio(c.pagerd_memory_cache(), c.kernel_memory())});
     }
     if (!rows.empty()) {
         std::printf("\n");
-        print_rows({"#", "case", "kernel RSS", "kernel PSS", "pagerd RSS", "pagerd PSS", "daemon cache", "kernel total",
-                    "pagerd total", "pagerd / kernel"},
+        print_rows({"#", "case", "kernel RSS", "kernel PSS", "pagerd RSS", "pagerd PSS", "daemon PSS", "daemon cache",
+                    "kernel total", "pagerd total", "ratio", "PSS + cache", "ratio"},
                    rows, 2);
         std::printf("GiB. RSS, PSS: /proc/PID/smaps_rollup of the parent and of every worker, summed, read by the parent\n"
-                    "once every part is summed. daemon cache: the peak of the daemon's cache_bytes (sampled every\n"
-                    "10 ms). total: PSS (+ daemon cache for pagerd; lower is better). The kernel's page cache of the\n"
-                    "file (1x the file when hot) is in neither total.\n");
+                    "once every part is summed; daemon PSS: the daemon's, read at the same moment. daemon cache: the\n"
+                    "peak of its cache_bytes (sampled every 10 ms). total: PSS of every process (Python's, + the\n"
+                    "daemon's: the cache pages the workers map are shared with it and counted once). PSS + cache:\n"
+                    "Python's PSS + the cache peak (those pages counted twice: an upper bound). ratio: pagerd /\n"
+                    "kernel, lower is better. The kernel's page cache of the file is in no total (the file when hot).\n");
     }
 
     // The pagerd side as the daemon saw it.
@@ -107,6 +112,7 @@ void print_preload_json(const RunInfo& info)
                     "\"cpu_seconds\":%s",
                     json_number(s.seconds).c_str(), json_number(s.wall).c_str(), u(s.sum), u(s.rss), u(s.pss), s.workers,
                     json_number(s.cpu).c_str());
+        if (pagerd) std::printf(",\"daemon_rss\":%llu,\"daemon_pss\":%llu", u(s.daemon_rss), u(s.daemon_pss));
         if (pagerd)
             std::printf(",\"taken\":%s,\"debug\":%s,\"faults\":%llu,\"cache_loads\":%llu,\"cache_hits\":%llu,"
                         "\"bytes_read\":%llu,\"cache_peak\":%llu,\"daemon_cpu_seconds\":%s",
@@ -122,11 +128,12 @@ void print_preload_json(const RunInfo& info)
     for (std::size_t i = 0; i < run.cases.size(); ++i) {
         const auto& c = run.cases[i];
         std::printf("%s{\"num\":%s,\"name\":%s,\"title\":%s,\"pool\":%s,\"cold\":%s,\"ratio\":%s,\"kernel_memory\":%s,"
-                    "\"pagerd_memory\":%s,\"failure\":%s,\"skipped\":%s,\"kernel\":",
+                    "\"pagerd_memory\":%s,\"pagerd_memory_with_cache\":%s,\"failure\":%s,\"skipped\":%s,\"kernel\":",
                     i ? "," : "", json_string(c.num).c_str(), json_string(c.name).c_str(), json_string(c.title).c_str(),
                     c.pool ? "true" : "false", c.cold ? "true" : "false", json_number(c.ratio()).c_str(),
                     c.pool && c.ran() ? std::to_string(c.kernel_memory()).c_str() : "null",
                     c.pool && c.ran() ? std::to_string(c.pagerd_memory()).c_str() : "null",
+                    c.pool && c.ran() ? std::to_string(c.pagerd_memory_cache()).c_str() : "null",
                     c.failure.empty() ? "null" : json_string(c.failure).c_str(),
                     c.skipped.empty() ? "null" : json_string(c.skipped).c_str());
         side(c.kernel, false);
