@@ -31,4 +31,11 @@ void* remap(void* old, std::size_t old_size, std::size_t new_size, int flags, vo
 int advise(void* addr, std::size_t len, int advice) noexcept;
 int sync(void* addr, std::size_t len, int flags) noexcept;
 
+// The path of a descriptor as /proc/self/fd names it ("fd N" if it cannot be read).
+void fd_path(int fd, char* out, std::size_t n) noexcept;
+// In a child of fork() whose connection's regions the kernel did not give it (no
+// UFFD_FEATURE_EVENT_FORK: MADV_DONTFORK), before the child runs on: each taken range is
+// mapped again at its address, through a connection of the child's, or by the kernel.
+void remap_in_child() noexcept;
+
 }  // namespace pagerd::preload

@@ -21,6 +21,8 @@ namespace {
 using libclient::Access;
 using libclient::Connection;
 
+}  // namespace
+
 void fd_path(int fd, char* out, std::size_t n) noexcept
 {
     char link[64];
@@ -32,6 +34,8 @@ void fd_path(int fd, char* out, std::size_t n) noexcept
     }
     out[len] = '\0';
 }
+
+namespace {
 
 // The cheap checks: the reason a mapping is not for pagerd, or nullptr.
 const char* refuse(const Config& c, std::size_t len, int prot, int flags, int fd, off_t off, const char* path,
@@ -96,6 +100,13 @@ void* take(std::size_t len, int prot, int flags, int fd, off_t off, char* why, s
     // uffd-wp keeps the region in the daemon's page cache, inherited by a forked child,
     // with no SIGSEGV handler installed in the program.
     if (o.access == Access::Shared) o.tracking = libclient::Tracking::UffdWp;
+    // Without the kernel's fork events a forked child gets the regions back only by mapping
+    // the file again (fork.cpp), which would lose a private mapping's writes made before.
+    if (o.access == Access::PrivateWritable && !conn->fork_inherits()) {
+        std::snprintf(why, n, "MAP_PRIVATE with PROT_WRITE, and a forked child would not keep its writes "
+                              "(pagerd's fork support needs CAP_SYS_PTRACE)");
+        return nullptr;
+    }
     if (flags & MAP_POPULATE) o.prefetch = libclient::Prefetch::All;
     auto mapped = conn->map_fd(fd, o);
     if (!mapped) {
@@ -107,6 +118,8 @@ void* take(std::size_t len, int prot, int flags, int fd, off_t off, char* why, s
     t.conn = conn;
     t.region = mapped.value();
     t.fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    t.prot = prot;
+    t.type = shared ? MAP_SHARED : MAP_PRIVATE;
     add_region(t, as_int(t.region.addr), t.region.size, o.offset);
     return t.region.addr;
 }

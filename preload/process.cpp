@@ -17,6 +17,15 @@ namespace {
 
 using libclient::Connection;
 
+// This process's connection (a forked child makes its own; the parent's stays with the
+// regions it mapped). Never destroyed: at exit, other threads may still read its regions.
+constinit Connection* g_conn = nullptr;
+constinit pid_t g_conn_pid = 0;
+constinit bool g_conn_unusable = false;  // a request timed out or the daemon went away
+constinit pid_t g_failed_pid = 0;        // connecting failed in this process: not retried
+constinit char g_failure[256] = {};
+constinit bool g_fork_handlers = false;
+
 // One mutex for every slow path. fork(): the child gets it unlocked (child_reset); once
 // libclient registered its own fork handlers (at the first connect), ours are registered
 // after them, so that ours run first before fork and take this mutex before libclient's.
@@ -27,23 +36,24 @@ void child_reset() noexcept
     constexpr pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     g_mutex = fresh;
 }
-void before_fork() noexcept { ::pthread_mutex_lock(&g_mutex); }
+// Set in the parent before each fork: its connection had timed out or was lost, so that its
+// child does not wait for the daemon again to map the parent's regions anew (fork.cpp).
+constinit bool g_gave_up_at_fork = false;
+
+void before_fork() noexcept
+{
+    ::pthread_mutex_lock(&g_mutex);
+    g_gave_up_at_fork = g_conn && g_conn_pid == ::getpid() && (g_conn_unusable || !g_conn->daemon_alive());
+}
 void after_fork_parent() noexcept { ::pthread_mutex_unlock(&g_mutex); }
-// Runs after libclient's own handler (registered before it), one thread in the child.
+// Runs after libclient's own handler (registered before it), one thread in the child,
+// before fork() returns there. Never in a child of vfork() or posix_spawn().
 void after_fork_child() noexcept
 {
     child_reset();
+    remap_in_child();
     drop_absent();
 }
-
-// This process's connection (a forked child makes its own; the parent's stays with the
-// regions it mapped). Never destroyed: at exit, other threads may still read its regions.
-constinit Connection* g_conn = nullptr;
-constinit pid_t g_conn_pid = 0;
-constinit bool g_conn_unusable = false;  // a request timed out or the daemon went away
-constinit pid_t g_failed_pid = 0;        // connecting failed in this process: not retried
-constinit char g_failure[256] = {};
-constinit bool g_fork_handlers = false;
 
 }  // namespace
 
@@ -89,6 +99,15 @@ Connection* connection(char* why, std::size_t n) noexcept
         g_fork_handlers = true;
     }
     return g_conn;
+}
+
+Connection* child_connection(char* why, std::size_t n) noexcept
+{
+    if (g_gave_up_at_fork) {
+        std::snprintf(why, n, "the parent's connection to pagerd had timed out or was lost (not retried)");
+        return nullptr;
+    }
+    return connection(why, n);
 }
 
 // After a failed request: is the connection still worth asking?

@@ -29,6 +29,9 @@ const Config& config() noexcept;
 // With the mutex held: the connection for a new mapping in this process, or nullptr and
 // why (connecting failed, now or before; a request timed out; the daemon went away).
 libclient::Connection* connection(char* why, std::size_t n) noexcept;
+// In a child of fork(), for the parent's regions: connection(), or nullptr at once if the
+// parent's connection had timed out or been lost.
+libclient::Connection* child_connection(char* why, std::size_t n) noexcept;
 // After a failed request: a timeout or a lost connection stops new mappings through it.
 void note_failure(libclient::Connection* conn, const Error& e) noexcept;
 

@@ -150,6 +150,8 @@ void* grow(int pi, std::uintptr_t a, std::uintptr_t b, std::size_t new_size, boo
             n.conn = conn;
             n.region = m.value();
             n.fd = ::fcntl(t.fd, F_DUPFD_CLOEXEC, 0);
+            n.prot = t.prot;
+            n.type = t.type;
             add_region(n, as_int(n.region.addr), n.region.size, offset);
             got = n.region.addr;
         } else {

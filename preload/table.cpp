@@ -138,6 +138,26 @@ void drop_absent() noexcept
     }
 }
 
+int adopt_piece(const TakenRegion& r, int piece_index) noexcept
+{
+    for (std::uint32_t i = 0; i < k_max_regions; ++i) {
+        if (g_regions[i].used) continue;
+        g_regions[i] = r;
+        g_regions[i].used = true;
+        g_pieces[piece_index].region = i;
+        return static_cast<int>(i);
+    }
+    return -1;
+}
+
+void drop_piece_at(int piece_index) noexcept
+{
+    Piece& p = g_pieces[piece_index];
+    const std::uint32_t r = p.region;
+    drop_piece(p);
+    if (!has_pieces(r)) free_region(r);
+}
+
 void free_region(std::uint32_t region_index) noexcept
 {
     TakenRegion& r = g_regions[region_index];

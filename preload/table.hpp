@@ -5,6 +5,8 @@
 // Everything else is called with the engine's mutex held. No allocation anywhere: the
 // tables are static arrays, initialized before any constructor runs.
 #pragma once
+#include <sys/mman.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -22,6 +24,9 @@ struct TakenRegion {
     libclient::Connection* conn = nullptr;    // the connection that mapped it (never destroyed)
     libclient::Region region;                 // as libclient knows it (its first address)
     int fd = -1;                              // our copy of the file's descriptor (O_CLOEXEC)
+    int prot = PROT_READ;                     // the program's mmap: its protection and type
+    int type = MAP_PRIVATE;                   // (MAP_PRIVATE or MAP_SHARED), for the kernel's
+                                              // mapping of it in a forked child (fork.cpp)
 };
 
 // One mapped range of a region, at `offset` bytes into its file.
@@ -51,6 +56,10 @@ bool has_pieces(std::uint32_t region) noexcept;
 template <class Fn>
 void for_each_piece(std::uintptr_t a, std::uintptr_t b, Fn fn);
 void free_region(std::uint32_t region) noexcept;  // closes its descriptor
+// A new region (a free slot: -1 if none) that piece `piece_index` now belongs to.
+int adopt_piece(const TakenRegion& r, int piece_index) noexcept;
+// Drops one piece from the table (not its memory), and its region if none is left.
+void drop_piece_at(int piece_index) noexcept;
 // In a child of fork(), before it runs on: drops the pieces whose memory the child did not
 // get (libclient's regions with memory of their own are MADV_DONTFORK, and libclient's
 // own record of them is gone in the child), and the regions left with none.
