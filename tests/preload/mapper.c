@@ -15,8 +15,11 @@
  *   halves:ROUNDS:PATH                   ROUNDS times: map PATH, unmap its first half, sum
  *                                        and unmap the second
  *   wait                                 prints "wait", reads a line from stdin
+ *   exec:PATH                            execv(PATH) with no arguments (after a fork: the child)
  *   fork                                 the child does the steps after it; the parent
  *                                        waits for it, prints "child exit N" and stops
+ *   parent                               after a fork: the child stops here (exit 0), the
+ *                                        parent goes on from here once it has waited
  * libmapper-ctor.so (linked in) maps $MAPPER_CTOR_FILE from its constructor, before main. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -275,6 +278,12 @@ static void step(char* arg)
     } else if (!strcmp(op, "halves")) {
         const int rounds = (int)num(field(&rest));
         halves(rounds, field(&rest));
+    } else if (!strcmp(op, "exec")) {
+        char* path = field(&rest);
+        char* argv[] = {path, NULL};
+        execv(path, argv);
+        printf("exec: %s\n", err_name(errno));
+        exit(1);
     } else if (!strcmp(op, "wait")) {
         char line[64];
         printf("wait\n");
@@ -290,14 +299,27 @@ int main(int argc, char** argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (mapper_ctor_ran) printf("ctor sum %llu\n", mapper_ctor_sum);
+    int forked = 0;
     for (int i = 1; i < argc; ++i) {
         if (strcmp(argv[i], "fork") == 0) {
             const pid_t child = fork();
-            if (child == 0) continue;
+            if (child < 0) {
+                printf("fork: %s\n", err_name(errno));
+                return 1;
+            }
+            if (child == 0) {
+                forked = 1;
+                continue;
+            }
             int status = 0;
             waitpid(child, &status, 0);
             printf("child exit %d\n", WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
-            return 0;
+            while (i < argc && strcmp(argv[i], "parent") != 0) ++i;  /* the parent's steps, if any */
+            continue;
+        }
+        if (strcmp(argv[i], "parent") == 0) {
+            if (forked) return 0;
+            continue;
         }
         step(argv[i]);
     }

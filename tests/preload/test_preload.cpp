@@ -387,6 +387,166 @@ TEST_CASE("a forked child reads inherited mappings and maps new ones", "[preload
     CHECK(std::count(d.begin(), d.end(), "taken") == 2);  // the parent's, and the child's own
 }
 
+namespace {
+
+// argv run as nobody (uid and gid 65534, no groups): a client without CAP_SYS_PTRACE, whose
+// connection does not fork_inherits(). The daemon's socket and the files must be reachable.
+std::vector<std::string> as_nobody(std::vector<std::string> argv)
+{
+    argv.insert(argv.begin(), {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"});
+    return argv;
+}
+
+void open_to_nobody(const Daemon& daemon, const TempDir& dir)
+{
+    ::chmod(dir.path().c_str(), 0755);
+    const std::string sock_dir = daemon.socket().substr(0, daemon.socket().rfind('/'));
+    ::chmod(sock_dir.c_str(), 0755);
+}
+
+std::size_t count_of(const std::vector<std::string>& lines, const std::string& line)
+{
+    return static_cast<std::size_t>(std::count(lines.begin(), lines.end(), line));
+}
+
+}  // namespace
+
+// Without UFFD_FEATURE_EVENT_FORK (no CAP_SYS_PTRACE) libclient's regions are not in a
+// forked child at all: the library maps them again there. As root the kernel and the
+// daemon give the child the regions, and the library does nothing at the fork.
+TEST_CASE("a forked child of a client without fork support gets the mappings back", "[preload][fork]")
+{
+    TempDir dir;
+    const std::string ro = dir.file("ro"), sh = dir.file("shared");
+    make_file(ro, 4 * k_mib, 29);
+    ::chmod(ro.c_str(), 0644);
+    Daemon daemon;
+    open_to_nobody(daemon, dir);
+    // Slot 0 read-only and cut in two by munmap (two pieces of one region); slot 1 shared,
+    // written by the parent before the fork and by the child (seen by the parent after).
+    const std::uint64_t hole = k_mib, after = k_mib + 4096;
+    const std::vector<std::string> steps{
+        "open:" + ro + ":ro", "map:0:0:all:r:private", "sum:0:0:" + std::to_string(2 * k_mib),
+        "open:" + sh + ":rw", "map:1:0:all:rw:shared", "write:1:100:parent", "munmap:0:" + std::to_string(hole) + ":4096",
+        "fork", "sum:0:0:" + std::to_string(hole), "sum:0:" + std::to_string(after) + ":" + std::to_string(4 * k_mib - after),
+        "peek:1:100:6", "write:1:5000:child", "msync:1", "parent", "peek:1:5000:5", "msync:1"};
+    const std::string expect = "open: ok\nmap 0: ok\n" + sum_line(0, byte_sum(ro, 0, 2 * k_mib)) +
+                               "open: ok\nmap 1: ok\nwrite 1: ok\nmunmap 0: ok\n" + sum_line(0, byte_sum(ro, 0, hole)) +
+                               sum_line(0, byte_sum(ro, after)) + "peek 1 100: 70 61 72 65 6e 74\nwrite 1: ok\nmsync 1: ok\n" +
+                               "child exit 0\npeek 1 5000: 63 68 69 6c 64\nmsync 1: ok\n";
+    auto fresh_shared = [&] {
+        make_file(sh, 4 * k_mib, 30);
+        REQUIRE(::chown(sh.c_str(), 65534, 65534) == 0);
+    };
+    auto check_file = [&] {
+        const auto bytes = read_file(sh);
+        CHECK(std::string(bytes.begin() + 100, bytes.begin() + 106) == "parent");
+        CHECK(std::string(bytes.begin() + 5000, bytes.begin() + 5005) == "child");
+    };
+    for (const bool nobody : {true, false}) {
+        INFO((nobody ? "as nobody" : "as root"));
+        fresh_shared();
+        const auto plain = run_command(nobody ? as_nobody(mapper_with(steps)) : mapper_with(steps));
+        CHECK(plain.out == expect);
+        fresh_shared();
+        const auto paged = run_command(nobody ? as_nobody(under(daemon.socket(), {}, mapper_with(steps)))
+                                              : under(daemon.socket(), {}, mapper_with(steps)));
+        INFO("with pagerd: " << paged.out << paged.err);
+        CHECK(exited_with(paged.status, 0));
+        CHECK(paged.out == expect);
+        check_file();
+        const auto d_ro = decisions(paged.err, ro), d_sh = decisions(paged.err, sh);
+        CHECK(count_of(d_ro, "taken") == 1);
+        CHECK(count_of(d_sh, "taken") == 1);
+        // As nobody, each piece is mapped again in the child; as root, nothing is.
+        CHECK(count_of(d_ro, "in the child: mapped again") == (nobody ? 2u : 0u));
+        CHECK(count_of(d_sh, "in the child: mapped again") == (nobody ? 1u : 0u));
+        CHECK(d_ro.size() == (nobody ? 3u : 1u));
+        CHECK(d_sh.size() == (nobody ? 2u : 1u));
+    }
+    CHECK(daemon.alive());
+}
+
+TEST_CASE("a client without fork support does not take private writable mappings", "[preload][fork]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 31);
+    ::chmod(data.c_str(), 0644);
+    Daemon daemon;
+    open_to_nobody(daemon, dir);
+    // The child sees the parent's private write: only the kernel's fork can give it that.
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:rw:private", "write:0:8192:hello", "fork",
+                                         "peek:0:8192:5", "sum:0"};
+    const auto plain = run_command(mapper_with(steps));
+    REQUIRE(exited_with(plain.status, 0));
+    CHECK(plain.out.find("peek 0 8192: 68 65 6c 6c 6f\n") != std::string::npos);
+    CHECK(plain.out.find("child exit 0\n") != std::string::npos);
+    const auto nobody = run_command(as_nobody(under(daemon.socket(), {}, mapper_with(steps))));
+    INFO("as nobody: " << nobody.out << nobody.err);
+    CHECK(exited_with(nobody.status, 0));
+    CHECK(nobody.out == plain.out);
+    CHECK_FALSE(taken(nobody.err, data));
+    CHECK(fallback_reason(nobody.err, data).rfind("MAP_PRIVATE with PROT_WRITE", 0) == 0);
+    // Root's child keeps the region, writes and all: taken.
+    const auto root = run_command(under(daemon.socket(), {}, mapper_with(steps)));
+    INFO("as root: " << root.out << root.err);
+    CHECK(exited_with(root.status, 0));
+    CHECK(root.out == plain.out);
+    CHECK(taken(root.err, data));
+}
+
+TEST_CASE("a forked child of a client without fork support gets the kernel's mapping once the daemon is gone",
+          "[preload][fork]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 32);
+    ::chmod(data.c_str(), 0644);
+    Daemon daemon;
+    open_to_nobody(daemon, dir);
+    // The parent loads every page before the daemon goes; its child, whose regions the
+    // daemon cannot serve, reads the file through the kernel's mapping of it.
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "sum:0", "wait", "fork", "sum:0"};
+    Interactive run(as_nobody(under(daemon.socket(), {}, mapper_with(steps))));
+    run.until_wait();
+    daemon.kill_hard();
+    run.resume();
+    const auto r = run.finish();
+    INFO(r.out << r.err);
+    CHECK(exited_with(r.status, 0));
+    CHECK(r.out == "open: ok\nmap 0: ok\n" + sum_line(0, byte_sum(data)) + "wait\n" + sum_line(0, byte_sum(data)) +
+                       "child exit 0\n");
+    const auto d = decisions(r.err, data);
+    REQUIRE(d.size() == 2);
+    CHECK(d[0] == "taken");
+    CHECK(d[1].rfind("in the child: mapped by the kernel: ", 0) == 0);
+}
+
+TEST_CASE("a forked child of a client without fork support that execs leaves nothing behind", "[preload][fork]")
+{
+    TempDir dir;
+    const std::string data = dir.file("data");
+    make_file(data, 4 * k_mib, 33);
+    ::chmod(data.c_str(), 0644);
+    Daemon daemon;
+    open_to_nobody(daemon, dir);
+    const std::vector<std::string> steps{"open:" + data + ":ro", "map:0:0:all:r:private", "fork", "exec:/bin/true", "parent",
+                                         "sum:0", "wait"};
+    Interactive run(as_nobody(under(daemon.socket(), {}, mapper_with(steps))));
+    CHECK(run.until_wait() == "open: ok\nmap 0: ok\nchild exit 0\n" + sum_line(0, byte_sum(data)) + "wait\n");
+    // The child mapped the region again, then exec'd: the daemon let go of its connection.
+    // Clients: the mapper and the connection asking.
+    CHECK(daemon.wait_until([](const libclient::Status& s) { return s.clients == 2 && s.regions == 1; }, 10s));
+    run.resume();
+    const auto r = run.finish();
+    INFO(r.out << r.err);
+    CHECK(exited_with(r.status, 0));
+    const auto d = decisions(r.err, data);
+    CHECK(count_of(d, "taken") == 1);
+    CHECK(count_of(d, "in the child: mapped again") == 1);
+}
+
 TEST_CASE("pagerd-run reports its argument errors", "[preload][run]")
 {
     auto r = run_command({pagerd_run()});
