@@ -261,7 +261,7 @@ medians (the baselines run once per repetition). Needs nbdkit (with its delay fi
 nbdcopy (libnbd-bin) on $PATH. Without --file, the export serves a named copy of the
 temporary file in --tmpdir, removed at the end.
 
-Preload cases (--cases preload; not in the default set: about a minute with the 1 GiB
+Preload cases (--cases preload; not in the default set: about 30 s with the 1 GiB
 file): an unmodified program, Debian's python3 with numpy, summing the file as a
 numpy.memmap of uint64 (bench/preload_sum.py), run as it is (the kernel's mmap) and under
 pagerd-run (libpagerd-preload.so: its mmap served by pagerd), back to back in the same run:
@@ -774,7 +774,7 @@ int main(int argc, char** argv)
                    "second copy in the kernel's page cache: O_DIRECT, RWF_DONTCACHE, fadvise; about 4 min, "
                    "not in the default), nbd (an NBD export with a delay per read through pagerd against nbdcopy and "
                    "synchronous libnbd reads; about 45 s, not in the default), preload (python3 + numpy.memmap summing the file "
-                   "with and without pagerd-run, one process and a fork pool, cold and hot; about a minute, not in "
+                   "with and without pagerd-run, one process and a fork pool, cold and hot; about 30 s, not in "
                    "the default) (default read,extra,write,flush)")
         ->delimiter(',')
         ->check(CLI::IsMember({"read", "extra", "write", "flush", "cache", "second-copy", "nbd", "preload"}));
