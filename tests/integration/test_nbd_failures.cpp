@@ -231,8 +231,7 @@ TEST_CASE("a server about as slow as the store timeout: each page reads right or
     CHECK(conn->unmap(keep));
 }
 
-TEST_CASE("a server killed while reads are in flight and started again within the timeout: the faulting client "
-          "gets its bytes",
+TEST_CASE("a server killed with reads in flight and started again in time gives the faulting client its bytes",
           "[nbd][failure][reconnect]")
 {
     TempDir dir;
