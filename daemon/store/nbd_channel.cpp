@@ -250,8 +250,11 @@ private:
                              ::nbd_get_error());
                 m_issued_on[r.get()] = c;
                 // The read itself is wrong for this export (past an end that moved, not
-                // aligned as the server asks): it fails, the connection stays.
-                if (err == EINVAL || err == ERANGE || err == EOVERFLOW || err == ENOTSUP) {
+                // aligned as the server asks): it fails, the connection stays. Not when
+                // the handle died under us (the server went: libnbd says EINVAL for "not
+                // connected" too): that is a lost connection, retried on a new one.
+                const bool dead = ::nbd_aio_is_dead(c->h) == 1 || ::nbd_aio_is_closed(c->h) == 1;
+                if (!dead && (err == EINVAL || err == ERANGE || err == EOVERFLOW || err == ENOTSUP)) {
                     r->refused = true;
                     r->error = err;
                     return;

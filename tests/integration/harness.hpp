@@ -87,8 +87,8 @@ struct CommandResult {
     std::string out;
     std::string err;
 };
-// Starts argv[0] (an absolute path) with posix_spawn: stdin from `in`, stdout to `out`,
-// stderr to `err` (may equal out), the environment with `env`'s NAME=VALUE entries.
+// Starts argv[0] (an absolute path) with posix_spawn: stdin from `in`, stdout appended to
+// `out`, stderr to `err` (may equal out), the environment with `env`'s NAME=VALUE entries.
 pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& in,
             const std::string& out, const std::string& err);
 CommandResult run_command(const std::vector<std::string>& argv,
