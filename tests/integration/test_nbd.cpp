@@ -531,7 +531,12 @@ TEST_CASE("NBD regions mapped and unmapped again and again: right bytes, and eve
     // No region maps the export any more: its connections close, and the daemon holds
     // what it held at the start.
     const bool closed = d.wait_fds_at_most(fds_at_start, std::chrono::seconds(5));
-    const auto log = server_log(dir.file("nbd.log"));
+    // The server logs a close a moment after the daemon's close reaches it.
+    auto log = server_log(dir.file("nbd.log"));
+    for (const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+         log.connects != log.disconnects && std::chrono::steady_clock::now() < until;
+         log = server_log(dir.file("nbd.log")))
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
     INFO("server: " << log.connects << " connections made, " << log.disconnects << " closed\ndescriptors at the start "
                     << fds_at_start << ":\n" << fds_then << "now " << d.fd_count() << ":\n" << descriptors(d.pid())
                     << "pagerd log:\n" << tail_of(d.log()));
