@@ -58,21 +58,7 @@ void Worker::on_fork(Client& parent, unsigned slot, util::UniqueFd child_uffd)
     spdlog::info("client {} forked: client {} serves the child's {} region(s)", parent.serial, child->serial,
                  child->regions.count());
     m_ctx.connections.fetch_add(1);
-    m_stats.clients.fetch_add(1, std::memory_order_relaxed);
-    m_stats.regions.fetch_add(child->regions.count(), std::memory_order_relaxed);
-    m_stats.mapped_bytes.fetch_add(child->regions.bytes(), std::memory_order_relaxed);
-    if (child->uffd_flags & proto::k_uffd_user_mode_only)
-        m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
-    Client& ref = *child;
-    {
-        std::lock_guard lock(m_table_mutex);
-        m_clients.emplace(ref.serial, std::move(child));
-    }
-    if (m_stopping) {
-        close_client(ref, "daemon stopping");
-        return;
-    }
-    arm_poll(ref, ref.uffds[0].op, ref.uffds[0].fd.get());
+    (void)enlist(std::move(child));
 }
 
 void Worker::reap_forked(Clock::time_point now)

@@ -253,23 +253,9 @@ void Worker::take_inbox()
         else
             spdlog::info("client {} connected (pid {}, uid {}) on worker {}", c->serial, c->peer.pid, c->peer.uid,
                          m_index);
-        m_stats.clients.fetch_add(1, std::memory_order_relaxed);
-        m_stats.regions.fetch_add(c->regions.count(), std::memory_order_relaxed);
-        m_stats.mapped_bytes.fetch_add(c->regions.bytes(), std::memory_order_relaxed);
-        if (c->uffd_flags & proto::k_uffd_user_mode_only)
-            m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
-        Client& ref = *c;
-        {
-            std::lock_guard lock(m_table_mutex);
-            m_clients.emplace(c->serial, std::move(c));
-        }
-        if (m_stopping) {
-            close_client(ref, "daemon stopping");
-            continue;
-        }
-        arm_poll(ref, ref.sock_op, ref.sock.get());
-        for (auto& u : ref.uffds)
-            if (u.fd) arm_poll(ref, u.op, u.fd.get());
+        Client* added = enlist(std::move(c));
+        if (!added) continue;
+        Client& ref = *added;
         if (ref.restored) {
             // ALL regions fill again (pages already there are skipped); then faults the
             // previous daemon read but never answered: wake their threads so that they
@@ -280,6 +266,28 @@ void Worker::take_inbox()
             ref.regions.for_each([&](const Region& r) { util::uffd_wake(ref.uffds[r.uffd_slot].fd.get(), r.start, r.length); });
         }
     }
+}
+
+Client* Worker::enlist(std::unique_ptr<Client> c)
+{
+    m_stats.clients.fetch_add(1, std::memory_order_relaxed);
+    m_stats.regions.fetch_add(c->regions.count(), std::memory_order_relaxed);
+    m_stats.mapped_bytes.fetch_add(c->regions.bytes(), std::memory_order_relaxed);
+    if (c->uffd_flags & proto::k_uffd_user_mode_only)
+        m_stats.user_mode_only_clients.fetch_add(1, std::memory_order_relaxed);
+    Client& ref = *c;
+    {
+        std::lock_guard lock(m_table_mutex);
+        m_clients.emplace(ref.serial, std::move(c));
+    }
+    if (m_stopping) {
+        close_client(ref, "daemon stopping");  // may free it
+        return nullptr;
+    }
+    if (ref.sock) arm_poll(ref, ref.sock_op, ref.sock.get());
+    for (auto& u : ref.uffds)
+        if (u.fd) arm_poll(ref, u.op, u.fd.get());
+    return &ref;
 }
 
 // Faults in flight finish first: the threads waiting on them get their data. Faults that

@@ -230,6 +230,9 @@ private:
     void check_deadlines();
     io_uring_sqe* sqe();
     void arm_poll(Client& c, Op& op, int fd);
+    // Takes c into m_clients, counted, its socket and userfaultfds polled; null when the
+    // worker is stopping (c was closed, and may be gone).
+    Client* enlist(std::unique_ptr<Client> c);
     void close_client(Client& c, const std::string& reason);
     void release(Client& c);  // drops one reference; destroys a closing client at zero
     // Runs f(table) under the table mutex and keeps the region counters in step.
