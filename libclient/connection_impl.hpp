@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "fork.hpp"
 #include "pagerd/client.hpp"
 #include "pagerd/proto/messages.hpp"
 #include "pagerd/util/unique_fd.hpp"

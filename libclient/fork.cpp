@@ -70,10 +70,15 @@ void child()
 
 }  // namespace
 
-void Connection::Impl::enlist()
+void register_fork_handlers()
 {
     static std::once_flag once;
     std::call_once(once, [] { ::pthread_atfork(prepare, parent, child); });
+}
+
+void Connection::Impl::enlist()
+{
+    register_fork_handlers();
     std::lock_guard lock(registry().mutex);
     registry().live.insert(this);
 }

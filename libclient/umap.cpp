@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "fork.hpp"
 #include "pagerd/client.hpp"
 #include "pagerd/proto/constants.hpp"
 
@@ -118,6 +119,7 @@ Connection* connection(bool create)
     std::lock_guard lock(s.mutex);
     if (s.conn || !create) return s.conn;
     std::call_once(g_hooks_once, [] {
+        register_fork_handlers();  // first: see connection_impl.hpp
         ::pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
         std::atexit(flush_at_exit);
     });
