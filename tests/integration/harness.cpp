@@ -272,16 +272,18 @@ TracedRun run_traced_child(const std::function<int()>& fn, std::chrono::millisec
 // (CLONE_VFORK), so the regions of a test that holds some are never forked (a fork would
 // give the daemon a child client until the exec, docs/fork.md).
 pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& in,
-            const std::string& out, const std::string& err)
+            const std::string& out, const std::string& err, bool append)
 {
+    // Not O_APPEND unless asked: a program may pwrite its stdout (nbdcopy does).
+    const int mode = O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, in.c_str(), O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_addopen(&fa, 1, out.c_str(), mode, 0644);
     if (err == out)
         posix_spawn_file_actions_adddup2(&fa, 1, 2);
     else
-        posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        posix_spawn_file_actions_addopen(&fa, 2, err.c_str(), mode, 0644);
     // The environment, with env's NAME=VALUE entries replacing or adding.
     std::vector<std::string> vars;
     for (char** e = environ; *e; ++e) {

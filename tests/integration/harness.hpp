@@ -87,10 +87,11 @@ struct CommandResult {
     std::string out;
     std::string err;
 };
-// Starts argv[0] (an absolute path) with posix_spawn: stdin from `in`, stdout appended to
-// `out`, stderr to `err` (may equal out), the environment with `env`'s NAME=VALUE entries.
+// Starts argv[0] (an absolute path) with posix_spawn: stdin from `in`, stdout to `out`,
+// stderr to `err` (may equal out; both truncated, or appended to with `append`), the
+// environment with `env`'s NAME=VALUE entries.
 pid_t spawn(const std::vector<std::string>& argv, const std::vector<std::string>& env, const std::string& in,
-            const std::string& out, const std::string& err);
+            const std::string& out, const std::string& err, bool append = false);
 CommandResult run_command(const std::vector<std::string>& argv,
                           const std::vector<std::string>& env = {},
                           std::chrono::milliseconds timeout = std::chrono::seconds(60));

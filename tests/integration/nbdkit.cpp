@@ -74,7 +74,7 @@ void Nbdkit::start()
     const std::string log = m_dir.file("nbdkit.log");
     // posix_spawn: a fork would give the daemon a child client of every region the test
     // maps (docs/fork.md) until the exec.
-    m_pid = spawn(argv, {}, "/dev/null", log, log);
+    m_pid = spawn(argv, {}, "/dev/null", log, log, true);  // a restart adds to the log
     // nbdkit writes its pid file once it accepts connections.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     struct stat st{};
