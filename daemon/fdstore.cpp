@@ -7,6 +7,7 @@
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include <sstream>
 
 #include "cache.hpp"
+#include "pagerd/util/uffd.hpp"
 #include "store/file_store.hpp"
 #include "worker.hpp"
 
@@ -26,9 +28,11 @@ std::set<std::string> g_caches;
 
 std::string prefix(std::uint64_t serial) { return "c" + std::to_string(serial) + "."; }
 
-void store(Client& c, const std::string& name, int fd)
+// `again`: offered even if stored before (systemd keeps one copy of an open file however
+// many names offer it, so an offer may have been dropped as a duplicate of another's).
+void store(Client& c, const std::string& name, int fd, bool again = false)
 {
-    if (fd < 0 || c.stored.count(name)) return;
+    if (fd < 0 || (c.stored.count(name) && !again)) return;
     const std::string msg = "FDSTORE=1\nFDNAME=" + name;
     if (sd_pid_notify_with_fds(0, 0, msg.c_str(), &fd, 1) <= 0)
         spdlog::warn("client {}: cannot keep {} in the descriptor store", c.serial, name);
@@ -81,6 +85,7 @@ std::string describe(const Client& c)
     o << "client " << c.serial << ' ' << c.peer.pid << ' ' << c.peer.uid << ' ' << c.peer.gid << ' ' << hex(c.name)
       << ' ' << c.hello_done << ' ' << c.uffd_flags << ' ' << c.uffds[0].features << ' ' << c.uffds[1].features
       << ' ' << c.next_region_id << '\n';
+    if (c.forked_from) o << "forked " << c.forked_from << '\n';
     c.regions.for_each([&](const Region& r) {
         if (!kept(r)) return;
         o << "region " << r.id << ' ' << r.start << ' ' << r.length << ' ' << r.file_offset << ' '
@@ -103,7 +108,12 @@ std::optional<StoredClient> parse_state(const std::string& text)
     in >> word >> s.serial >> s.pid >> s.uid >> s.gid >> name_hex >> s.hello_done >> s.uffd_flags >> s.features[0] >>
         s.features[1] >> s.next_region_id;
     if (!in || word != "client" || !unhex(name_hex, s.name)) return std::nullopt;
-    while (in >> word && word == "region") {
+    while (in >> word) {
+        if (word == "forked" && s.regions.empty() && !s.forked_from) {
+            if (!(in >> s.forked_from) || s.forked_from == 0 || s.forked_from >= s.serial) return std::nullopt;
+            continue;
+        }
+        if (word != "region") break;
         StoredRegion& r = s.regions.emplace_back();
         in >> r.id >> r.start >> r.length >> r.file_offset >> r.access >> r.tracking >> r.uffd_slot >> r.mem_offset >>
             r.file_base >> r.mem_length >> r.mapped;
@@ -128,8 +138,7 @@ void set_enabled(bool on)
 
 void save(Client& c)
 {
-    // A forked child is not kept: it has no socket to be found again by (docs/fork.md).
-    if (!g_enabled || c.closing || c.forked_from) return;
+    if (!g_enabled || c.closing) return;
     const std::string p = prefix(c.serial);
     if (!c.state) c.state.reset(::memfd_create("pagerd-client-state", MFD_CLOEXEC));
     const std::string text = describe(c);
@@ -142,7 +151,10 @@ void save(Client& c)
     c.regions.for_each([&](const Region& r) {
         if (!kept(r)) return;
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
-        store(c, rp + "file", r.store ? r.store->descriptor() : -1);
+        // A forked child's file is its parent's open file: systemd keeps it under the
+        // parent's name, and under the child's once the parent's is removed (offered again at
+        // each save). restore() looks for it under the ancestors' names too.
+        store(c, rp + "file", r.store ? r.store->descriptor() : -1, c.forked_from != 0);
         store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);
         if (r.cache) store_cache(*r.cache);
     });
@@ -221,22 +233,53 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         passed.erase(it);
         return fd;
     };
-    std::vector<std::string> states;
+    // Every state first, parents before their forked children (a child's serial is larger).
+    struct Found {
+        std::string name;
+        util::UniqueFd fd;
+        StoredClient parsed;
+    };
+    std::vector<Found> states;
+    std::vector<std::string> names;
     for (const auto& [name, fd] : passed)
-        if (name.size() > 6 && name.compare(name.size() - 6, 6, ".state") == 0) states.push_back(name);
-    for (const std::string& state_name : states) {
-        const std::string p = state_name.substr(0, state_name.size() - 5);  // "c12."
-        auto c = std::make_unique<Client>();
-        c->state = take(state_name);
+        if (name.size() > 6 && name.compare(name.size() - 6, 6, ".state") == 0) names.push_back(name);
+    for (const std::string& state_name : names) {
+        util::UniqueFd fd = take(state_name);
         struct stat st{};
-        ::fstat(c->state.get(), &st);
+        ::fstat(fd.get(), &st);
         std::string text(static_cast<std::size_t>(st.st_size), '\0');
-        if (::pread(c->state.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) continue;
-        const auto parsed = parse_state(text);
+        if (::pread(fd.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size())) continue;
+        auto parsed = parse_state(text);
         if (!parsed) {
             spdlog::warn("descriptor store: unreadable state {}; dropping that client", state_name);
             continue;
         }
+        states.push_back({state_name, std::move(fd), std::move(*parsed)});
+    }
+    std::sort(states.begin(), states.end(), [](const Found& a, const Found& b) { return a.parsed.serial < b.parsed.serial; });
+    std::map<std::uint64_t, std::uint64_t> parent_of;  // forked children's
+    for (const Found& f : states)
+        if (f.parsed.forked_from) parent_of[f.parsed.serial] = f.parsed.forked_from;
+    // A region's file: under the client's name, else (a forked child) under its ancestors',
+    // whose region of the same id it inherited.
+    std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<store::Store>> opened;
+    auto file_of = [&](std::uint64_t serial, std::uint64_t id, std::string& why) -> std::shared_ptr<store::Store> {
+        for (int hops = 0; serial && hops < 64; ++hops) {
+            if (auto it = opened.find({serial, id}); it != opened.end()) return it->second;
+            if (util::UniqueFd fd = take("c" + std::to_string(serial) + ".r" + std::to_string(id) + ".file"))
+                if (auto s = store::FileStore::open(std::move(fd), why)) return opened[{serial, id}] = s;
+            const auto up = parent_of.find(serial);
+            serial = up == parent_of.end() ? 0 : up->second;
+        }
+        if (why.empty()) why = "no descriptor of its file in the store";
+        return nullptr;
+    };
+    for (Found& found : states) {
+        const std::string& state_name = found.name;
+        const StoredClient* parsed = &found.parsed;
+        const std::string p = state_name.substr(0, state_name.size() - 5);  // "c12."
+        auto c = std::make_unique<Client>();
+        c->state = std::move(found.fd);
         c->serial = parsed->serial;
         c->peer.pid = parsed->pid;
         c->peer.uid = parsed->uid;
@@ -247,6 +290,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         c->uffds[0].features = parsed->features[0];
         c->uffds[1].features = parsed->features[1];
         c->next_region_id = parsed->next_region_id;
+        c->forked_from = parsed->forked_from;
         c->sock = take(p + "sock");
         c->uffds[0].fd = take(p + "uffd0");
         c->uffds[1].fd = take(p + "uffd1");
@@ -254,7 +298,8 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         std::map<std::uint64_t, std::shared_ptr<SharedMemory>> mems;
         std::map<std::uint64_t, std::shared_ptr<Cache>> caches;
         std::map<std::uint64_t, std::shared_ptr<RegionState>> region_states;
-        bool ok = c->sock && c->uffds[0].fd;
+        bool ok = (c->sock || c->forked_from) && c->uffds[0].fd;
+        std::vector<const StoredRegion*> lost;  // a forked child's regions that cannot be kept
         for (const StoredRegion& sr : parsed->regions) {
             if (!ok) break;
             Region r;
@@ -276,10 +321,14 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             const std::string rp = p + "r" + std::to_string(r.id) + ".";
             if (!files.count(r.id)) {
                 std::string why;
-                files[r.id] = store::FileStore::open(take(rp + "file"), why);
+                files[r.id] = file_of(c->serial, r.id, why);
                 if (!files[r.id]) spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
             }
             r.store = files[r.id];
+            if (!r.store && c->forked_from) {
+                lost.push_back(&sr);
+                continue;
+            }
             if (!r.store) {
                 ok = false;
                 break;
@@ -327,6 +376,10 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                 }
                 if (!got) {
                     spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
+                    if (c->forked_from) {
+                        lost.push_back(&sr);
+                        continue;
+                    }
                     ok = false;
                     break;
                 }
@@ -340,6 +393,10 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                 std::string why;
                 if (!r.cache->make_writable(r.store, why)) {
                     spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
+                    if (c->forked_from) {
+                        lost.push_back(&sr);
+                        continue;
+                    }
                     ok = false;
                     break;
                 }
@@ -350,18 +407,28 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             spdlog::warn("descriptor store: client {} is incomplete; dropping it", c->serial);
             continue;
         }
+        // A forked child keeps the regions that could be kept; in the others, pages it has
+        // not mapped raise SIGBUS (its userfaultfd would not serve them, and without it they
+        // would read what the memory behind them holds).
+        for (const StoredRegion* sr : lost) {
+            spdlog::warn("descriptor store: forked client {}: region {} is not kept; its pages not mapped yet "
+                         "raise SIGBUS", c->serial, sr->id);
+            (void)util::uffd_poison_holes(c->uffds[0].fd.get(), sr->start, sr->start + sr->length, page);
+            util::uffd_wake(c->uffds[0].fd.get(), sr->start, sr->length);
+        }
         for (const auto& [n, fd] : passed)
             if (n.rfind(p, 0) == 0) c->stored.insert(n);
         c->stored.insert(state_name);
-        c->stored.insert(p + "sock");
+        if (c->sock) c->stored.insert(p + "sock");
         c->stored.insert(p + "uffd0");
         if (c->uffds[1].fd) c->stored.insert(p + "uffd1");
         c->regions.for_each([&](const Region& r) {
             c->stored.insert(p + "r" + std::to_string(r.id) + ".file");
             if (r.mem) c->stored.insert(p + "r" + std::to_string(r.id) + ".mem");
         });
-        spdlog::info("client {} (pid {}) taken back from the descriptor store with {} region(s)", c->serial,
-                     c->peer.pid, c->regions.count());
+        spdlog::info("client {} (pid {}{}) taken back from the descriptor store with {} region(s)", c->serial,
+                     c->peer.pid, c->forked_from ? ", forked from client " + std::to_string(c->forked_from) : "",
+                     c->regions.count());
         out.push_back(std::move(c));
     }
     return out;

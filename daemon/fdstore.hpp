@@ -66,6 +66,7 @@ struct StoredClient {
     std::uint32_t uffd_flags = 0;
     std::uint64_t features[2] = {0, 0};
     std::uint64_t next_region_id = 0;
+    std::uint64_t forked_from = 0;  // a forked child (no socket): its parent's serial; absent: 0
     std::vector<StoredRegion> regions;
 };
 // Never throws; nullopt when the text is not a state save() could have written.

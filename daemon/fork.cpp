@@ -7,6 +7,7 @@
 // userfaultfd's ioctls then fail with ESRCH, which reap_forked() probes for.
 #include <spdlog/spdlog.h>
 
+#include "fdstore.hpp"
 #include "pagerd/util/uffd.hpp"
 #include "worker.hpp"
 
@@ -58,6 +59,7 @@ void Worker::on_fork(Client& parent, unsigned slot, util::UniqueFd child_uffd)
     spdlog::info("client {} forked: client {} serves the child's {} region(s)", parent.serial, child->serial,
                  child->regions.count());
     m_ctx.connections.fetch_add(1);
+    fdstore::save(*child);  // a restart keeps it (with the store's copy of its userfaultfd)
     (void)enlist(std::move(child));
 }
 
@@ -75,6 +77,13 @@ void Worker::reap_forked(Clock::time_point now)
     }
 }
 
+void Worker::offer_children_files(const Client& c)
+{
+    if (!fdstore::enabled()) return;
+    for (auto& [serial, other] : m_clients)
+        if (other->forked_from == c.serial && !other->closing) fdstore::save(*other);
+}
+
 // The child lives on (the daemon stops, say) and its userfaultfd is about to close: its
 // regions would then be plain mappings of the cache or of zeros, and a page not loaded yet
 // would read wrong. Poison markers on every page it has not mapped make those raise SIGBUS
@@ -87,22 +96,7 @@ void Worker::poison_unloaded(Client& c)
     if (util::uffd_gone(fd, probe_page(c, ps), ps)) return;
     // Its mapped pages stay right only while the caches keep them.
     if (m_stopping && m_ctx.cache) m_ctx.cache->spare_pages();
-    c.regions.for_each([&](const Region& r) {
-        for (std::uint64_t a = r.start; a < r.end();) {
-            uffdio_poison p{};
-            p.range.start = a;
-            p.range.len = r.end() - a;
-            p.mode = UFFDIO_POISON_MODE_DONTWAKE;
-            if (::ioctl(fd, UFFDIO_POISON, &p) == 0) break;
-            const int err = errno;
-            if (err == EAGAIN && p.updated > 0)
-                a += static_cast<std::uint64_t>(p.updated);  // stopped at a mapped page
-            else if (err == EEXIST || err == EAGAIN)
-                a += ps;  // a mapped page (or the layout changing under us): past it
-            else
-                return;  // ESRCH: gone; anything else: nothing we can do
-        }
-    });
+    c.regions.for_each([&](const Region& r) { (void)util::uffd_poison_holes(fd, r.start, r.end(), ps); });
     c.regions.for_each([&](const Region& r) { util::uffd_wake(fd, r.start, r.length); });
 }
 

@@ -295,7 +295,11 @@ Client* Worker::enlist(std::unique_ptr<Client> c)
 void Worker::stop_client_when_idle(Client& c)
 {
     if (c.closing || !c.inflight.empty() || c.flush_pending) return;  // finish_load, on_written call again
-    if (m_detach.load())
+    // A forked child is not kept at a stop: systemd may be stopping the service for good,
+    // and would then close the stored copy of its userfaultfd, leaving its unloaded pages
+    // to read as zeros. Closed here, they raise SIGBUS (poison_unloaded). One the daemon
+    // did not close (SIGKILL, a crash) stays in the store for the next daemon.
+    if (m_detach.load() && !c.forked_from)
         detach_client(c);
     else
         close_client(c, "daemon stopping");
@@ -358,7 +362,10 @@ void Worker::close_client(Client& c, const std::string& reason)
     std::vector<Region> all;
     c.regions.for_each([&](const Region& r) { all.push_back(r); });
     if (c.forked_from) poison_unloaded(c);  // before its userfaultfd closes
-    if (!m_detach.load()) fdstore::forget(c);
+    if (!m_detach.load() || c.forked_from) {
+        fdstore::forget(c);
+        offer_children_files(c);
+    }
     c.stored.clear();
     {
         std::lock_guard lock(m_table_mutex);

@@ -314,6 +314,9 @@ private:
     void on_fork(Client& parent, unsigned slot, util::UniqueFd child_uffd);
     void reap_forked(Clock::time_point now);  // closes the children whose process is gone
     void poison_unloaded(Client& c);  // a child that lives on: its unloaded pages raise SIGBUS
+    // c's descriptors left the descriptor store: its forked children offer theirs again (a
+    // file they share with c was kept under c's name only).
+    void offer_children_files(const Client& c);
     Clock::time_point m_last_reap{};
     // may_throttle: a first write to a page cache page waits while the dirty pages of all
     // caches are over their limit (m_throttled, replayed by replay_throttled()).

@@ -95,6 +95,13 @@ public:
             if (::fcntl(fd, k_dupfd_query, have.get()) == 1) return true;
         return false;
     }
+    void drop_store() { m_store.clear(); }
+    std::size_t stored_with_suffix(const std::string& s) const
+    {
+        std::size_t n = 0;
+        for (const auto& [name, fd] : m_store) n += name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+        return n;
+    }
     std::size_t stored_with_prefix(const std::string& p) const
     {
         std::size_t n = 0;
@@ -356,6 +363,54 @@ std::string log_digest(const std::string& path)
     out += "... last lines:\n";
     for (std::size_t i = lines.size() > 20 ? lines.size() - 20 : 0; i < lines.size(); ++i) out += lines[i] + "\n";
     return out;
+}
+
+// One byte from fd, pumping NOTIFY_SOCKET meanwhile; -1 if none came in time (or EOF).
+int read_byte(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
+{
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        sm.pump();
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 5) == 1) {
+            unsigned char b;
+            return ::read(fd, &b, 1) == 1 ? b : -1;
+        }
+    }
+    return -1;
+}
+
+// A client that forks with its region half loaded (ReadOnly, in the page cache, no
+// read-ahead): the child reads the first page, says 'a', and at the word reads the whole
+// region (after the daemon's restart) and sends one byte: 0 when every byte was right.
+// `parent_leaves`: the parent unmaps its region and exits right after the fork, so that
+// the file's descriptor is stored under the child's name only.
+constexpr std::uint64_t k_fork_size = 8 << 20;
+
+int fork_keeper(const std::string& sock, const std::string& data, bool parent_leaves, int up, int down)
+{
+    auto c = libclient::Connection::connect({sock, "fork-keeper"});
+    if (!c) return 3;
+    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
+    o.prefetch = libclient::Prefetch::None;
+    auto r = c.value()->map_file(data, o);
+    if (!r) return 4;
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
+    const pid_t child = ::fork();
+    if (child < 0) return 6;
+    if (child == 0) {
+        const bool before = matches_pattern(p, 0, 4096);
+        (void)!::write(up, "a", 1);
+        if (!wait_go(down)) _exit(21);
+        const unsigned char result = !before ? 22 : matches_pattern(p, 0, k_fork_size) ? 0 : 23;
+        (void)!::write(up, &result, 1);
+        _exit(result);
+    }
+    if (parent_leaves) return c.value()->unmap(r.value()).ok() ? 0 : 7;
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
 }
 
 // Kills (by pid) the processes a test started that are still running when it ends early.
@@ -720,4 +775,107 @@ TEST_CASE("a Shared client's writes in the page cache survive a restart, zeros i
     CHECK(read_file(dir.file("data")) == model);
     ::close(up[0]);
     ::close(down[1]);
+}
+
+// The parent and its forked child (fork_keeper) on a daemon playing systemd's part. The
+// child has said 'a'; nobody has stopped the daemon yet.
+struct ForkedKeeper {
+    TempDir dir;
+    std::string sock = dir.file("pagerd.sock");
+    ServiceManager sm{dir.file("notify")};
+    pid_t daemon = -1, parent = -1;
+    int up[2] = {-1, -1}, down[2] = {-1, -1};
+    ChildReaper reaper{{&parent, &daemon}};
+
+    explicit ForkedKeeper(bool parent_leaves)
+    {
+        make_file(dir.file("data"), k_fork_size, k_cache_seed);
+        daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+        REQUIRE(sm.pump("READY=1", 10s));
+        REQUIRE(::pipe(up) == 0);
+        REQUIRE(::pipe(down) == 0);
+        parent = ::fork();
+        REQUIRE(parent >= 0);
+        if (parent == 0) {
+            reset_fatal_signals();
+            ::close(up[0]);
+            ::close(down[1]);
+            _exit(fork_keeper(sock, dir.file("data"), parent_leaves, up[1], down[0]));
+        }
+        ::close(up[1]);
+        ::close(down[0]);
+        REQUIRE(read_byte(up[0], sm) == 'a');
+    }
+    ~ForkedKeeper()
+    {
+        ::close(up[0]);
+        ::close(down[1]);
+    }
+    // The daemon stores the child a moment after the fork returns (the fork waits only for
+    // the event to be read): waits until n clients' state and userfaultfd are stored.
+    bool stored_are(std::size_t n)
+    {
+        const auto deadline = std::chrono::steady_clock::now() + 10s;
+        while ((sm.stored_with_suffix(".state") != n || sm.stored_with_suffix(".uffd0") != n) &&
+               std::chrono::steady_clock::now() < deadline)
+            sm.pump("", 20ms);
+        return sm.stored_with_suffix(".state") == n && sm.stored_with_suffix(".uffd0") == n;
+    }
+    int wait_parent()
+    {
+        const int st = wait_exit_pumping(parent, sm, 30s, "the parent did not exit");
+        parent = -1;
+        return st;
+    }
+};
+
+TEST_CASE("a forked child is kept in the descriptor store when its daemon is killed, and the next daemon serves it",
+          "[fdstore][restart][fork]")
+{
+    const bool parent_leaves = GENERATE(false, true);
+    INFO((parent_leaves ? "the parent exited before" : "the parent waits"));
+    ForkedKeeper k(parent_leaves);
+    if (!parent_leaves) CHECK(k.stored_are(2));  // the parent's and the child's state and userfaultfd
+    if (parent_leaves) {
+        CHECK(exited_with(k.wait_parent(), 0));
+        CHECK(k.stored_are(1));  // the child's alone, its file among them
+    }
+    ::kill(k.daemon, SIGKILL);
+    wait_daemon(k.daemon, k.sm);
+    k.sm.pump("", 200ms);
+    k.daemon = k.sm.start({"--socket", k.sock, "--log-level", "debug"}, k.dir.file("log"));
+    REQUIRE(k.sm.pump("READY=1", 10s));
+    REQUIRE(::write(k.down[1], "g", 1) == 1);
+    // Not kept, its userfaultfd would have closed with the daemon, and the pages it had not
+    // loaded would read zeros (23).
+    const int result = read_byte(k.up[0], k.sm, 30s);
+    INFO(log_digest(k.dir.file("log")));
+    CHECK(result == 0);
+    if (!parent_leaves) CHECK(exited_with(k.wait_parent(), 0));
+    CHECK_THAT(slurp(k.dir.file("log")), Catch::Contains(", forked from client"));
+    // The child is gone (and the parent): nothing of either stays in the store.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (k.sm.stored_with_prefix("c") != 0 && std::chrono::steady_clock::now() < deadline) k.sm.pump("", 20ms);
+    CHECK(k.sm.stored_with_prefix("c") == 0);
+    ::kill(k.daemon, SIGTERM);
+    CHECK(exited_with(wait_daemon(k.daemon, k.sm), 0));
+    k.daemon = -1;
+}
+
+TEST_CASE("a forked child is not kept at a SIGTERM: once systemd drops the store, pages it did not load raise SIGBUS",
+          "[fdstore][fork]")
+{
+    ForkedKeeper k(false);
+    CHECK(k.stored_are(2));
+    ::kill(k.daemon, SIGTERM);
+    CHECK(exited_with(wait_daemon(k.daemon, k.sm), 0));
+    k.daemon = -1;
+    k.sm.pump("", 200ms);
+    CHECK(k.sm.stored_with_suffix(".state") == 1);  // the parent's, for a next daemon
+    // The service is stopped for good: systemd closes what it stored.
+    k.sm.drop_store();
+    REQUIRE(::write(k.down[1], "g", 1) == 1);
+    const int st = k.wait_parent();
+    INFO("the parent's status " << st << " (100 + the signal that killed the child)");
+    CHECK(exited_with(st, 100 + SIGBUS));
 }

@@ -51,6 +51,29 @@ inline int uffd_poison(int uffd, std::uint64_t start, std::uint64_t len)
     return ::ioctl(uffd, UFFDIO_POISON, &p) == 0 ? 0 : errno;
 }
 
+// Poison markers (DONTWAKE) on every page of [start, end) that has nothing mapped, so that
+// touching one raises SIGBUS instead of waiting for a server or reading what the memory
+// behind it holds; mapped pages stay. Returns 0, or the errno value that stopped it (ESRCH:
+// the address space is gone).
+inline int uffd_poison_holes(int uffd, std::uint64_t start, std::uint64_t end, std::uint64_t page)
+{
+    for (std::uint64_t a = start; a < end;) {
+        uffdio_poison p{};
+        p.range.start = a;
+        p.range.len = end - a;
+        p.mode = UFFDIO_POISON_MODE_DONTWAKE;
+        if (::ioctl(uffd, UFFDIO_POISON, &p) == 0) return 0;
+        const int err = errno;
+        if (err == EAGAIN && p.updated > 0)
+            a += static_cast<std::uint64_t>(p.updated);  // stopped at a mapped page
+        else if (err == EEXIST || err == EAGAIN)
+            a += page;  // a mapped page (or the layout changing under us): past it
+        else
+            return err;
+    }
+    return 0;
+}
+
 // Wake threads blocked on faults in [start, start+len). Returns 0 or an errno value.
 inline int uffd_wake(int uffd, std::uint64_t start, std::uint64_t len)
 {
