@@ -20,6 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     // What restore() takes from it as is: the name (hex, two digits a byte) and, per region,
     // values it casts to proto::Access / proto::Tracking and uses as an index into uffds[2].
     FUZZ_CHECK(state->name.size() * 2 <= size);
+    // A forked child names a parent, which came before it (restore() follows the chain).
+    if (state->forked_from) FUZZ_CHECK(state->forked_from < state->serial);
     for (const auto& r : state->regions) {
         FUZZ_CHECK(r.access <= 2);
         FUZZ_CHECK(r.tracking <= 3);
