@@ -72,7 +72,6 @@ void Worker::on_uffd_message(Client& c, unsigned slot, const uffd_msg& msg, bool
             c.regions.for_each([&](const Region& other) { left = left || other.id == r.id; });
             if (!left) fdstore::forget_region(c, r.id);
         }
-        if (!pieces.empty()) offer_children_files(c);
         forget(c, std::move(pieces), "munmap");
         // Threads blocked on the vanished range retry and get what munmap'ed memory gives.
         util::uffd_wake(c.uffds[slot].fd.get(), start, len);

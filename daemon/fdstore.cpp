@@ -3,11 +3,13 @@
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -28,11 +30,9 @@ std::set<std::string> g_caches;
 
 std::string prefix(std::uint64_t serial) { return "c" + std::to_string(serial) + "."; }
 
-// `again`: offered even if stored before (systemd keeps one copy of an open file however
-// many names offer it, so an offer may have been dropped as a duplicate of another's).
-void store(Client& c, const std::string& name, int fd, bool again = false)
+void store(Client& c, const std::string& name, int fd)
 {
-    if (fd < 0 || (c.stored.count(name) && !again)) return;
+    if (fd < 0 || c.stored.count(name)) return;
     const std::string msg = "FDSTORE=1\nFDNAME=" + name;
     if (sd_pid_notify_with_fds(0, 0, msg.c_str(), &fd, 1) <= 0)
         spdlog::warn("client {}: cannot keep {} in the descriptor store", c.serial, name);
@@ -44,6 +44,58 @@ void remove(const std::string& name)
 {
     const std::string msg = "FDSTOREREMOVE=1\nFDNAME=" + name;
     sd_notify(0, msg.c_str());
+}
+
+// systemd keeps one copy of an open file however many names offer it, and a forked
+// child's region file is its parent's open file: offered as it is, it would be dropped as
+// a duplicate, and gone with the parent's entry. So it goes into a capsule, an open file
+// of its own: a datagram socket with the descriptor in flight in it. peek() takes a copy
+// out and leaves it there for the restart after.
+util::UniqueFd encapsulate(int fd)
+{
+    int sv[2];
+    if (::socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0) return {};
+    util::UniqueFd sender(sv[0]), capsule(sv[1]);
+    char byte = 'f';
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    cmsghdr* cm = CMSG_FIRSTHDR(&mh);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof(int));
+    std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    if (::sendmsg(sender.get(), &mh, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) return {};
+    return capsule;
+}
+
+util::UniqueFd peek(const util::UniqueFd& capsule)
+{
+    if (!capsule) return {};
+    char byte;
+    iovec iov{&byte, 1};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
+    msghdr mh{};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    mh.msg_control = control;
+    mh.msg_controllen = sizeof control;
+    if (::recvmsg(capsule.get(), &mh, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC) != 1) return {};
+    util::UniqueFd got;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+        if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+        const std::size_t n = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (std::size_t i = 0; i < n; ++i) {
+            int fd;
+            std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+            if (!got) got.reset(fd); else ::close(fd);
+        }
+    }
+    return got;
 }
 
 std::string hex(const std::string& s)
@@ -87,13 +139,19 @@ std::string describe(const Client& c)
       << ' ' << c.next_region_id << '\n';
     if (c.forked_from) o << "forked " << c.forked_from << '\n';
     c.regions.for_each([&](const Region& r) {
-        if (!kept(r)) return;
+        if (!kept(r)) {
+            // A forked child cannot have it back (nor could it ever map it again): the next
+            // daemon poisons its pages not mapped yet.
+            if (c.forked_from) o << "lost " << r.start << ' ' << r.length << '\n';
+            return;
+        }
         o << "region " << r.id << ' ' << r.start << ' ' << r.length << ' ' << r.file_offset << ' '
           << static_cast<unsigned>(r.access) << ' ' << static_cast<unsigned>(r.tracking) << ' ' << r.uffd_slot << ' '
           << r.mem_offset << ' ' << (r.mem ? r.mem->file_base : 0) << ' ' << (r.mem ? r.mem->length : 0) << ' '
           << (r.mem ? r.mem->mapped : 0) << ' ' << static_cast<unsigned>(r.state->prefetch) << ' '
           << (r.cache ? 1 : 0) << '\n';
     });
+    o << "end\n";  // what follows is left from a longer text written before
     return o.str();
 }
 
@@ -109,8 +167,14 @@ std::optional<StoredClient> parse_state(const std::string& text)
         s.features[1] >> s.next_region_id;
     if (!in || word != "client" || !unhex(name_hex, s.name)) return std::nullopt;
     while (in >> word) {
-        if (word == "forked" && s.regions.empty() && !s.forked_from) {
+        if (word == "forked" && s.regions.empty() && s.lost.empty() && !s.forked_from) {
             if (!(in >> s.forked_from) || s.forked_from == 0 || s.forked_from >= s.serial) return std::nullopt;
+            continue;
+        }
+        if (word == "lost" && s.forked_from) {
+            std::uint64_t start = 0, length = 0;
+            if (!(in >> start >> length)) return std::nullopt;
+            s.lost.emplace_back(start, length);
             continue;
         }
         if (word != "region") break;
@@ -141,9 +205,17 @@ void save(Client& c)
     if (!g_enabled || c.closing) return;
     const std::string p = prefix(c.serial);
     if (!c.state) c.state.reset(::memfd_create("pagerd-client-state", MFD_CLOEXEC));
+    // Written over the old text, then cut to length: a daemon killed in between leaves the
+    // new text, its "end" line, and a tail that is never read (truncated first, it would
+    // leave an empty state, and the client would not be taken back).
     const std::string text = describe(c);
-    if (::ftruncate(c.state.get(), 0) != 0 || ::pwrite(c.state.get(), text.data(), text.size(), 0) < 0)
-        spdlog::warn("client {}: cannot write its state for a restart", c.serial);
+    if (text != c.state_text) {
+        if (::pwrite(c.state.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()) ||
+            ::ftruncate(c.state.get(), static_cast<off_t>(text.size())) != 0)
+            spdlog::warn("client {}: cannot write its state for a restart", c.serial);
+        else
+            c.state_text = text;
+    }
     store(c, p + "state", c.state.get());
     store(c, p + "sock", c.sock.get());
     store(c, p + "uffd0", c.uffds[0].fd.get());
@@ -151,10 +223,12 @@ void save(Client& c)
     c.regions.for_each([&](const Region& r) {
         if (!kept(r)) return;
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
-        // A forked child's file is its parent's open file: systemd keeps it under the
-        // parent's name, and under the child's once the parent's is removed (offered again at
-        // each save). restore() looks for it under the ancestors' names too.
-        store(c, rp + "file", r.store ? r.store->descriptor() : -1, c.forked_from != 0);
+        if (c.forked_from && r.store && !c.stored.count(rp + "filebox")) {
+            util::UniqueFd capsule = encapsulate(r.store->descriptor());
+            store(c, rp + "filebox", capsule.get());  // systemd keeps its own copy
+        } else if (!c.forked_from) {
+            store(c, rp + "file", r.store ? r.store->descriptor() : -1);
+        }
         store(c, rp + "mem", r.mem ? r.mem->memfd.get() : -1);
         if (r.cache) store_cache(*r.cache);
     });
@@ -233,7 +307,11 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         passed.erase(it);
         return fd;
     };
-    // Every state first, parents before their forked children (a child's serial is larger).
+    // Every client's descriptors by name ("c12.uffd0"): those no client taken back below
+    // keeps leave the store at the end.
+    std::vector<std::string> client_names;
+    for (const auto& [name, fd] : passed)
+        if (name.size() > 2 && name[0] == 'c' && std::isdigit(static_cast<unsigned char>(name[1]))) client_names.push_back(name);
     struct Found {
         std::string name;
         util::UniqueFd fd;
@@ -256,23 +334,9 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         }
         states.push_back({state_name, std::move(fd), std::move(*parsed)});
     }
-    std::sort(states.begin(), states.end(), [](const Found& a, const Found& b) { return a.parsed.serial < b.parsed.serial; });
-    std::map<std::uint64_t, std::uint64_t> parent_of;  // forked children's
-    for (const Found& f : states)
-        if (f.parsed.forked_from) parent_of[f.parsed.serial] = f.parsed.forked_from;
-    // A region's file: under the client's name, else (a forked child) under its ancestors',
-    // whose region of the same id it inherited.
-    std::map<std::pair<std::uint64_t, std::uint64_t>, std::shared_ptr<store::Store>> opened;
-    auto file_of = [&](std::uint64_t serial, std::uint64_t id, std::string& why) -> std::shared_ptr<store::Store> {
-        for (int hops = 0; serial && hops < 64; ++hops) {
-            if (auto it = opened.find({serial, id}); it != opened.end()) return it->second;
-            if (util::UniqueFd fd = take("c" + std::to_string(serial) + ".r" + std::to_string(id) + ".file"))
-                if (auto s = store::FileStore::open(std::move(fd), why)) return opened[{serial, id}] = s;
-            const auto up = parent_of.find(serial);
-            serial = up == parent_of.end() ? 0 : up->second;
-        }
-        if (why.empty()) why = "no descriptor of its file in the store";
-        return nullptr;
+    // A region's file: a forked child's in its capsule (encapsulate()), anyone else's as is.
+    auto file_of = [&](const std::string& rp, bool forked, std::string& why) {
+        return store::FileStore::open(forked ? peek(take(rp + "filebox")) : take(rp + "file"), why);
     };
     for (Found& found : states) {
         const std::string& state_name = found.name;
@@ -321,7 +385,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             const std::string rp = p + "r" + std::to_string(r.id) + ".";
             if (!files.count(r.id)) {
                 std::string why;
-                files[r.id] = file_of(c->serial, r.id, why);
+                files[r.id] = file_of(rp, c->forked_from != 0, why);
                 if (!files[r.id]) spdlog::warn("descriptor store: client {} region {}: {}", c->serial, r.id, why);
             }
             r.store = files[r.id];
@@ -403,18 +467,24 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
             }
             c->regions.insert(std::move(r));
         }
+        // A forked child keeps the regions that could be kept; in the others (all of them if
+        // it is dropped), pages it has not mapped raise SIGBUS: its userfaultfd would not
+        // serve them, and closed, it would leave them reading what the memory behind holds.
+        auto poison = [&](std::uint64_t start, std::uint64_t length) {
+            if (!c->forked_from || !c->uffds[0].fd) return;
+            (void)util::uffd_poison_holes(c->uffds[0].fd.get(), start, start + length, page);
+            util::uffd_wake(c->uffds[0].fd.get(), start, length);
+        };
+        for (const auto& [start, length] : parsed->lost) poison(start, length);
         if (!ok) {
             spdlog::warn("descriptor store: client {} is incomplete; dropping it", c->serial);
+            for (const StoredRegion& sr : parsed->regions) poison(sr.start, sr.length);
             continue;
         }
-        // A forked child keeps the regions that could be kept; in the others, pages it has
-        // not mapped raise SIGBUS (its userfaultfd would not serve them, and without it they
-        // would read what the memory behind them holds).
         for (const StoredRegion* sr : lost) {
             spdlog::warn("descriptor store: forked client {}: region {} is not kept; its pages not mapped yet "
                          "raise SIGBUS", c->serial, sr->id);
-            (void)util::uffd_poison_holes(c->uffds[0].fd.get(), sr->start, sr->start + sr->length, page);
-            util::uffd_wake(c->uffds[0].fd.get(), sr->start, sr->length);
+            poison(sr->start, sr->length);
         }
         for (const auto& [n, fd] : passed)
             if (n.rfind(p, 0) == 0) c->stored.insert(n);
@@ -423,7 +493,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         c->stored.insert(p + "uffd0");
         if (c->uffds[1].fd) c->stored.insert(p + "uffd1");
         c->regions.for_each([&](const Region& r) {
-            c->stored.insert(p + "r" + std::to_string(r.id) + ".file");
+            c->stored.insert(p + "r" + std::to_string(r.id) + (c->forked_from ? ".filebox" : ".file"));
             if (r.mem) c->stored.insert(p + "r" + std::to_string(r.id) + ".mem");
         });
         spdlog::info("client {} (pid {}{}) taken back from the descriptor store with {} region(s)", c->serial,
@@ -431,6 +501,15 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                      c->regions.count());
         out.push_back(std::move(c));
     }
+    // What belongs to no client taken back leaves the store: kept there, a dropped client's
+    // socket or userfaultfd would keep it waiting on a daemon that never answers, and a
+    // cache no region maps would stay for ever (nothing takes a cache back later).
+    std::set<std::string> kept_names;
+    for (const auto& c : out) kept_names.insert(c->stored.begin(), c->stored.end());
+    for (const std::string& name : client_names)
+        if (!kept_names.count(name)) remove(name);
+    for (const auto& [name, fd] : passed)
+        if (!kept_names.count(name) && !std::count(client_names.begin(), client_names.end(), name)) remove(name);
     return out;
 }
 

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pagerd/util/unique_fd.hpp"
@@ -67,6 +68,9 @@ struct StoredClient {
     std::uint64_t features[2] = {0, 0};
     std::uint64_t next_region_id = 0;
     std::uint64_t forked_from = 0;  // a forked child (no socket): its parent's serial; absent: 0
+    // A forked child's regions that could not be kept (stores the daemon reaches itself):
+    // start and length of each, poisoned by the next daemon.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> lost;
     std::vector<StoredRegion> regions;
 };
 // Never throws; nullopt when the text is not a state save() could have written.

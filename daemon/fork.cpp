@@ -77,13 +77,6 @@ void Worker::reap_forked(Clock::time_point now)
     }
 }
 
-void Worker::offer_children_files(const Client& c)
-{
-    if (!fdstore::enabled()) return;
-    for (auto& [serial, other] : m_clients)
-        if (other->forked_from == c.serial && !other->closing) fdstore::save(*other);
-}
-
 // The child lives on (the daemon stops, say) and its userfaultfd is about to close: its
 // regions would then be plain mappings of the cache or of zeros, and a page not loaded yet
 // would read wrong. Poison markers on every page it has not mapped make those raise SIGBUS

@@ -410,7 +410,6 @@ proto::Body Worker::on_unmap(Client& c, const proto::Unmap& m)
     auto pieces = change_table(c, [&](RegionTable& t) { return t.remove_id(m.region_id); });
     forget(c, std::move(pieces), "unmapped");
     fdstore::forget_region(c, m.region_id);
-    offer_children_files(c);
     return proto::Ok{};
 }
 

@@ -362,10 +362,7 @@ void Worker::close_client(Client& c, const std::string& reason)
     std::vector<Region> all;
     c.regions.for_each([&](const Region& r) { all.push_back(r); });
     if (c.forked_from) poison_unloaded(c);  // before its userfaultfd closes
-    if (!m_detach.load() || c.forked_from) {
-        fdstore::forget(c);
-        offer_children_files(c);
-    }
+    if (!m_detach.load() || c.forked_from) fdstore::forget(c);
     c.stored.clear();
     {
         std::lock_guard lock(m_table_mutex);

@@ -175,6 +175,7 @@ struct Client {
     unsigned refs = 0;  // io_uring ops and queued faults that point at this client
     bool restored = false;       // taken back from the descriptor store at start
     util::UniqueFd state;        // its description for a restart (fdstore.cpp)
+    std::string state_text;      // what state holds
     std::set<std::string> stored;  // names of its descriptors in the descriptor store
     // A forked child (fork.cpp): no socket, one userfaultfd (taken from UFFD_EVENT_FORK),
     // the regions it inherited; gone when its address space is. The parent's serial.
@@ -314,9 +315,6 @@ private:
     void on_fork(Client& parent, unsigned slot, util::UniqueFd child_uffd);
     void reap_forked(Clock::time_point now);  // closes the children whose process is gone
     void poison_unloaded(Client& c);  // a child that lives on: its unloaded pages raise SIGBUS
-    // c's descriptors left the descriptor store: its forked children offer theirs again (a
-    // file they share with c was kept under c's name only).
-    void offer_children_files(const Client& c);
     Clock::time_point m_last_reap{};
     // may_throttle: a first write to a page cache page waits while the dirty pages of all
     // caches are over their limit (m_throttled, replayed by replay_throttled()).

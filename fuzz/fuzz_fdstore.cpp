@@ -22,6 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     FUZZ_CHECK(state->name.size() * 2 <= size);
     // A forked child names a parent, which came before it (restore() follows the chain).
     if (state->forked_from) FUZZ_CHECK(state->forked_from < state->serial);
+    if (!state->lost.empty()) FUZZ_CHECK(state->forked_from != 0);  // only a child has lost regions
     for (const auto& r : state->regions) {
         FUZZ_CHECK(r.access <= 2);
         FUZZ_CHECK(r.tracking <= 3);

@@ -120,7 +120,7 @@ std::vector<std::pair<std::string, Message>> messages()
 
 // The text fdstore.cpp's describe() writes: "client serial pid uid gid name-hex hello_done
 // uffd_flags features0 features1 next_region_id", "forked parent_serial" for a forked
-// child, then per region "region id start length
+// child (and "lost start length" per region it could not keep), then per region "region id start length
 // file_offset access tracking uffd_slot mem_offset file_base mem_length mapped prefetch
 // cached".
 std::vector<std::pair<std::string, std::string>> states()
@@ -145,7 +145,9 @@ std::vector<std::pair<std::string, std::string>> states()
          head + "client 12 0 1000 1000 636163686564202866726f6d20313129 1 0 21569 0 4\n"
                 "forked 11\n"
                 "region 1 139637976727552 1048576 0 0 0 0 0 0 0 0 1 1\n"
-                "region 3 139637977841664 524288 0 2 1 0 0 0 0 0 0 1\n"},
+                "lost 139637978894336 65536\n"
+                "region 3 139637977841664 524288 0 2 1 0 0 0 0 0 0 1\n"
+                "end\n"},
         {"older-daemon-no-prefetch",
          head + "client 9 5001 1000 1000 6f6c64 1 1 511 0 2\n"
                 "region 1 139637976727552 1048576 0 0 0 0 0 0 0 0\n"},

@@ -49,3 +49,19 @@ TEST_CASE("forked lines no daemon writes are refused", "[fdstore][fork]")
     CHECK(twice->forked_from == 11);
     CHECK(twice->regions.empty());
 }
+
+TEST_CASE("a forked child's lost regions are read, and an end line ends the state", "[fdstore][fork]")
+{
+    const auto s = parse_state(k_head + k_client + "forked 11\n" + k_region + "lost 139637977776128 65536\n" +
+                               "end\n" + "region 2 1 2 3 0 0 0 0 0 0 0 0 1\n");
+    REQUIRE(s);
+    CHECK(s->regions.size() == 1);  // the line after "end" is a tail left by a longer text
+    REQUIRE(s->lost.size() == 1);
+    CHECK(s->lost[0].first == 139637977776128ull);
+    CHECK(s->lost[0].second == 65536);
+    CHECK_FALSE(parse_state(k_head + k_client + "forked 11\nlost 5\n"));  // cut short
+    const auto not_forked = parse_state(k_head + k_client + "lost 1 2\n" + k_region);
+    REQUIRE(not_forked);  // only a forked child has lost regions: the regions end there
+    CHECK(not_forked->lost.empty());
+    CHECK(not_forked->regions.empty());
+}

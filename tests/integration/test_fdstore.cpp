@@ -96,6 +96,13 @@ public:
         return false;
     }
     void drop_store() { m_store.clear(); }
+    // Loses the entries whose names end with `suffix` (as a store without room would).
+    void erase_suffix(const std::string& suffix)
+    {
+        std::erase_if(m_store, [&](const auto& e) {
+            return e.first.size() >= suffix.size() && e.first.compare(e.first.size() - suffix.size(), suffix.size(), suffix) == 0;
+        });
+    }
     std::size_t stored_with_suffix(const std::string& s) const
     {
         std::size_t n = 0;
@@ -127,6 +134,7 @@ public:
                 ::dup2(high[i], 3 + static_cast<int>(i));
                 names += (i ? ":" : "") + fds[i].first;
             }
+            for (int fd : high) ::close(fd);  // the daemon gets each once, as from systemd
             ::setenv("NOTIFY_SOCKET", m_path.c_str(), 1);
             if (!fds.empty()) {
                 ::setenv("LISTEN_FDS", std::to_string(fds.size()).c_str(), 1);
@@ -381,13 +389,18 @@ int read_byte(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
 }
 
 // A client that forks with its region half loaded (ReadOnly, in the page cache, no
-// read-ahead): the child reads the first page, says 'a', and at the word reads the whole
-// region (after the daemon's restart) and sends one byte: 0 when every byte was right.
-// `parent_leaves`: the parent unmaps its region and exits right after the fork, so that
-// the file's descriptor is stored under the child's name only.
+// read-ahead). Each child that checks says 'a' once it has read the first page, and at the
+// word reads the whole region (after the daemon's restart) and sends one byte: 0 when every
+// byte was right. The families:
+enum class Family {
+    ParentWaits,   // one child; the parent waits for it
+    ParentLeaves,  // one child; the parent unmaps its region and exits at once
+    TwoChildren,   // two children that check; the parent leaves
+    Grandchild,    // the child forks the one that checks and exits; the parent leaves
+};
 constexpr std::uint64_t k_fork_size = 8 << 20;
 
-int fork_keeper(const std::string& sock, const std::string& data, bool parent_leaves, int up, int down)
+int fork_keeper(const std::string& sock, const std::string& data, Family family, int up, int down)
 {
     auto c = libclient::Connection::connect({sock, "fork-keeper"});
     if (!c) return 3;
@@ -397,20 +410,52 @@ int fork_keeper(const std::string& sock, const std::string& data, bool parent_le
     if (!r) return 4;
     const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
     if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
-    const pid_t child = ::fork();
-    if (child < 0) return 6;
-    if (child == 0) {
+    auto check = [&] {
         const bool before = matches_pattern(p, 0, 4096);
         (void)!::write(up, "a", 1);
         if (!wait_go(down)) _exit(21);
         const unsigned char result = !before ? 22 : matches_pattern(p, 0, k_fork_size) ? 0 : 23;
         (void)!::write(up, &result, 1);
         _exit(result);
+    };
+    pid_t child = ::fork();
+    if (child < 0) return 6;
+    if (child == 0) {
+        if (family != Family::Grandchild) check();
+        const pid_t grandchild = ::fork();
+        if (grandchild == 0) check();
+        _exit(grandchild > 0 ? 0 : 6);
     }
-    if (parent_leaves) return c.value()->unmap(r.value()).ok() ? 0 : 7;
+    if (family == Family::TwoChildren) {
+        const pid_t second = ::fork();
+        if (second < 0) return 6;
+        if (second == 0) check();
+    }
     int st = 0;
-    ::waitpid(child, &st, 0);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
+    if (family == Family::ParentWaits) {
+        ::waitpid(child, &st, 0);
+        return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
+    }
+    if (family == Family::Grandchild && (::waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0))
+        return 8;
+    return c.value()->unmap(r.value()).ok() ? 0 : 7;
+}
+
+// A client that reads the first half of its region, says 'a', and at the word reads the
+// rest (after the daemon's restart); exits 0 when every byte was right.
+int half_reader(const std::string& sock, const std::string& data, int up, int down)
+{
+    auto c = libclient::Connection::connect({sock, "half-reader"});
+    if (!c) return 3;
+    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
+    o.prefetch = libclient::Prefetch::None;
+    auto r = c.value()->map_file(data, o);
+    if (!r) return 4;
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
+    (void)!::write(up, "a", 1);
+    if (!wait_go(down)) return 6;
+    return matches_pattern(p, 0, k_fork_size) ? 0 : 7;
 }
 
 // Kills (by pid) the processes a test started that are still running when it ends early.
@@ -777,8 +822,8 @@ TEST_CASE("a Shared client's writes in the page cache survive a restart, zeros i
     ::close(down[1]);
 }
 
-// The parent and its forked child (fork_keeper) on a daemon playing systemd's part. The
-// child has said 'a'; nobody has stopped the daemon yet.
+// A fork_keeper family on a daemon playing systemd's part, its checking children past
+// their 'a'; nobody has stopped the daemon yet.
 struct ForkedKeeper {
     TempDir dir;
     std::string sock = dir.file("pagerd.sock");
@@ -786,33 +831,36 @@ struct ForkedKeeper {
     pid_t daemon = -1, parent = -1;
     int up[2] = {-1, -1}, down[2] = {-1, -1};
     ChildReaper reaper{{&parent, &daemon}};
+    int checkers;
 
-    explicit ForkedKeeper(bool parent_leaves)
+    explicit ForkedKeeper(Family family) : checkers(family == Family::TwoChildren ? 2 : 1)
     {
         make_file(dir.file("data"), k_fork_size, k_cache_seed);
         daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
         REQUIRE(sm.pump("READY=1", 10s));
-        REQUIRE(::pipe(up) == 0);
-        REQUIRE(::pipe(down) == 0);
+        // Close-on-exec: the daemons started later must not hold the children's pipes.
+        REQUIRE(::pipe2(up, O_CLOEXEC) == 0);
+        REQUIRE(::pipe2(down, O_CLOEXEC) == 0);
         parent = ::fork();
         REQUIRE(parent >= 0);
         if (parent == 0) {
             reset_fatal_signals();
             ::close(up[0]);
             ::close(down[1]);
-            _exit(fork_keeper(sock, dir.file("data"), parent_leaves, up[1], down[0]));
+            _exit(fork_keeper(sock, dir.file("data"), family, up[1], down[0]));
         }
         ::close(up[1]);
         ::close(down[0]);
-        REQUIRE(read_byte(up[0], sm) == 'a');
+        for (int i = 0; i < checkers; ++i) REQUIRE(read_byte(up[0], sm) == 'a');
     }
     ~ForkedKeeper()
     {
         ::close(up[0]);
-        ::close(down[1]);
+        ::close(down[1]);  // children still waiting for the word exit
     }
-    // The daemon stores the child a moment after the fork returns (the fork waits only for
-    // the event to be read): waits until n clients' state and userfaultfd are stored.
+    // The daemon stores a child a moment after the fork returns (the fork waits only for
+    // the event to be read), and forgets one a moment after it exits: waits until n
+    // clients' state and userfaultfd are stored.
     bool stored_are(std::size_t n)
     {
         const auto deadline = std::chrono::steady_clock::now() + 10s;
@@ -832,28 +880,31 @@ struct ForkedKeeper {
 TEST_CASE("a forked child is kept in the descriptor store when its daemon is killed, and the next daemon serves it",
           "[fdstore][restart][fork]")
 {
-    const bool parent_leaves = GENERATE(false, true);
-    INFO((parent_leaves ? "the parent exited before" : "the parent waits"));
-    ForkedKeeper k(parent_leaves);
-    if (!parent_leaves) CHECK(k.stored_are(2));  // the parent's and the child's state and userfaultfd
-    if (parent_leaves) {
+    const Family family = GENERATE(Family::ParentWaits, Family::ParentLeaves, Family::TwoChildren, Family::Grandchild);
+    INFO("family " << static_cast<int>(family));
+    ForkedKeeper k(family);
+    if (family == Family::ParentWaits) {
+        CHECK(k.stored_are(2));  // the parent's and the child's state and userfaultfd
+    } else {
         CHECK(exited_with(k.wait_parent(), 0));
-        CHECK(k.stored_are(1));  // the child's alone, its file among them
+        // The parent is gone, and the grandchild's parent: the checking children are left,
+        // their files in the store in capsules of their own.
+        CHECK(k.stored_are(static_cast<std::size_t>(k.checkers)));
+        CHECK(k.sm.stored_with_suffix(".filebox") == static_cast<std::size_t>(k.checkers));
     }
     ::kill(k.daemon, SIGKILL);
     wait_daemon(k.daemon, k.sm);
     k.sm.pump("", 200ms);
     k.daemon = k.sm.start({"--socket", k.sock, "--log-level", "debug"}, k.dir.file("log"));
     REQUIRE(k.sm.pump("READY=1", 10s));
-    REQUIRE(::write(k.down[1], "g", 1) == 1);
-    // Not kept, its userfaultfd would have closed with the daemon, and the pages it had not
-    // loaded would read zeros (23).
-    const int result = read_byte(k.up[0], k.sm, 30s);
+    for (int i = 0; i < k.checkers; ++i) REQUIRE(::write(k.down[1], "g", 1) == 1);
+    // Not kept, a child's userfaultfd would have closed with the daemon, and the pages it
+    // had not loaded would read zeros (23).
     INFO(log_digest(k.dir.file("log")));
-    CHECK(result == 0);
-    if (!parent_leaves) CHECK(exited_with(k.wait_parent(), 0));
+    for (int i = 0; i < k.checkers; ++i) CHECK(read_byte(k.up[0], k.sm, 30s) == 0);
+    if (family == Family::ParentWaits) CHECK(exited_with(k.wait_parent(), 0));
     CHECK_THAT(slurp(k.dir.file("log")), Catch::Contains(", forked from client"));
-    // The child is gone (and the parent): nothing of either stays in the store.
+    // Everyone is gone: nothing of theirs stays in the store.
     const auto deadline = std::chrono::steady_clock::now() + 10s;
     while (k.sm.stored_with_prefix("c") != 0 && std::chrono::steady_clock::now() < deadline) k.sm.pump("", 20ms);
     CHECK(k.sm.stored_with_prefix("c") == 0);
@@ -865,7 +916,7 @@ TEST_CASE("a forked child is kept in the descriptor store when its daemon is kil
 TEST_CASE("a forked child is not kept at a SIGTERM: once systemd drops the store, pages it did not load raise SIGBUS",
           "[fdstore][fork]")
 {
-    ForkedKeeper k(false);
+    ForkedKeeper k(Family::ParentWaits);
     CHECK(k.stored_are(2));
     ::kill(k.daemon, SIGTERM);
     CHECK(exited_with(wait_daemon(k.daemon, k.sm), 0));
@@ -878,4 +929,50 @@ TEST_CASE("a forked child is not kept at a SIGTERM: once systemd drops the store
     const int st = k.wait_parent();
     INFO("the parent's status " << st << " (100 + the signal that killed the child)");
     CHECK(exited_with(st, 100 + SIGBUS));
+}
+
+TEST_CASE("a client the next daemon cannot take back leaves the store and gets SIGBUS, not a wait for ever",
+          "[fdstore][restart]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), k_fork_size, k_cache_seed);
+    const std::string sock = dir.file("pagerd.sock");
+    ServiceManager sm(dir.file("notify"));
+    pid_t daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+    pid_t client = -1;
+    ChildReaper reaper{{&client, &daemon}};
+    REQUIRE(sm.pump("READY=1", 10s));
+    int up[2], down[2];
+    REQUIRE(::pipe2(up, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(down, O_CLOEXEC) == 0);
+    client = ::fork();
+    REQUIRE(client >= 0);
+    if (client == 0) {
+        reset_fatal_signals();
+        _exit(half_reader(sock, dir.file("data"), up[1], down[0]));
+    }
+    ::close(up[1]);
+    ::close(down[0]);
+    REQUIRE(read_byte(up[0], sm) == 'a');
+    ::kill(daemon, SIGKILL);
+    wait_daemon(daemon, sm);
+    sm.pump("", 200ms);
+    REQUIRE(sm.stored_with_suffix(".uffd0") == 1);
+    sm.erase_suffix(".uffd0");  // the client cannot be taken back without it
+    daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+    REQUIRE(sm.pump("READY=1", 10s));
+    REQUIRE(::write(down[1], "g", 1) == 1);
+    // Its socket left the store with the rest: the library sees the connection close and
+    // answers the faults with SIGBUS. Kept there, the faults would wait for ever.
+    const int st = wait_exit_pumping(client, sm, 20s, "the client waited on a daemon that will never serve it");
+    client = -1;
+    INFO(log_digest(dir.file("log")));
+    CHECK(killed_by(st, SIGBUS));
+    CHECK(sm.stored_with_prefix("c") == 0);
+    CHECK_THAT(slurp(dir.file("log")), Catch::Contains("is incomplete; dropping it"));
+    ::kill(daemon, SIGTERM);
+    CHECK(exited_with(wait_daemon(daemon, sm), 0));
+    daemon = -1;
+    ::close(up[0]);
+    ::close(down[1]);
 }

@@ -53,21 +53,32 @@ inline int uffd_poison(int uffd, std::uint64_t start, std::uint64_t len)
 
 // Poison markers (DONTWAKE) on every page of [start, end) that has nothing mapped, so that
 // touching one raises SIGBUS instead of waiting for a server or reading what the memory
-// behind it holds; mapped pages stay. Returns 0, or the errno value that stopped it (ESRCH:
-// the address space is gone).
+// behind it holds; mapped pages stay. A range the kernel refuses whole (ENOENT: it spans
+// more than one mapping, after an mprotect of part of it, say) goes in 2 MiB pieces, and
+// a piece refused whole page by page. Returns 0, or the errno value that stopped it
+// (ESRCH: the address space is gone).
 inline int uffd_poison_holes(int uffd, std::uint64_t start, std::uint64_t end, std::uint64_t page)
 {
+    std::uint64_t piece = end - start;
     for (std::uint64_t a = start; a < end;) {
         uffdio_poison p{};
         p.range.start = a;
-        p.range.len = end - a;
+        p.range.len = end - a < piece ? end - a : piece;
         p.mode = UFFDIO_POISON_MODE_DONTWAKE;
-        if (::ioctl(uffd, UFFDIO_POISON, &p) == 0) return 0;
+        if (::ioctl(uffd, UFFDIO_POISON, &p) == 0) {
+            a += p.range.len;
+            if (piece < (2u << 20)) piece = 2u << 20;  // past the boundary: pieces again
+            continue;
+        }
         const int err = errno;
         if (err == EAGAIN && p.updated > 0)
             a += static_cast<std::uint64_t>(p.updated);  // stopped at a mapped page
         else if (err == EEXIST || err == EAGAIN)
             a += page;  // a mapped page (or the layout changing under us): past it
+        else if (err == ENOENT && p.range.len > page)
+            piece = p.range.len > (2u << 20) ? (2u << 20) : page;
+        else if (err == ENOENT)
+            a += page;  // a page in no registered mapping: nothing to poison
         else
             return err;
     }
