@@ -138,10 +138,11 @@ std::string describe(const Client& c)
       << ' ' << c.hello_done << ' ' << c.uffd_flags << ' ' << c.uffds[0].features << ' ' << c.uffds[1].features
       << ' ' << c.next_region_id << '\n';
     if (c.forked_from) o << "forked " << c.forked_from << '\n';
+    // A forked child's ranges that a next daemon cannot serve: its faults there get SIGBUS,
+    // and its pages there not mapped yet are poisoned when the daemon lets go of it.
+    for (const auto& [start, length] : c.lost) o << "lost " << start << ' ' << length << '\n';
     c.regions.for_each([&](const Region& r) {
         if (!kept(r)) {
-            // A forked child cannot have it back (nor could it ever map it again): the next
-            // daemon poisons its pages not mapped yet.
             if (c.forked_from) o << "lost " << r.start << ' ' << r.length << '\n';
             return;
         }
@@ -211,10 +212,12 @@ void save(Client& c)
     const std::string text = describe(c);
     if (text != c.state_text) {
         if (::pwrite(c.state.get(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()) ||
-            ::ftruncate(c.state.get(), static_cast<off_t>(text.size())) != 0)
+            ::ftruncate(c.state.get(), static_cast<off_t>(text.size())) != 0) {
             spdlog::warn("client {}: cannot write its state for a restart", c.serial);
-        else
+            if (c.state_text.empty()) return;  // nothing stored without a state to read it by
+        } else {
             c.state_text = text;
+        }
     }
     store(c, p + "state", c.state.get());
     store(c, p + "sock", c.sock.get());
@@ -225,6 +228,9 @@ void save(Client& c)
         const std::string rp = p + "r" + std::to_string(r.id) + ".";
         if (c.forked_from && r.store && !c.stored.count(rp + "filebox")) {
             util::UniqueFd capsule = encapsulate(r.store->descriptor());
+            if (!capsule)
+                spdlog::warn("client {}: cannot put the file of region {} in a capsule: {}", c.serial, r.id,
+                             std::strerror(errno));
             store(c, rp + "filebox", capsule.get());  // systemd keeps its own copy
         } else if (!c.forked_from) {
             store(c, rp + "file", r.store ? r.store->descriptor() : -1);
@@ -334,9 +340,15 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         }
         states.push_back({state_name, std::move(fd), std::move(*parsed)});
     }
+    std::set<std::string> cache_names_taken;  // those the pool did not adopt leave the store
     // A region's file: a forked child's in its capsule (encapsulate()), anyone else's as is.
-    auto file_of = [&](const std::string& rp, bool forked, std::string& why) {
-        return store::FileStore::open(forked ? peek(take(rp + "filebox")) : take(rp + "file"), why);
+    auto file_of = [&](const std::string& rp, bool forked, std::string& why) -> std::shared_ptr<store::Store> {
+        util::UniqueFd fd = forked ? peek(take(rp + "filebox")) : take(rp + "file");
+        if (!fd) {
+            why = "no descriptor of its file in the store";
+            return nullptr;
+        }
+        return store::FileStore::open(std::move(fd), why);
     };
     for (Found& found : states) {
         const std::string& state_name = found.name;
@@ -424,6 +436,7 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
                     const std::string bits_name = cache_bits_name(id.a, id.b);
                     util::UniqueFd memfd = take(name);
                     const std::string file_name = cache_file_name(id.a, id.b);
+                    cache_names_taken.insert({name, bits_name, file_name});
                     util::UniqueFd bits = take(bits_name);
                     const bool had_bits = static_cast<bool>(bits);
                     std::string no_file;
@@ -470,21 +483,19 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         // A forked child keeps the regions that could be kept; in the others (all of them if
         // it is dropped), pages it has not mapped raise SIGBUS: its userfaultfd would not
         // serve them, and closed, it would leave them reading what the memory behind holds.
-        auto poison = [&](std::uint64_t start, std::uint64_t length) {
-            if (!c->forked_from || !c->uffds[0].fd) return;
-            (void)util::uffd_poison_holes(c->uffds[0].fd.get(), start, start + length, page);
-            util::uffd_wake(c->uffds[0].fd.get(), start, length);
-        };
-        for (const auto& [start, length] : parsed->lost) poison(start, length);
         if (!ok) {
             spdlog::warn("descriptor store: client {} is incomplete; dropping it", c->serial);
-            for (const StoredRegion& sr : parsed->regions) poison(sr.start, sr.length);
             continue;
         }
+        // A forked child keeps the regions that could be kept. The others are its lost
+        // ranges: a fault there gets SIGBUS (no region), and poison_unloaded() marks their
+        // pages not mapped yet when the daemon lets go of it (closed, its userfaultfd would
+        // leave them reading what the memory behind them holds).
+        c->lost = parsed->lost;
         for (const StoredRegion* sr : lost) {
             spdlog::warn("descriptor store: forked client {}: region {} is not kept; its pages not mapped yet "
                          "raise SIGBUS", c->serial, sr->id);
-            poison(sr->start, sr->length);
+            c->lost.emplace_back(sr->start, sr->length);
         }
         for (const auto& [n, fd] : passed)
             if (n.rfind(p, 0) == 0) c->stored.insert(n);
@@ -510,6 +521,9 @@ std::vector<std::unique_ptr<Client>> restore(Passed& passed, std::uint32_t page,
         if (!kept_names.count(name)) remove(name);
     for (const auto& [name, fd] : passed)
         if (!kept_names.count(name) && !std::count(client_names.begin(), client_names.end(), name)) remove(name);
+    std::lock_guard lock(g_caches_mutex);
+    for (const std::string& name : cache_names_taken)
+        if (!g_caches.count(name)) remove(name);
     return out;
 }
 

@@ -5,7 +5,9 @@
 // served like any client's, its UNMAP / REMAP / REMOVE events keep its table true, and a
 // grandchild arrives the same way. Nothing tells us when the child exits or execs: its
 // userfaultfd's ioctls then fail with ESRCH, which reap_forked() probes for.
+#include <poll.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include "fdstore.hpp"
 #include "pagerd/util/uffd.hpp"
@@ -89,8 +91,29 @@ void Worker::poison_unloaded(Client& c)
     if (util::uffd_gone(fd, probe_page(c, ps), ps)) return;
     // Its mapped pages stay right only while the caches keep them.
     if (m_stopping && m_ctx.cache) m_ctx.cache->spare_pages();
-    c.regions.for_each([&](const Region& r) { (void)util::uffd_poison_holes(fd, r.start, r.end(), ps); });
-    c.regions.for_each([&](const Region& r) { util::uffd_wake(fd, r.start, r.length); });
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges = c.lost;
+    c.regions.for_each([&](const Region& r) { ranges.emplace_back(r.start, r.length); });
+    auto poison_all = [&](int ufd) {
+        bool blocked = false;
+        for (const auto& [start, length] : ranges)
+            blocked = util::uffd_poison_holes(ufd, start, start + length, ps) == EAGAIN || blocked;
+        return blocked;
+    };
+    // An event the child waits on (munmap, mremap, madvise, fork) holds the ioctls up until
+    // it is read: read them (what they change no longer matters here) and go again. A
+    // grandchild forked meanwhile gets the same markers before its userfaultfd closes.
+    for (int round = 0; round < 16 && poison_all(fd); ++round) {
+        pollfd ready{fd, POLLIN, 0};
+        if (::poll(&ready, 1, 100) != 1) continue;  // the event is on its way
+        uffd_msg msgs[16];
+        const ssize_t n = ::read(fd, msgs, sizeof msgs);
+        for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i)
+            if (msgs[i].event == UFFD_EVENT_FORK) {
+                const util::UniqueFd grandchild(static_cast<int>(msgs[i].arg.fork.ufd));
+                (void)poison_all(grandchild.get());
+            }
+    }
+    for (const auto& [start, length] : ranges) util::uffd_wake(fd, start, length);
 }
 
 }  // namespace pagerd::daemon

@@ -180,6 +180,9 @@ struct Client {
     // A forked child (fork.cpp): no socket, one userfaultfd (taken from UFFD_EVENT_FORK),
     // the regions it inherited; gone when its address space is. The parent's serial.
     std::uint64_t forked_from = 0;
+    // A forked child taken back from the descriptor store: ranges of regions it could not
+    // keep (start, length). Faults there get SIGBUS; poison_unloaded() marks them too.
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> lost;
     std::uint64_t unthrottled_page = 0;     // a throttled write, replayed: that page is not
     Clock::time_point unthrottled_until{};  // throttled again until then
 };

@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "harness.hpp"
+#include "nbdkit.hpp"
 #include "pagerd/util/unique_fd.hpp"
 
 using namespace pagerd;
@@ -456,6 +457,34 @@ int half_reader(const std::string& sock, const std::string& data, int up, int do
     (void)!::write(up, "a", 1);
     if (!wait_go(down)) return 6;
     return matches_pattern(p, 0, k_fork_size) ? 0 : 7;
+}
+
+// A client whose region comes from an NBD export (a store a restarted daemon does not
+// take back): reads its first half, forks, and the child says 'a', and at the word reads
+// the whole region and sends one byte (0 when every byte was right). The parent waits for
+// the child and exits with its status (100 + the signal that killed it).
+int store_forker(const std::string& sock, const std::string& uri, int up, int down)
+{
+    auto c = libclient::Connection::connect({sock, "store-forker"});
+    if (!c) return 3;
+    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
+    o.prefetch = libclient::Prefetch::None;
+    auto r = c.value()->map_store(uri, o);
+    if (!r) return 4;
+    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
+    if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
+    const pid_t child = ::fork();
+    if (child < 0) return 6;
+    if (child == 0) {
+        (void)!::write(up, "a", 1);
+        if (!wait_go(down)) _exit(21);
+        const unsigned char result = matches_pattern(p, 0, k_fork_size) ? 0 : 23;
+        (void)!::write(up, &result, 1);
+        _exit(result);
+    }
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st);
 }
 
 // Kills (by pid) the processes a test started that are still running when it ends early.
@@ -973,6 +1002,59 @@ TEST_CASE("a client the next daemon cannot take back leaves the store and gets S
     ::kill(daemon, SIGTERM);
     CHECK(exited_with(wait_daemon(daemon, sm), 0));
     daemon = -1;
+    ::close(up[0]);
+    ::close(down[1]);
+}
+
+TEST_CASE("a forked child's region of an NBD export, not kept across a restart, raises SIGBUS after it, never zeros",
+          "[fdstore][restart][fork][nbd]")
+{
+    TempDir dir;
+    make_file(dir.file("data"), k_fork_size, k_cache_seed);
+    Nbdkit server("file", {dir.file("data")});
+    const std::string sock = dir.file("pagerd.sock");
+    const std::vector<std::string> args{"--socket", sock, "--log-level", "debug", "--allow-store", server.allow_prefix()};
+    ServiceManager sm(dir.file("notify"));
+    pid_t daemon = sm.start(args, dir.file("log"));
+    pid_t parent = -1;
+    ChildReaper reaper{{&parent, &daemon}};
+    REQUIRE(sm.pump("READY=1", 10s));
+    int up[2], down[2];
+    REQUIRE(::pipe2(up, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(down, O_CLOEXEC) == 0);
+    parent = ::fork();
+    REQUIRE(parent >= 0);
+    if (parent == 0) {
+        reset_fatal_signals();
+        _exit(store_forker(sock, server.uri(), up[1], down[0]));
+    }
+    ::close(up[1]);
+    ::close(down[0]);
+    REQUIRE(read_byte(up[0], sm) == 'a');
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (sm.stored_with_suffix(".state") != 2 && std::chrono::steady_clock::now() < deadline) sm.pump("", 20ms);
+    REQUIRE(sm.stored_with_suffix(".state") == 2);
+    // Killed, and started again: the child is taken back without its export's region.
+    ::kill(daemon, SIGKILL);
+    wait_daemon(daemon, sm);
+    sm.pump("", 200ms);
+    daemon = sm.start(args, dir.file("log"));
+    REQUIRE(sm.pump("READY=1", 10s));
+    sm.pump("", 300ms);
+    // Stopped for good: the daemon lets go of the child, and systemd of what it stored. The
+    // child's unloaded pages of the export must raise SIGBUS, not read what the cache's
+    // memory holds there (zeros).
+    ::kill(daemon, SIGTERM);
+    CHECK(exited_with(wait_daemon(daemon, sm), 0));
+    daemon = -1;
+    sm.drop_store();
+    INFO(log_digest(dir.file("log")));
+    CHECK_THAT(slurp(dir.file("log")), Catch::Contains("forked from client"));
+    REQUIRE(::write(down[1], "g", 1) == 1);
+    const int st = wait_exit_pumping(parent, sm, 30s, "the parent did not exit");
+    parent = -1;
+    INFO("the parent's status " << st << " (100 + the signal that killed the child; 23: it read wrong bytes)");
+    CHECK(exited_with(st, 100 + SIGBUS));
     ::close(up[0]);
     ::close(down[1]);
 }

@@ -56,7 +56,8 @@ inline int uffd_poison(int uffd, std::uint64_t start, std::uint64_t len)
 // behind it holds; mapped pages stay. A range the kernel refuses whole (ENOENT: it spans
 // more than one mapping, after an mprotect of part of it, say) goes in 2 MiB pieces, and
 // a piece refused whole page by page. Returns 0, or the errno value that stopped it
-// (ESRCH: the address space is gone).
+// (ESRCH: the address space is gone; EAGAIN: an event of the userfaultfd's must be read
+// first).
 inline int uffd_poison_holes(int uffd, std::uint64_t start, std::uint64_t end, std::uint64_t page)
 {
     std::uint64_t piece = end - start;
@@ -71,7 +72,9 @@ inline int uffd_poison_holes(int uffd, std::uint64_t start, std::uint64_t end, s
             continue;
         }
         const int err = errno;
-        if (err == EAGAIN && p.updated > 0)
+        if (err == EAGAIN && p.updated <= 0)
+            return EAGAIN;  // an event not read yet (munmap, mremap, fork ...) holds it up
+        if (err == EAGAIN)
             a += static_cast<std::uint64_t>(p.updated);  // stopped at a mapped page
         else if (err == EEXIST || err == EAGAIN)
             a += page;  // a mapped page (or the layout changing under us): past it
