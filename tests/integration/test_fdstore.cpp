@@ -389,6 +389,40 @@ int read_byte(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
     return -1;
 }
 
+constexpr std::uint64_t k_fork_size = 8 << 20;
+
+// A client's region of k_fork_size bytes, ReadOnly without read-ahead, from a file or (a
+// URI) a store, its first half read. `fail` says why there is none (3: no connection, 4:
+// no region, 5: wrong bytes).
+struct HalfRead {
+    std::unique_ptr<libclient::Connection> conn;
+    libclient::Region region{};
+    const volatile std::uint8_t* p = nullptr;
+    int fail = 0;
+};
+
+HalfRead map_half_read(const std::string& sock, const char* name, const std::string& source, bool store)
+{
+    HalfRead h;
+    auto c = libclient::Connection::connect({sock, name});
+    if (!c) {
+        h.fail = 3;
+        return h;
+    }
+    h.conn = std::move(c.value());
+    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
+    o.prefetch = libclient::Prefetch::None;
+    auto r = store ? h.conn->map_store(source, o) : h.conn->map_file(source, o);
+    if (!r) {
+        h.fail = 4;
+        return h;
+    }
+    h.region = r.value();
+    h.p = static_cast<const volatile std::uint8_t*>(h.region.addr);
+    if (!matches_pattern(h.p, 0, k_fork_size / 2)) h.fail = 5;
+    return h;
+}
+
 // A client that forks with its region half loaded (ReadOnly, in the page cache, no
 // read-ahead). Each child that checks says 'a' once it has read the first page, and at the
 // word reads the whole region (after the daemon's restart) and sends one byte: 0 when every
@@ -399,18 +433,11 @@ enum class Family {
     TwoChildren,   // two children that check; the parent leaves
     Grandchild,    // the child forks the one that checks and exits; the parent leaves
 };
-constexpr std::uint64_t k_fork_size = 8 << 20;
-
 int fork_keeper(const std::string& sock, const std::string& data, Family family, int up, int down)
 {
-    auto c = libclient::Connection::connect({sock, "fork-keeper"});
-    if (!c) return 3;
-    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
-    o.prefetch = libclient::Prefetch::None;
-    auto r = c.value()->map_file(data, o);
-    if (!r) return 4;
-    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
-    if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
+    HalfRead h = map_half_read(sock, "fork-keeper", data, false);
+    if (h.fail) return h.fail;
+    const volatile std::uint8_t* p = h.p;
     auto check = [&] {
         const bool before = matches_pattern(p, 0, 4096);
         (void)!::write(up, "a", 1);
@@ -439,24 +466,18 @@ int fork_keeper(const std::string& sock, const std::string& data, Family family,
     }
     if (family == Family::Grandchild && (::waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0))
         return 8;
-    return c.value()->unmap(r.value()).ok() ? 0 : 7;
+    return h.conn->unmap(h.region).ok() ? 0 : 7;
 }
 
 // A client that reads the first half of its region, says 'a', and at the word reads the
 // rest (after the daemon's restart); exits 0 when every byte was right.
 int half_reader(const std::string& sock, const std::string& data, int up, int down)
 {
-    auto c = libclient::Connection::connect({sock, "half-reader"});
-    if (!c) return 3;
-    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
-    o.prefetch = libclient::Prefetch::None;
-    auto r = c.value()->map_file(data, o);
-    if (!r) return 4;
-    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
-    if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
+    HalfRead h = map_half_read(sock, "half-reader", data, false);
+    if (h.fail) return h.fail;
     (void)!::write(up, "a", 1);
     if (!wait_go(down)) return 6;
-    return matches_pattern(p, 0, k_fork_size) ? 0 : 7;
+    return matches_pattern(h.p, 0, k_fork_size) ? 0 : 7;
 }
 
 // A client whose region comes from an NBD export (a store a restarted daemon does not
@@ -465,14 +486,9 @@ int half_reader(const std::string& sock, const std::string& data, int up, int do
 // the child and exits with its status (100 + the signal that killed it).
 int store_forker(const std::string& sock, const std::string& uri, int up, int down)
 {
-    auto c = libclient::Connection::connect({sock, "store-forker"});
-    if (!c) return 3;
-    libclient::MapOptions o{0, k_fork_size, Access::ReadOnly};
-    o.prefetch = libclient::Prefetch::None;
-    auto r = c.value()->map_store(uri, o);
-    if (!r) return 4;
-    const auto* p = static_cast<const volatile std::uint8_t*>(r->addr);
-    if (!matches_pattern(p, 0, k_fork_size / 2)) return 5;
+    HalfRead h = map_half_read(sock, "store-forker", uri, true);
+    if (h.fail) return h.fail;
+    const volatile std::uint8_t* p = h.p;
     const pid_t child = ::fork();
     if (child < 0) return 6;
     if (child == 0) {
