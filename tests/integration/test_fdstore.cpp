@@ -867,22 +867,41 @@ TEST_CASE("a Shared client's writes in the page cache survive a restart, zeros i
     ::close(down[1]);
 }
 
-// A fork_keeper family on a daemon playing systemd's part, its checking children past
-// their 'a'; nobody has stopped the daemon yet.
-struct ForkedKeeper {
+// A client process (fork_keeper, half_reader, store_forker) on a daemon playing systemd's
+// part, with the data file and the pipes: the client says 'a' (once per checking child)
+// on `up` and waits for a byte on `down`.
+struct ClientRun {
     TempDir dir;
     std::string sock = dir.file("pagerd.sock");
+    std::vector<std::string> args{"--socket", sock, "--log-level", "debug"};
     ServiceManager sm{dir.file("notify")};
     pid_t daemon = -1, parent = -1;
     int up[2] = {-1, -1}, down[2] = {-1, -1};
     ChildReaper reaper{{&parent, &daemon}};
-    int checkers;
 
-    explicit ForkedKeeper(Family family) : checkers(family == Family::TwoChildren ? 2 : 1)
+    ClientRun() { make_file(dir.file("data"), k_fork_size, k_cache_seed); }
+    ~ClientRun()
     {
-        make_file(dir.file("data"), k_fork_size, k_cache_seed);
-        daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
+        ::close(up[0]);
+        ::close(down[1]);  // children still waiting for the word exit
+    }
+    void start_daemon()
+    {
+        daemon = sm.start(args, dir.file("log"));
         REQUIRE(sm.pump("READY=1", 10s));
+    }
+    void kill_daemon(int sig)
+    {
+        ::kill(daemon, sig);
+        const int st = wait_daemon(daemon, sm);
+        daemon = -1;
+        if (sig == SIGTERM) CHECK(exited_with(st, 0));
+        sm.pump("", 200ms);
+    }
+    // Runs client(up, down) in a process of its own, and waits for `checkers` 'a'.
+    template <class F>
+    void run(F client, int checkers)
+    {
         // Close-on-exec: the daemons started later must not hold the children's pipes.
         REQUIRE(::pipe2(up, O_CLOEXEC) == 0);
         REQUIRE(::pipe2(down, O_CLOEXEC) == 0);
@@ -890,18 +909,15 @@ struct ForkedKeeper {
         REQUIRE(parent >= 0);
         if (parent == 0) {
             reset_fatal_signals();
-            ::close(up[0]);
-            ::close(down[1]);
-            _exit(fork_keeper(sock, dir.file("data"), family, up[1], down[0]));
+            _exit(client(up[1], down[0]));
         }
         ::close(up[1]);
         ::close(down[0]);
         for (int i = 0; i < checkers; ++i) REQUIRE(read_byte(up[0], sm) == 'a');
     }
-    ~ForkedKeeper()
+    void go(int n = 1)
     {
-        ::close(up[0]);
-        ::close(down[1]);  // children still waiting for the word exit
+        for (int i = 0; i < n; ++i) REQUIRE(::write(down[1], "g", 1) == 1);
     }
     // The daemon stores a child a moment after the fork returns (the fork waits only for
     // the event to be read), and forgets one a moment after it exits: waits until n
@@ -916,7 +932,7 @@ struct ForkedKeeper {
     }
     int wait_parent()
     {
-        const int st = wait_exit_pumping(parent, sm, 30s, "the parent did not exit");
+        const int st = wait_exit_pumping(parent, sm, 30s, "the client did not exit");
         parent = -1;
         return st;
     }
@@ -927,50 +943,47 @@ TEST_CASE("a forked child is kept in the descriptor store when its daemon is kil
 {
     const Family family = GENERATE(Family::ParentWaits, Family::ParentLeaves, Family::TwoChildren, Family::Grandchild);
     INFO("family " << static_cast<int>(family));
-    ForkedKeeper k(family);
+    const int checkers = family == Family::TwoChildren ? 2 : 1;
+    ClientRun k;
+    k.start_daemon();
+    k.run([&](int up, int down) { return fork_keeper(k.sock, k.dir.file("data"), family, up, down); }, checkers);
     if (family == Family::ParentWaits) {
         CHECK(k.stored_are(2));  // the parent's and the child's state and userfaultfd
     } else {
         CHECK(exited_with(k.wait_parent(), 0));
         // The parent is gone, and the grandchild's parent: the checking children are left,
         // their files in the store in capsules of their own.
-        CHECK(k.stored_are(static_cast<std::size_t>(k.checkers)));
-        CHECK(k.sm.stored_with_suffix(".filebox") == static_cast<std::size_t>(k.checkers));
+        CHECK(k.stored_are(static_cast<std::size_t>(checkers)));
+        CHECK(k.sm.stored_with_suffix(".filebox") == static_cast<std::size_t>(checkers));
     }
-    ::kill(k.daemon, SIGKILL);
-    wait_daemon(k.daemon, k.sm);
-    k.sm.pump("", 200ms);
-    k.daemon = k.sm.start({"--socket", k.sock, "--log-level", "debug"}, k.dir.file("log"));
-    REQUIRE(k.sm.pump("READY=1", 10s));
-    for (int i = 0; i < k.checkers; ++i) REQUIRE(::write(k.down[1], "g", 1) == 1);
+    k.kill_daemon(SIGKILL);
+    k.start_daemon();
+    k.go(checkers);
     // Not kept, a child's userfaultfd would have closed with the daemon, and the pages it
     // had not loaded would read zeros (23).
     INFO(log_digest(k.dir.file("log")));
-    for (int i = 0; i < k.checkers; ++i) CHECK(read_byte(k.up[0], k.sm, 30s) == 0);
+    for (int i = 0; i < checkers; ++i) CHECK(read_byte(k.up[0], k.sm, 30s) == 0);
     if (family == Family::ParentWaits) CHECK(exited_with(k.wait_parent(), 0));
     CHECK_THAT(slurp(k.dir.file("log")), Catch::Contains(", forked from client"));
     // Everyone is gone: nothing of theirs stays in the store.
     const auto deadline = std::chrono::steady_clock::now() + 10s;
     while (k.sm.stored_with_prefix("c") != 0 && std::chrono::steady_clock::now() < deadline) k.sm.pump("", 20ms);
     CHECK(k.sm.stored_with_prefix("c") == 0);
-    ::kill(k.daemon, SIGTERM);
-    CHECK(exited_with(wait_daemon(k.daemon, k.sm), 0));
-    k.daemon = -1;
+    k.kill_daemon(SIGTERM);
 }
 
 TEST_CASE("a forked child is not kept at a SIGTERM: once systemd drops the store, pages it did not load raise SIGBUS",
           "[fdstore][fork]")
 {
-    ForkedKeeper k(Family::ParentWaits);
+    ClientRun k;
+    k.start_daemon();
+    k.run([&](int up, int down) { return fork_keeper(k.sock, k.dir.file("data"), Family::ParentWaits, up, down); }, 1);
     CHECK(k.stored_are(2));
-    ::kill(k.daemon, SIGTERM);
-    CHECK(exited_with(wait_daemon(k.daemon, k.sm), 0));
-    k.daemon = -1;
-    k.sm.pump("", 200ms);
+    k.kill_daemon(SIGTERM);
     CHECK(k.sm.stored_with_suffix(".state") == 1);  // the parent's, for a next daemon
     // The service is stopped for good: systemd closes what it stored.
     k.sm.drop_store();
-    REQUIRE(::write(k.down[1], "g", 1) == 1);
+    k.go();
     const int st = k.wait_parent();
     INFO("the parent's status " << st << " (100 + the signal that killed the child)");
     CHECK(exited_with(st, 100 + SIGBUS));
@@ -979,98 +992,47 @@ TEST_CASE("a forked child is not kept at a SIGTERM: once systemd drops the store
 TEST_CASE("a client the next daemon cannot take back leaves the store and gets SIGBUS, not a wait for ever",
           "[fdstore][restart]")
 {
-    TempDir dir;
-    make_file(dir.file("data"), k_fork_size, k_cache_seed);
-    const std::string sock = dir.file("pagerd.sock");
-    ServiceManager sm(dir.file("notify"));
-    pid_t daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
-    pid_t client = -1;
-    ChildReaper reaper{{&client, &daemon}};
-    REQUIRE(sm.pump("READY=1", 10s));
-    int up[2], down[2];
-    REQUIRE(::pipe2(up, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(down, O_CLOEXEC) == 0);
-    client = ::fork();
-    REQUIRE(client >= 0);
-    if (client == 0) {
-        reset_fatal_signals();
-        _exit(half_reader(sock, dir.file("data"), up[1], down[0]));
-    }
-    ::close(up[1]);
-    ::close(down[0]);
-    REQUIRE(read_byte(up[0], sm) == 'a');
-    ::kill(daemon, SIGKILL);
-    wait_daemon(daemon, sm);
-    sm.pump("", 200ms);
-    REQUIRE(sm.stored_with_suffix(".uffd0") == 1);
-    sm.erase_suffix(".uffd0");  // the client cannot be taken back without it
-    daemon = sm.start({"--socket", sock, "--log-level", "debug"}, dir.file("log"));
-    REQUIRE(sm.pump("READY=1", 10s));
-    REQUIRE(::write(down[1], "g", 1) == 1);
+    ClientRun k;
+    k.start_daemon();
+    k.run([&](int up, int down) { return half_reader(k.sock, k.dir.file("data"), up, down); }, 1);
+    k.kill_daemon(SIGKILL);
+    REQUIRE(k.sm.stored_with_suffix(".uffd0") == 1);
+    k.sm.erase_suffix(".uffd0");  // the client cannot be taken back without it
+    k.start_daemon();
+    k.go();
     // Its socket left the store with the rest: the library sees the connection close and
     // answers the faults with SIGBUS. Kept there, the faults would wait for ever.
-    const int st = wait_exit_pumping(client, sm, 20s, "the client waited on a daemon that will never serve it");
-    client = -1;
-    INFO(log_digest(dir.file("log")));
+    const int st = wait_exit_pumping(k.parent, k.sm, 20s, "the client waited on a daemon that will never serve it");
+    k.parent = -1;
+    INFO(log_digest(k.dir.file("log")));
     CHECK(killed_by(st, SIGBUS));
-    CHECK(sm.stored_with_prefix("c") == 0);
-    CHECK_THAT(slurp(dir.file("log")), Catch::Contains("is incomplete; dropping it"));
-    ::kill(daemon, SIGTERM);
-    CHECK(exited_with(wait_daemon(daemon, sm), 0));
-    daemon = -1;
-    ::close(up[0]);
-    ::close(down[1]);
+    CHECK(k.sm.stored_with_prefix("c") == 0);
+    CHECK_THAT(slurp(k.dir.file("log")), Catch::Contains("is incomplete; dropping it"));
+    k.kill_daemon(SIGTERM);
 }
 
 TEST_CASE("a forked child's region of an NBD export, not kept across a restart, raises SIGBUS after it, never zeros",
           "[fdstore][restart][fork][nbd]")
 {
-    TempDir dir;
-    make_file(dir.file("data"), k_fork_size, k_cache_seed);
-    Nbdkit server("file", {dir.file("data")});
-    const std::string sock = dir.file("pagerd.sock");
-    const std::vector<std::string> args{"--socket", sock, "--log-level", "debug", "--allow-store", server.allow_prefix()};
-    ServiceManager sm(dir.file("notify"));
-    pid_t daemon = sm.start(args, dir.file("log"));
-    pid_t parent = -1;
-    ChildReaper reaper{{&parent, &daemon}};
-    REQUIRE(sm.pump("READY=1", 10s));
-    int up[2], down[2];
-    REQUIRE(::pipe2(up, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(down, O_CLOEXEC) == 0);
-    parent = ::fork();
-    REQUIRE(parent >= 0);
-    if (parent == 0) {
-        reset_fatal_signals();
-        _exit(store_forker(sock, server.uri(), up[1], down[0]));
-    }
-    ::close(up[1]);
-    ::close(down[0]);
-    REQUIRE(read_byte(up[0], sm) == 'a');
-    const auto deadline = std::chrono::steady_clock::now() + 10s;
-    while (sm.stored_with_suffix(".state") != 2 && std::chrono::steady_clock::now() < deadline) sm.pump("", 20ms);
-    REQUIRE(sm.stored_with_suffix(".state") == 2);
+    ClientRun k;
+    Nbdkit server("file", {k.dir.file("data")});
+    k.args.insert(k.args.end(), {"--allow-store", server.allow_prefix()});
+    k.start_daemon();
+    k.run([&](int up, int down) { return store_forker(k.sock, server.uri(), up, down); }, 1);
+    CHECK(k.stored_are(2));
     // Killed, and started again: the child is taken back without its export's region.
-    ::kill(daemon, SIGKILL);
-    wait_daemon(daemon, sm);
-    sm.pump("", 200ms);
-    daemon = sm.start(args, dir.file("log"));
-    REQUIRE(sm.pump("READY=1", 10s));
-    sm.pump("", 300ms);
+    k.kill_daemon(SIGKILL);
+    k.start_daemon();
+    k.sm.pump("", 300ms);
     // Stopped for good: the daemon lets go of the child, and systemd of what it stored. The
     // child's unloaded pages of the export must raise SIGBUS, not read what the cache's
     // memory holds there (zeros).
-    ::kill(daemon, SIGTERM);
-    CHECK(exited_with(wait_daemon(daemon, sm), 0));
-    daemon = -1;
-    sm.drop_store();
-    INFO(log_digest(dir.file("log")));
-    CHECK_THAT(slurp(dir.file("log")), Catch::Contains("forked from client"));
-    REQUIRE(::write(down[1], "g", 1) == 1);
-    const int st = wait_exit_pumping(parent, sm, 30s, "the parent did not exit");
-    parent = -1;
+    k.kill_daemon(SIGTERM);
+    k.sm.drop_store();
+    INFO(log_digest(k.dir.file("log")));
+    CHECK_THAT(slurp(k.dir.file("log")), Catch::Contains("forked from client"));
+    k.go();
+    const int st = k.wait_parent();
     INFO("the parent's status " << st << " (100 + the signal that killed the child; 23: it read wrong bytes)");
     CHECK(exited_with(st, 100 + SIGBUS));
-    ::close(up[0]);
-    ::close(down[1]);
 }
