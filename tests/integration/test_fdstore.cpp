@@ -180,20 +180,26 @@ int wait_exit_pumping(pid_t pid, ServiceManager& sm, std::chrono::seconds timeou
 
 int wait_daemon(pid_t pid, ServiceManager& sm) { return wait_exit_pumping(pid, sm, 30s, "the daemon did not exit in time"); }
 
-// Reads one progress byte from a client, pumping NOTIFY_SOCKET meanwhile (the daemon serving
-// the client must never block on it); false if none came in time.
-bool read_stage(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
+// One byte from fd, pumping NOTIFY_SOCKET meanwhile; -1 if none came in time (or EOF).
+int read_byte(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
 {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (std::chrono::steady_clock::now() < deadline) {
         sm.pump();
         pollfd p{fd, POLLIN, 0};
         if (::poll(&p, 1, 5) == 1) {
-            char stage;
-            return ::read(fd, &stage, 1) == 1;
+            unsigned char b;
+            return ::read(fd, &b, 1) == 1 ? b : -1;
         }
     }
-    return false;
+    return -1;
+}
+
+// Reads one progress byte from a client, pumping NOTIFY_SOCKET meanwhile (the daemon serving
+// the client must never block on it); false if none came in time.
+bool read_stage(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
+{
+    return read_byte(fd, sm, timeout) >= 0;
 }
 
 // A client process that keeps faulting through a restart and writes to a Shared region.
@@ -374,20 +380,6 @@ std::string log_digest(const std::string& path)
     return out;
 }
 
-// One byte from fd, pumping NOTIFY_SOCKET meanwhile; -1 if none came in time (or EOF).
-int read_byte(int fd, ServiceManager& sm, std::chrono::seconds timeout = 60s)
-{
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-        sm.pump();
-        pollfd p{fd, POLLIN, 0};
-        if (::poll(&p, 1, 5) == 1) {
-            unsigned char b;
-            return ::read(fd, &b, 1) == 1 ? b : -1;
-        }
-    }
-    return -1;
-}
 
 constexpr std::uint64_t k_fork_size = 8 << 20;
 
